@@ -77,15 +77,6 @@ class DetectorConfig(BaseModel):
             check_calibration_shapes(
                 self.offsets_array(d), self.gains_array(d), self._factor_vector(), d, t
             )
-        elif (
-            self.offsets is not None
-            and self.gains is not None
-            and (len(self.offsets) != len(self.gains))
-        ):
-            raise ConfigError(
-                f"offsets has shape ({len(self.offsets)},) and gains ({len(self.gains)},): "
-                "both must be (D,)"
-            )
         if self.turbines is not None and len(set(self.turbines)) != len(self.turbines):
             raise ConfigError("turbines lists the same id twice")
         return self

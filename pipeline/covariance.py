@@ -350,7 +350,15 @@ class GroupedCovariance:
         ndarray of shape (k,)
             The groups that changed.
         """
-        counts, means, m2 = grouped_moments(batch, groups, self.n_groups)
+        x = as_batch(batch, self.n_features)
+        groups = np.asarray(groups)
+        if groups.shape != (x.shape[0],):
+            raise SchemaError(
+                f"groups {groups.shape} and batch {x.shape} must describe the same n rows"
+            )
+        if groups.size and (groups.min() < 0 or groups.max() >= self.n_groups):
+            raise SchemaError(f"group indices must be in [0, {self.n_groups})")
+        counts, means, m2 = grouped_moments(x, groups.astype(np.intp, copy=False), self.n_groups)
         return self.merge_moments(counts, means, m2)
 
     def merge_moments(self, counts: F64, means: F64, m2: F64) -> NDArray[np.intp]:
