@@ -59,7 +59,9 @@ class DetectorConfig(BaseModel):
     )
     ridge: float = Field(1e-6, ge=0, description="Relative ridge that regularises covariances.")
     chart: Literal["none", "mewma"] = Field(
-        "none", description="'mewma': score an EWMA of the deviations (persistent shifts)."
+        "none",
+        description="'mewma': learn and score a per-turbine EWMA of the calibrated readings "
+        "(a MEWMA chart with its covariance estimated from data), for persistent shifts.",
     )
     mewma_lambda: float = Field(0.2, gt=0, le=1, description="EWMA weight of the newest reading.")
     nan_policy: Literal["skip", "error"] = Field(

@@ -153,6 +153,7 @@ class Detector:
         self._factor = np.ones(0)
         self._group_of = np.zeros(0, dtype=np.intp)
         self._ewma = np.zeros((t, d))
+        self._ewma_started = np.zeros(t, dtype=bool)
         self._sync_turbines()
 
     def _sync_turbines(self) -> None:
@@ -170,6 +171,7 @@ class Detector:
         if extra > 0:
             self._chol = np.concatenate((self._chol, np.broadcast_to(np.eye(d), (extra, d, d))))
             self._ewma = np.concatenate((self._ewma, np.zeros((extra, d))))
+            self._ewma_started = np.concatenate((self._ewma_started, np.zeros(extra, bool)))
 
     # ------------------------------------------------------------------ input
     def _prepare(
@@ -215,7 +217,10 @@ class Detector:
         """Dense turbine indices (n,) and calibrated readings, transposed: (D, n)."""
         idx = self.turbines.lookup(ids)
         self._sync_turbines()
-        return idx, calibrate(x, self._offsets, self._gains, np.take(self._factor, idx)).T
+        x_t = calibrate(x, self._offsets, self._gains, np.take(self._factor, idx)).T
+        if self.config.chart == "mewma" and idx.size:
+            x_t = self._smooth(idx, x_t)
+        return idx, x_t
 
     # ------------------------------------------------------------------ public API
     def process(
@@ -322,8 +327,6 @@ class Detector:
                 np.concatenate((self._models.means, self._groups.means)), model
             )
         scored = by > 0
-        if self.config.chart == "mewma":
-            diff_t = self._ewma_update(idx, diff_t, scored)
         # One triangular solve per model, vectorised over readings.
         if fleet_only and n and scored.all():
             z = solve_triangular(self._group_chol[0], diff_t, lower=True, check_finite=False)
@@ -334,34 +337,34 @@ class Detector:
             s = np.flatnonzero(scored)
             sub = np.take(diff_t, s, axis=1)
             stat[s] = squared_norms(whiten_grouped(sub, model[s], chol))
-        if self.config.chart == "mewma":
-            stat /= self._ewma_scale()
         return stat, by, diff_t, model
 
-    def _ewma_scale(self) -> float:
-        """Asymptotic variance factor of an EWMA with weight lambda: lambda / (2 - lambda)."""
-        lam = self.config.mewma_lambda
-        return lam / (2.0 - lam)
+    def _smooth(self, idx: NDArray[np.intp], x_t: F64) -> F64:
+        """Per-turbine EWMA of calibrated readings (D, n), in arrival order.
 
-    def _ewma_update(self, idx: NDArray[np.intp], diff_t: F64, scored: NDArray[np.bool_]) -> F64:
-        """Per-turbine EWMA of the deviations (D, n), in arrival order; reset when unscored.
-
-        Loops over the position of a reading within its turbine's run in the
-        batch (vectorised across turbines), never over readings.
+        ``s_i = lambda * x_i + (1 - lambda) * s_(i-1)``, starting at a turbine's
+        first reading.  The models then learn and score the smoothed readings,
+        so the covariance of the EWMA is estimated from data (the textbook
+        ``lambda / (2 - lambda) * Sigma`` holds only for independent readings,
+        and sensor data are autocorrelated).  Loops over the position of a
+        reading within its turbine's run in the batch, vectorised across
+        turbines: never over readings.
         """
         lam = self.config.mewma_lambda
-        out = np.zeros_like(diff_t)
+        out = np.empty_like(x_t)
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
         starts = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
         lengths = np.diff(np.r_[starts, sorted_idx.size])
         turb = sorted_idx[starts]
+        fresh = ~self._ewma_started[turb]
+        self._ewma[turb[fresh]] = x_t[:, order[starts[fresh]]].T
+        self._ewma_started[turb] = True
         for k in range(int(lengths.max()) if lengths.size else 0):
             live = lengths > k
             rows = order[starts[live] + k]
             t = turb[live]
-            z = lam * diff_t[:, rows].T + (1.0 - lam) * self._ewma[t]
-            z[~scored[rows]] = 0.0
+            z = lam * x_t[:, rows].T + (1.0 - lam) * self._ewma[t]
             out[:, rows] = z.T
             self._ewma[t] = z
         return out
@@ -381,10 +384,7 @@ class Detector:
         d = self._features()
         if model.size == 0:
             return np.zeros((0, d))
-        out = contributions_grouped(diff_t.T, model, self._all_chol())
-        if self.config.chart == "mewma":
-            out /= self._ewma_scale()
-        return out
+        return contributions_grouped(diff_t.T, model, self._all_chol())
 
     # ------------------------------------------------------------------ learning
     def _learn(self, idx: NDArray[np.intp], x_t: F64) -> None:
@@ -465,6 +465,7 @@ class Detector:
             "group_means": self._groups.means.copy(),
             "group_m2": self._groups.m2.copy(),
             "ewma": self._ewma.copy(),
+            "ewma_started": self._ewma_started.copy(),
             "counters": np.array(
                 [self.readings, self.skipped, self.anomalies, self.batches], dtype=np.int64
             ),
@@ -501,6 +502,7 @@ class Detector:
         det._models.means[pos] = means
         det._models.m2[pos] = state["turbine_m2"]
         det._ewma[pos] = state["ewma"]
+        det._ewma_started[pos] = state["ewma_started"]
         det._groups.counts[:] = state["group_counts"]
         det._groups.means[:] = group_means
         det._groups.m2[:] = state["group_m2"]

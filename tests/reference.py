@@ -51,6 +51,9 @@ def naive_detect(batches, config: DetectorConfig):
                 continue
             factor = config.factor_of(np.array([t]))[0]
             x = (v - off) * gain * factor
+            if config.chart == "mewma":  # the models see each turbine's EWMA
+                x = lam * x + (1 - lam) * ewma[t] if t in ewma else x
+                ewma[t] = x
             xs.append(x)
             g = t % config.key_groups
             if config.per_turbine and t in models:
@@ -60,15 +63,9 @@ def naive_detect(batches, config: DetectorConfig):
                 mean, inv = gmodels[g]
                 by[i] = 2
             else:
-                ewma[t] = np.zeros(d)
                 continue
             e = x - mean
-            if config.chart == "mewma":
-                ewma[t] = lam * e + (1 - lam) * ewma.get(t, np.zeros(d))
-                e = ewma[t]
-                dist[i] = e @ inv @ e / (lam / (2 - lam))
-            else:
-                dist[i] = e @ inv @ e
+            dist[i] = e @ inv @ e
         flags = (by > 0) & (dist > threshold)
         for i, t in enumerate(ids.tolist()):
             if xs[i] is None or (flags[i] and not config.learn_anomalies):

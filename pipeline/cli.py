@@ -1,0 +1,372 @@
+"""The ``turbine`` command.
+
+Engine subcommands run here; the Kafka ones (``--bootstrap-servers``,
+``replay``, ``record``) import ``producers``/``consumers`` lazily, so the
+engine package itself never imports Kafka code.  Bad input, configuration or
+store problems print one line and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import DetectorConfig, load_config, make_config
+from pipeline.errors import ConfigError, InputError, TurbineError
+from pipeline.evaluation import Confusion
+from pipeline.memory import tune_malloc
+from pipeline.recordings import RecordingSpec, RecordingWriter
+from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
+from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
+from pipeline.store import AnomalyStore
+
+log = logging.getLogger("turbine")
+EXIT_BAD_INPUT = 2
+
+
+# ---------------------------------------------------------------------- helpers
+def iso(ts: float) -> str:
+    """Seconds since the epoch as ISO 8601 UTC (to the millisecond when fractional)."""
+    unit = "s" if float(ts).is_integer() else "ms"
+    return str(np.datetime64(int(round(ts * (1 if unit == "s" else 1000))), unit)) + "Z"
+
+
+def parse_time(text: str) -> float:
+    """Epoch seconds or an ISO 8601 date/time (UTC) as epoch seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return float(np.datetime64(text.rstrip("Z"), "ms").astype(np.int64)) / 1000.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (epoch seconds or ISO 8601)"
+        ) from None
+
+
+def add_recording_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recorded file")
+    g.add_argument("--sep", default=",", help="CSV separator (default ',')")
+    g.add_argument("--time-col", default="timestamp", help="time column (default 'timestamp')")
+    g.add_argument("--id-col", default="turbine_id", help="turbine id column; absent: one machine")
+    g.add_argument("--label-col", default=None, help="label column (default 'label' if present)")
+    g.add_argument("--drop-col", action="append", default=[], help="column to ignore (repeat)")
+    g.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
+
+
+def recording_spec(args: argparse.Namespace) -> RecordingSpec:
+    try:
+        return RecordingSpec(
+            sep=args.sep.encode().decode("unicode_escape"),
+            time_col=args.time_col,
+            id_col=args.id_col,
+            label_col=args.label_col,
+            drop_cols=tuple(args.drop_col),
+            chunk_rows=args.chunk_rows,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"recording options: {exc.errors()[0]['msg']}") from None  # type: ignore[attr-defined]
+
+
+def add_detector_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("detector")
+    g.add_argument("--config", type=Path, help="detector configuration (JSON or TOML)")
+    g.add_argument("--false-alarm-rate", type=float, help="chi-square tail probability")
+    g.add_argument("--chart", choices=("none", "mewma"), help="'mewma' for persistent shifts")
+    g.add_argument("--mewma-lambda", type=float, help="EWMA weight of the newest reading")
+    g.add_argument("--min-samples", type=int, help="readings before a turbine model scores")
+    g.add_argument("--key-groups", type=int, help="turbine groups (Kafka keys, fleet models)")
+    g.add_argument(
+        "--batch-steps",
+        type=int,
+        default=DEFAULT_BATCH_STEPS,
+        help=f"time steps per engine batch (default {DEFAULT_BATCH_STEPS})",
+    )
+
+
+def detector_config(args: argparse.Namespace) -> DetectorConfig:
+    overrides = {
+        "false_alarm_rate": args.false_alarm_rate,
+        "chart": args.chart,
+        "mewma_lambda": args.mewma_lambda,
+        "min_samples": args.min_samples,
+        "key_groups": args.key_groups,
+    }
+    if args.config is not None:
+        return load_config(args.config, **overrides)
+    return make_config({k: v for k, v in overrides.items() if v is not None}, "options")
+
+
+def print_summary(report: RunReport, out=sys.stdout) -> None:
+    w = out.write
+    w(f"{report.path}: {report.readings:,} readings scored")
+    if report.learned_only:
+        w(f" (+{report.learned_only:,} learned only)")
+    w(f", {report.skipped:,} skipped (NaN/inf), {report.anomalies:,} anomalies")
+    w(f" in {report.seconds:.2f} s")
+    if report.seconds > 0:
+        w(f" ({(report.readings + report.learned_only) / report.seconds / 1e6:.2f} M readings/s)")
+    w("\n")
+    if report.anomalies:
+        w(f"threshold (squared distance): {report.threshold:.3f}\n")
+        busiest = sorted(report.per_turbine.items(), key=lambda kv: -kv[1])[:10]
+        w("anomalies per turbine (top 10): ")
+        w(", ".join(f"{t}: {c}" for t, c in busiest) + "\n")
+        w("worst events:\n")
+        for dist, ts, turbine, contrib in report.top.rows:
+            order = np.argsort(contrib)[::-1][:2]
+            top = ", ".join(f"{report.sensors[j]} {contrib[j]:.1f}" for j in order)
+            w(f"  {iso(ts)}  turbine {turbine:>5}  distance^2 {dist:10.1f}  ({top})\n")
+    if report.confusion is not None:
+        c = report.confusion
+        w(
+            f"against labels: precision {c.precision:.3f}, recall {c.recall:.3f}, "
+            f"F1 {c.f1:.3f}, FAR {c.far:.2f} %, MAR {c.mar:.2f} %\n"
+        )
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_simulate(args: argparse.Namespace) -> int:
+    params = SimulationParams(
+        turbines=args.turbines,
+        sensors=args.sensors,
+        steps=args.steps,
+        seed=args.seed,
+        interval=args.interval,
+        fault_fraction=args.fault_fraction,
+        magnitude=args.magnitude,
+        kinds=tuple(args.kinds.split(",")) if args.kinds else FAULT_KINDS,
+    )
+    if args.bootstrap_servers:
+        from producers.simulate import stream_simulation
+
+        return stream_simulation(args, params)
+    if args.output is None:
+        raise ConfigError("simulate needs --output FILE (or --bootstrap-servers to stream)")
+    sim = FleetSimulator(params)
+    if args.write_config:
+        Path(args.write_config).write_text(json.dumps(sim.fleet.calibration(), indent=1) + "\n")
+    with RecordingWriter(args.output, sim.fleet.sensors, labels=True, kinds=True) as writer:
+        for chunk in sim.chunks():
+            writer.write(chunk)
+    print(
+        f"wrote {writer.rows:,} readings ({params.turbines} turbines x {params.steps} steps, "
+        f"{params.sensors} sensors, {len(sim.episodes)} faults) to {args.output}"
+    )
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    config = detector_config(args)
+    if args.bootstrap_servers:
+        from consumers.service import run_service
+
+        return run_service(args, config)
+    if args.input is None:
+        raise ConfigError("detect needs --input FILE (or --bootstrap-servers for Kafka)")
+    if args.store is None:
+        raise ConfigError("detect needs --store DIR")
+    report, _ = run_file(
+        args.input,
+        recording_spec(args),
+        config,
+        store_dir=args.store,
+        batch_steps=args.batch_steps,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    print_summary(report)
+    store = AnomalyStore(args.store)
+    s = store.stats()
+    print(
+        f"anomaly store {args.store}: {s['anomalies']:,} anomalies in {s['chunks']} chunks, {s['bytes']:,} bytes"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    config = detector_config(args)
+    spec = recording_spec(args)
+    total = Confusion()
+    per_file = []
+    for path in args.input:
+        report, _ = run_file(
+            path, spec, config, train_rows=args.train_rows, batch_steps=args.batch_steps
+        )
+        if report.confusion is None:
+            raise InputError("no label column (set --label-col)", path=str(path))
+        total.merge(report.confusion)
+        per_file.append({"file": str(path), **report.confusion.as_dict()})
+    result = {**total.as_dict(), "files": len(args.input)}
+    if args.format == "json":
+        if args.per_file:
+            result["per_file"] = per_file
+        print(json.dumps(result, indent=1, default=_json_number))
+    else:
+        print(
+            f"{len(args.input)} file(s): precision {total.precision:.3f}  recall {total.recall:.3f}  "
+            f"F1 {total.f1:.3f}  FAR {total.far:.2f} %  MAR {total.mar:.2f} %  "
+            f"mean detection delay {total.mean_delay:.1f} s "
+            f"({total.missed_faults} of {len(total.delays) + total.missed_faults} faults missed)"
+        )
+    return 0
+
+
+def _json_number(x: object) -> object:
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
+
+
+def cmd_anomalies(args: argparse.Namespace) -> int:
+    path = Path(args.store)
+    if not (path / "manifest.json").exists():
+        raise InputError("not an anomaly store (no manifest.json)", path=str(path))
+    store = AnomalyStore(path)
+    sensors = store.sensors
+    out = sys.stdout
+    if args.format == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(
+            ["event", "timestamp", "time", "turbine_id", "distance2", "threshold", "model"]
+            + [f"contribution_{s}" for s in sensors]
+        )
+    first = True
+    if args.format == "json":
+        out.write("[")
+    for table in store.iter_chunks(args.turbine, args.since, args.until):
+        ids = table.event_ids()
+        for i in range(len(table)):  # output formatting, one line per anomaly
+            model = "turbine" if table.scored_by[i] == 1 else "fleet"
+            if args.format == "csv":
+                writer.writerow(
+                    [
+                        ids[i],
+                        repr(float(table.timestamps[i])),
+                        iso(table.timestamps[i]),
+                        int(table.turbine_ids[i]),
+                        repr(float(table.distances[i])),
+                        repr(float(table.thresholds[i])),
+                        model,
+                    ]
+                    + [repr(float(v)) for v in table.contributions[i]]
+                )
+            else:
+                row = {
+                    "event": ids[i],
+                    "timestamp": float(table.timestamps[i]),
+                    "time": iso(table.timestamps[i]),
+                    "turbine_id": int(table.turbine_ids[i]),
+                    "distance2": float(table.distances[i]),
+                    "threshold": float(table.thresholds[i]),
+                    "model": model,
+                    "contributions": dict(
+                        zip(sensors, table.contributions[i].tolist(), strict=True)
+                    ),
+                }
+                out.write(("\n" if first else ",\n") + json.dumps(row))
+                first = False
+    if args.format == "json":
+        out.write("\n]\n" if not first else "]\n")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="turbine",
+        description="Streaming sensor-anomaly detection for a fleet of wind turbines.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("simulate", help="simulate a fleet with labelled faults")
+    p.add_argument("--turbines", type=int, default=100)
+    p.add_argument("--sensors", type=int, default=4)
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between steps")
+    p.add_argument("--fault-fraction", type=float, default=0.02)
+    p.add_argument("--magnitude", type=float, default=4.0, help="fault size in sigmas")
+    p.add_argument(
+        "--kinds", help=f"comma-separated fault kinds (default all: {','.join(FAULT_KINDS)})"
+    )
+    p.add_argument("--output", type=Path, help="recorded file to write (.csv or .npz)")
+    p.add_argument("--write-config", type=Path, help="also write the matching calibration (JSON)")
+    _add_stream_options(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("detect", help="detect anomalies in a recorded file or a Kafka topic")
+    p.add_argument("--input", type=Path, help="recorded file (embedded run)")
+    p.add_argument("--store", type=Path, help="anomaly store directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_recording_options(p)
+    add_detector_options(p)
+    _add_service_options(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser(
+        "evaluate", help="score labelled recordings: precision, recall, F1, FAR, MAR"
+    )
+    p.add_argument("--input", type=Path, nargs="+", required=True)
+    p.add_argument("--train-rows", type=int, default=0, help="leading rows learned, not scored")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--per-file", action="store_true", help="JSON: include each file's scores")
+    add_recording_options(p)
+    add_detector_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("anomalies", help="list anomalies from a store")
+    p.add_argument("store", type=Path)
+    p.add_argument("--turbine", type=int)
+    p.add_argument("--since", type=parse_time)
+    p.add_argument("--until", type=parse_time)
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.set_defaults(func=cmd_anomalies)
+    return parser
+
+
+def _add_stream_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Kafka (stream instead of writing a file)")
+    g.add_argument("--bootstrap-servers", help="HOST:PORT[,HOST:PORT...]")
+    g.add_argument("--topic", default="turbine.readings")
+
+
+def _add_service_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Kafka service")
+    g.add_argument("--bootstrap-servers", help="HOST:PORT[,HOST:PORT...]")
+    g.add_argument("--topic", default="turbine.readings")
+    g.add_argument("--group", default="turbine-detectors")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    tune_malloc()
+    try:
+        return int(args.func(args) or 0)
+    except TurbineError as exc:
+        print(f"turbine: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("turbine: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Reading long-format CSV recordings in bounded chunks, with located errors.
+
+Each chunk of lines is parsed by NumPy's C parser (``np.loadtxt``), a few
+columns at a time.  When the parser rejects a chunk, a slow scan of that
+chunk only finds the first bad cell, so the error names the file, the line
+and the column.  Empty cells are missing readings (NaN).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.errors import InputError
+from pipeline.recordings.spec import LABEL_COL, Chunk, RecordingSpec
+
+
+def _cells(line: str, sep: str) -> list[str]:
+    return [c.strip() for c in line.split(sep)]
+
+
+def _is_number(cell: str) -> bool:
+    if cell == "":
+        return True
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+class CsvRecording:
+    """A CSV recording opened for chunked reading.
+
+    Parameters
+    ----------
+    path : str or Path
+    spec : RecordingSpec
+    """
+
+    def __init__(self, path: str | Path, spec: RecordingSpec) -> None:
+        self.path = Path(path)
+        self.spec = spec
+        try:
+            self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+        except OSError as exc:
+            raise InputError(f"cannot open: {exc.strerror}", path=str(self.path)) from None
+        self._line = 0
+        try:
+            self._read_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    # ------------------------------------------------------------------ header
+    def _error(
+        self, message: str, line: int | None = None, column: str | None = None
+    ) -> InputError:
+        return InputError(message, path=str(self.path), line=line, column=column)
+
+    def _next_line(self) -> str | None:
+        """The next line, decoded, without its line ending; None at the end."""
+        limit = self.spec.max_line_bytes
+        raw = self._file.readline(limit + 1)
+        if not raw:
+            return None
+        self._line += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            raise self._error(f"line longer than {limit} bytes (not a CSV recording?)", self._line)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self._error(
+                f"not UTF-8 text (byte {exc.start + 1} of the line is {raw[exc.start]:#04x})",
+                self._line,
+            ) from None
+        return text.rstrip("\r\n")
+
+    def _read_header(self) -> None:
+        spec = self.spec
+        header = self._next_line()
+        while header is not None and header.strip() == "":
+            header = self._next_line()
+        if header is None:
+            raise self._error("empty file: no header line", 1)
+        names = [c.strip().strip('"').strip("'") for c in header.lstrip("\ufeff").split(spec.sep)]
+        self.columns = names
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise self._error(f"column {dup!r} appears twice in the header", self._line)
+        if len(names) < 2:
+            raise self._error(
+                f"the header has one column with separator {spec.sep!r} (wrong --sep?)",
+                self._line,
+            )
+        if spec.time_col not in names:
+            raise self._error(
+                f"no time column {spec.time_col!r} (columns: {', '.join(names)}); set --time-col",
+                self._line,
+            )
+        self._header_line = self._line
+        self.time_index = names.index(spec.time_col)
+        self.id_index = names.index(spec.id_col) if spec.id_col in names else None
+        label = spec.label_col if spec.label_col is not None else LABEL_COL
+        if spec.label_col is not None and label not in names:
+            raise self._error(f"no label column {label!r}", self._line)
+        self.label_index = names.index(label) if label in names else None
+        self.kind_index = names.index(spec.kind_col) if spec.kind_col in names else None
+        for col in spec.drop_cols:
+            if col not in names:
+                raise self._error(f"--drop-col {col!r} is not a column", self._line)
+        roles = {self.time_index, self.id_index, self.label_index, self.kind_index}
+        roles |= {names.index(c) for c in spec.drop_cols}
+        candidates = [i for i in range(len(names)) if i not in roles]
+        # The first data line decides which of the other columns are numeric.
+        self._pending: list[tuple[int, str]] = []
+        first = self._next_line()
+        while first is not None and first.strip() == "":
+            first = self._next_line()
+        if first is None:
+            raise self._error("no readings after the header", self._line + 1)
+        self._pending.append((self._line, first))
+        cells = _cells(first, spec.sep)
+        if len(cells) != len(names):
+            raise self._error(
+                f"expected {len(names)} columns (as the header), found {len(cells)}", self._line
+            )
+        self.sensor_index = [i for i in candidates if _is_number(cells[i])]
+        self.ignored = [names[i] for i in candidates if i not in self.sensor_index]
+        if not self.sensor_index:
+            raise self._error("no numeric sensor columns", self._line)
+        self.sensors = tuple(names[i] for i in self.sensor_index)
+        self.time_is_number = _is_number(cells[self.time_index])
+        self.has_labels = self.label_index is not None
+        self.has_kinds = self.kind_index is not None
+
+    # ------------------------------------------------------------------ chunks
+    def __iter__(self) -> Iterator[Chunk]:
+        while True:
+            batch = self._pending
+            self._pending = []
+            while len(batch) < self.spec.chunk_rows:
+                text = self._next_line()
+                if text is None:
+                    break
+                if text.strip():
+                    batch.append((self._line, text))
+            if not batch:
+                return
+            yield self._parse(batch)
+
+    def _parse(self, batch: list[tuple[int, str]]) -> Chunk:
+        line_no = np.fromiter((b[0] for b in batch), dtype=np.int64, count=len(batch))
+        text = [b[1] for b in batch]
+        sep = self.spec.sep
+        ncols = len(self.columns)
+        # str.count per line: a NumPy string array would be as wide as the longest line.
+        seps = np.fromiter((t.count(sep) for t in text), dtype=np.int64, count=len(text))
+        bad = np.flatnonzero(seps != ncols - 1)
+        if bad.size:
+            i = int(bad[0])
+            raise self._error(
+                f"expected {ncols} columns (as the header), found {int(seps[i]) + 1}",
+                int(line_no[i]),
+            )
+        values = self._numbers(text, line_no, self.sensor_index)
+        if self.time_is_number:
+            ts = self._numbers(text, line_no, [self.time_index])[:, 0]
+        else:
+            ts = self._datetimes(text, line_no)
+        bad_ts = np.flatnonzero(~np.isfinite(ts))
+        if bad_ts.size:
+            i = int(bad_ts[0])
+            raise self._error("missing or infinite timestamp", int(line_no[i]), self.spec.time_col)
+        if self.id_index is None:
+            ids = np.zeros(len(text), dtype=np.int64)
+        else:
+            raw_ids = self._numbers(text, line_no, [self.id_index])[:, 0]
+            whole = (
+                np.isfinite(raw_ids) & (raw_ids == np.round(raw_ids)) & (np.abs(raw_ids) < 2**53)
+            )
+            if not whole.all():
+                i = int(np.flatnonzero(~whole)[0])
+                raise self._error(
+                    f"turbine id {_cells(text[i], sep)[self.id_index]!r} is not an integer",
+                    int(line_no[i]),
+                    self.spec.id_col,
+                )
+            ids = raw_ids.astype(np.int64)
+        labels = None
+        if self.label_index is not None:
+            raw = self._numbers(text, line_no, [self.label_index])[:, 0]
+            labels = (np.nan_to_num(raw, nan=0.0) != 0).astype(np.int8)
+        kinds = None
+        if self.kind_index is not None:
+            kinds = np.array([_cells(t, sep)[self.kind_index] for t in text], dtype=np.str_)
+        return Chunk(ts, ids, values, labels, kinds, line_no)
+
+    def _numbers(
+        self, text: list[str], line_no: NDArray[np.int64], cols: list[int]
+    ) -> NDArray[np.float64]:
+        try:
+            return np.loadtxt(
+                text,
+                delimiter=self.spec.sep,
+                usecols=cols,
+                dtype=np.float64,
+                ndmin=2,
+                comments=None,
+                quotechar=None,
+            )
+        except ValueError:
+            pass
+        # Slow path, this chunk only: find the first bad cell, or accept empty cells as NaN.
+        out = np.empty((len(text), len(cols)))
+        for r, t in enumerate(text):
+            cells = _cells(t, self.spec.sep)
+            for k, c in enumerate(cols):
+                cell = cells[c]
+                if cell == "":
+                    out[r, k] = math.nan
+                    continue
+                try:
+                    out[r, k] = float(cell)
+                except ValueError:
+                    raise self._error(
+                        f"not a number: {cell[:40]!r}", int(line_no[r]), self.columns[c]
+                    ) from None
+        return out
+
+    def _datetimes(self, text: list[str], line_no: NDArray[np.int64]) -> NDArray[np.float64]:
+        sep, col = self.spec.sep, self.time_index
+        cells = [_cells(t, sep)[col] for t in text]
+        stamps = np.empty(len(cells), dtype="datetime64[ms]")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's notice about time zone suffixes
+            try:
+                stamps[:] = np.array(cells, dtype="datetime64[ms]")
+            except ValueError:
+                for r, cell in enumerate(cells):
+                    try:
+                        stamps[r] = np.datetime64(cell, "ms")
+                    except ValueError:
+                        raise self._error(
+                            f"unreadable timestamp {cell[:40]!r} (expected ISO 8601 or epoch seconds)",
+                            int(line_no[r]),
+                            self.spec.time_col,
+                        ) from None
+        if np.isnat(stamps).any():
+            r = int(np.flatnonzero(np.isnat(stamps))[0])
+            raise self._error("missing timestamp", int(line_no[r]), self.spec.time_col)
+        return stamps.astype(np.int64) / 1000.0
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,181 @@
+"""The fast binary recording: an uncompressed ``.npz`` read and written in chunks.
+
+Layout (format version 1), one ``.npy`` member per array, C order, never
+object dtype (so never pickle):
+
+========================  ==============  =====================================
+member                    dtype           shape
+========================  ==============  =====================================
+``timestamp.npy``         float64         (n,) seconds since the epoch, UTC
+``turbine_id.npy``        int64           (n,)
+``values.npy``            float64         (n, D)
+``sensors.npy``           unicode         (D,)
+``label.npy``             int8            (n,) optional
+``fault_kind.npy``        unicode         (n,) optional
+``format_version.npy``    int64           ()
+========================  ==============  =====================================
+
+Reading streams each member from its zip entry, so memory stays bounded by
+the chunk size however large the file; files written by ``np.savez`` or
+``np.savez_compressed`` with these names read the same way.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.recordings.spec import Chunk, RecordingSpec
+
+FORMAT_VERSION = 1
+_ROW_MEMBERS = ("timestamp", "turbine_id", "values", "label", "fault_kind")
+_KINDS = {"timestamp": "f", "turbine_id": "iu", "values": "f", "label": "iub", "fault_kind": "U"}
+
+
+def read_npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype from a ``.npy`` header (no pickle possible)."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    return np.lib.format._read_array_header(stream, version)  # type: ignore[attr-defined]
+
+
+class NpzRecording:
+    """An ``.npz`` recording opened for chunked reading."""
+
+    def __init__(self, path: str | Path, spec: RecordingSpec) -> None:
+        self.path = Path(path)
+        self.spec = spec
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except FileNotFoundError:
+            raise self._error("no such file") from None
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise self._error(f"not a readable .npz archive ({exc})") from None
+        try:
+            self._inspect()
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def _error(self, message: str, row: int | None = None, column: str | None = None) -> InputError:
+        return InputError(message, path=str(self.path), line=row, column=column)
+
+    def _inspect(self) -> None:
+        names = {n.removesuffix(".npy"): n for n in self._zip.namelist()}
+        for required in ("timestamp", "values", "sensors"):
+            if required not in names:
+                raise self._error(f"no {required!r} array (members: {', '.join(sorted(names))})")
+        self._members = names
+        self._layout: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}
+        for key in _ROW_MEMBERS:
+            if key not in names:
+                continue
+            info = self._zip.getinfo(names[key])
+            with self._zip.open(info) as f:
+                try:
+                    shape, fortran, dtype = read_npy_header(f)
+                except ValueError as exc:
+                    raise self._error(f"bad .npy header: {exc}", column=key) from None
+                header_len = f.tell()
+            if dtype.hasobject:
+                raise self._error("object arrays (pickle) are not accepted", column=key)
+            if dtype.kind not in _KINDS[key]:
+                raise self._error(f"dtype {dtype} not accepted", column=key)
+            if fortran and len(shape) > 1:
+                raise self._error(
+                    "Fortran-ordered arrays are not accepted; save C order", column=key
+                )
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if header_len + nbytes != info.file_size:
+                raise self._error(
+                    f"declares shape {shape} ({nbytes} bytes) but holds "
+                    f"{info.file_size - header_len} bytes (truncated or corrupt)",
+                    column=key,
+                )
+            self._layout[key] = (shape, dtype, header_len)
+        with self._zip.open(names["sensors"]) as f:
+            try:
+                sensors = np.lib.format.read_array(f, allow_pickle=False)
+            except ValueError as exc:
+                raise self._error(f"bad sensors array: {exc}", column="sensors") from None
+        if sensors.ndim != 1 or sensors.dtype.kind != "U":
+            raise self._error("sensors must be a 1-D array of names", column="sensors")
+        self.sensors = tuple(str(s) for s in sensors)
+        n = self._layout["timestamp"][0]
+        if len(n) != 1:
+            raise self._error(f"timestamp has shape {n}, expected (n,)", column="timestamp")
+        self.n_rows = n[0]
+        expected = {
+            "turbine_id": (self.n_rows,),
+            "values": (self.n_rows, len(self.sensors)),
+            "label": (self.n_rows,),
+            "fault_kind": (self.n_rows,),
+        }
+        for key, shape in expected.items():
+            if key in self._layout and self._layout[key][0] != shape:
+                raise self._error(
+                    f"has shape {self._layout[key][0]}, expected {shape} "
+                    f"({self.n_rows} readings of {len(self.sensors)} sensors)",
+                    column=key,
+                )
+        if self.n_rows == 0:
+            raise self._error("no readings")
+        self.has_labels = "label" in self._layout
+        self.has_kinds = "fault_kind" in self._layout
+        self.ignored: list[str] = []
+
+    def __iter__(self) -> Iterator[Chunk]:
+        streams = {}
+        try:
+            for key, (_, _, header_len) in self._layout.items():
+                s = self._zip.open(self._members[key])
+                s.read(header_len)
+                streams[key] = s
+            rows = self.spec.chunk_rows
+            for start in range(0, self.n_rows, rows):
+                k = min(rows, self.n_rows - start)
+                arrays = {key: self._read(streams[key], key, k, start) for key in streams}
+                ts = arrays["timestamp"].astype(np.float64, copy=False)
+                bad = np.flatnonzero(~np.isfinite(ts))
+                if bad.size:
+                    raise self._error(
+                        "missing or infinite timestamp", start + int(bad[0]), "timestamp"
+                    )
+                yield Chunk(
+                    ts,
+                    arrays["turbine_id"].astype(np.int64)
+                    if "turbine_id" in arrays
+                    else np.zeros(k, dtype=np.int64),
+                    arrays["values"].astype(np.float64, copy=False),
+                    arrays["label"].astype(np.int8) if "label" in arrays else None,
+                    arrays.get("fault_kind"),
+                    np.arange(start, start + k, dtype=np.int64),
+                )
+        finally:
+            for s in streams.values():
+                s.close()
+
+    def _read(self, stream: IO[bytes], key: str, k: int, start: int) -> np.ndarray:
+        shape, dtype, _ = self._layout[key]
+        row_shape = shape[1:]
+        want = k * int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+        try:
+            buf = stream.read(want)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise self._error(f"corrupt data ({exc})", start, key) from None
+        if len(buf) != want:
+            raise self._error(
+                f"truncated: ends inside row {start + len(buf) // max(1, want // k)}", start, key
+            )
+        return np.frombuffer(buf, dtype=dtype).reshape((k, *row_shape))
+
+    def close(self) -> None:
+        self._zip.close()

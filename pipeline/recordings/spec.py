@@ -1,0 +1,95 @@
+"""What a recorded sensor file holds: its options, and the chunks it is read in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field
+
+# Default column names of the long format.
+TIME_COL = "timestamp"
+ID_COL = "turbine_id"
+LABEL_COL = "label"
+KIND_COL = "fault_kind"
+
+
+class RecordingSpec(BaseModel):
+    """How to read a recorded file (the defaults read this project's own files).
+
+    >>> RecordingSpec(sep=";", time_col="datetime", label_col="anomaly").id_col
+    'turbine_id'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sep: str = Field(",", min_length=1, max_length=1, description="CSV field separator.")
+    time_col: str = Field(TIME_COL, description="Timestamp column (epoch seconds or ISO 8601).")
+    id_col: str = Field(
+        ID_COL, description="Turbine id column; absent from the file: one machine, id 0."
+    )
+    label_col: str | None = Field(
+        None, description=f"Label column (0/1); default {LABEL_COL!r} when present."
+    )
+    kind_col: str = Field(KIND_COL, description="Fault-kind column, used when present.")
+    drop_cols: tuple[str, ...] = Field((), description="Columns to ignore.")
+    chunk_rows: int = Field(65_536, ge=1, le=10_000_000, description="Rows per chunk read.")
+    max_line_bytes: int = Field(
+        1 << 20, ge=64, description="Longest CSV line accepted (a guard against garbage)."
+    )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A run of consecutive readings from a recorded file.
+
+    Attributes
+    ----------
+    timestamps : ndarray of shape (n,)
+        Seconds since the epoch (UTC).
+    turbine_ids : ndarray of shape (n,)
+    values : ndarray of shape (n, D)
+    labels : ndarray of shape (n,), optional
+        1 for a reading labelled faulty.
+    kinds : ndarray of shape (n,), optional
+        The labelled fault kind ("" for none).
+    lines : ndarray of shape (n,)
+        Line (CSV, 1-based, header = 1) or row (binary, 0-based) of each reading.
+    """
+
+    timestamps: NDArray[np.float64]
+    turbine_ids: NDArray[np.int64]
+    values: NDArray[np.float64]
+    labels: NDArray[np.int8] | None
+    kinds: NDArray[np.str_] | None
+    lines: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.timestamps.size)
+
+    def take(self, index: NDArray[np.intp] | slice) -> Chunk:
+        """The readings at ``index`` (a slice or an index array)."""
+        return Chunk(
+            self.timestamps[index],
+            self.turbine_ids[index],
+            self.values[index],
+            None if self.labels is None else self.labels[index],
+            None if self.kinds is None else self.kinds[index],
+            self.lines[index],
+        )
+
+    @staticmethod
+    def concat(chunks: list[Chunk]) -> Chunk:
+        """One chunk holding ``chunks`` in order (they must agree on labels and kinds)."""
+        if len(chunks) == 1:
+            return chunks[0]
+        first = chunks[0]
+        return Chunk(
+            np.concatenate([c.timestamps for c in chunks]),
+            np.concatenate([c.turbine_ids for c in chunks]),
+            np.concatenate([c.values for c in chunks]),
+            None if first.labels is None else np.concatenate([c.labels for c in chunks]),  # type: ignore[misc]
+            None if first.kinds is None else np.concatenate([c.kinds for c in chunks]),  # type: ignore[misc]
+            np.concatenate([c.lines for c in chunks]),
+        )

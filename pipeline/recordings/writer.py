@@ -1,0 +1,191 @@
+"""Writing recordings chunk by chunk, published atomically when complete.
+
+Output goes to a temporary file beside the target and is renamed into place
+only by :meth:`RecordingWriter.close`; a run that fails or is interrupted
+leaves no half-written file under the target name.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from pipeline.errors import InputError, SchemaError
+from pipeline.recordings.npzfile import FORMAT_VERSION
+from pipeline.recordings.spec import ID_COL, KIND_COL, LABEL_COL, TIME_COL, Chunk
+
+_KIND_WIDTH = 32
+
+
+def _fsync_rename(tmp: Path, target: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class RecordingWriter:
+    """Write a recording (CSV or ``.npz`` by the file's extension).
+
+    Parameters
+    ----------
+    path : str or Path
+        Target file; ``.npz`` writes the binary format, anything else CSV.
+    sensors : sequence of str
+        Sensor names, D of them.
+    labels, kinds : bool
+        Whether chunks carry labels and fault kinds.
+    sep : str
+        CSV separator.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        sensors: tuple[str, ...] | list[str],
+        labels: bool = False,
+        kinds: bool = False,
+        sep: str = ",",
+    ) -> None:
+        self.path = Path(path)
+        self.sensors = tuple(sensors)
+        self.labels = labels
+        self.kinds = kinds
+        self.sep = sep
+        self.rows = 0
+        self.binary = self.path.suffix.lower() == ".npz"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        if self.binary:
+            self._parts = {
+                key: open(self._tmpdir / key, "wb")  # noqa: SIM115 (closed in close/abort)
+                for key in ("timestamp", "turbine_id", "values", "label", "fault_kind")
+            }
+        else:
+            self._csv = open(self._tmpdir / "out.csv", "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+            cols = [TIME_COL, ID_COL, *self.sensors]
+            cols += [LABEL_COL] if labels else []
+            cols += [KIND_COL] if kinds else []
+            for name in cols:
+                if sep in name:
+                    raise SchemaError(f"column name {name!r} contains the separator {sep!r}")
+            self._csv.write(sep.join(cols) + "\n")
+
+    def write(self, chunk: Chunk) -> None:
+        """Append a chunk of readings (values of shape (n, D))."""
+        n = len(chunk)
+        if chunk.values.shape != (n, len(self.sensors)):
+            raise SchemaError(
+                f"chunk values have shape {chunk.values.shape}, the recording has "
+                f"{len(self.sensors)} sensors"
+            )
+        if n == 0:
+            return
+        labels = chunk.labels if chunk.labels is not None else np.zeros(n, dtype=np.int8)
+        kinds = chunk.kinds if chunk.kinds is not None else np.full(n, "", dtype=f"<U{_KIND_WIDTH}")
+        if self.binary:
+            p = self._parts
+            p["timestamp"].write(np.ascontiguousarray(chunk.timestamps, "<f8").tobytes())
+            p["turbine_id"].write(np.ascontiguousarray(chunk.turbine_ids, "<i8").tobytes())
+            p["values"].write(np.ascontiguousarray(chunk.values, "<f8").tobytes())
+            p["label"].write(np.ascontiguousarray(labels, "i1").tobytes())
+            p["fault_kind"].write(np.asarray(kinds, dtype=f"<U{_KIND_WIDTH}").tobytes())
+        else:
+            numeric = [chunk.timestamps[:, None], chunk.turbine_ids[:, None], chunk.values]
+            fmt = ["%.17g", "%d"] + ["%.17g"] * len(self.sensors)
+            if self.labels:
+                numeric.append(labels[:, None])
+                fmt.append("%d")
+            buf = io.StringIO()
+            np.savetxt(buf, np.hstack(numeric), fmt=fmt, delimiter=self.sep)
+            if self.kinds:
+                lines = buf.getvalue().splitlines()
+                self._csv.write(
+                    "".join(
+                        f"{ln}{self.sep}{k}\n" for ln, k in zip(lines, kinds.tolist(), strict=True)
+                    )
+                )
+            else:
+                self._csv.write(buf.getvalue())
+        self.rows += n
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; returns its path."""
+        if self.rows == 0:
+            self.abort()
+            raise InputError("no readings to write", path=str(self.path))
+        try:
+            if self.binary:
+                tmp = self._finish_npz()
+            else:
+                self._csv.close()
+                tmp = self._tmpdir / "out.csv"
+            _fsync_rename(tmp, self.path)
+        finally:
+            self.abort()
+        return self.path
+
+    def _finish_npz(self) -> Path:
+        for f in self._parts.values():
+            f.close()
+        n, d = self.rows, len(self.sensors)
+        members: list[tuple[str, tuple[int, ...], str]] = [
+            ("timestamp", (n,), "<f8"),
+            ("turbine_id", (n,), "<i8"),
+            ("values", (n, d), "<f8"),
+        ]
+        if self.labels:
+            members.append(("label", (n,), "i1"))
+        if self.kinds:
+            members.append(("fault_kind", (n,), f"<U{_KIND_WIDTH}"))
+        out = self._tmpdir / "out.npz"
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, shape, dtype in members:
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as dst:
+                    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+                    np.lib.format.write_array_header_2_0(dst, header)
+                    with open(self._tmpdir / key, "rb") as src:
+                        while block := src.read(1 << 24):
+                            dst.write(block)
+            for key, arr in (
+                ("sensors", np.array(self.sensors, dtype=np.str_)),
+                ("format_version", np.array(FORMAT_VERSION, dtype=np.int64)),
+            ):
+                with zf.open(f"{key}.npy", "w") as dst:
+                    np.lib.format.write_array(dst, arr, allow_pickle=False)
+        return out
+
+    def abort(self) -> None:
+        """Drop everything written (the target is left as it was)."""
+        if self.binary:
+            for f in self._parts.values():
+                f.close()
+        else:
+            self._csv.close()
+        for child in self._tmpdir.glob("*"):
+            child.unlink(missing_ok=True)
+        self._tmpdir.rmdir() if self._tmpdir.exists() else None
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,217 @@
+"""The embedded run: a recorded file through the engine, batch by batch, no broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.batching import iter_batches
+from pipeline.config import DetectorConfig, make_config
+from pipeline.detector import BatchResult, Detector
+from pipeline.errors import ConfigError, InputError
+from pipeline.evaluation import Confusion, DelayTracker
+from pipeline.recordings import Chunk, Recording, RecordingSpec, read_recording
+from pipeline.store import AnomalyStore
+
+DEFAULT_BATCH_STEPS = 10
+
+
+def config_for(config: DetectorConfig, sensors: tuple[str, ...], source: str) -> DetectorConfig:
+    """The configuration with the recording's sensor names (checked when both name them)."""
+    if config.sensors is not None:
+        if tuple(config.sensors) != tuple(sensors):
+            raise ConfigError(
+                f"{source}: sensors {list(sensors)} differ from the configuration's "
+                f"{list(config.sensors)}"
+            )
+        return config
+    return make_config({**config.model_dump(), "sensors": sensors}, source=source)
+
+
+def check_turbines(detector: Detector, batch: Chunk, path: str, id_col: str) -> None:
+    """Unknown turbines of a declared fleet, as a located input error."""
+    if not detector.turbines.fixed:
+        return
+    unknown = np.flatnonzero(detector.turbines.find(batch.turbine_ids) < 0)
+    if unknown.size:
+        i = int(unknown[0])
+        raise InputError(
+            f"unknown turbine {int(batch.turbine_ids[i])} (not in the configured fleet)",
+            path=path,
+            line=int(batch.lines[i]),
+            column=id_col,
+        )
+
+
+class TopAnomalies:
+    """The k largest anomalies seen so far (by distance), kept without sorting everything."""
+
+    def __init__(self, k: int = 10) -> None:
+        self.k = k
+        self.rows: list[tuple[float, float, int, NDArray[np.float64]]] = []
+
+    def add(self, result: BatchResult) -> None:
+        hit = result.anomaly_index
+        if hit.size == 0:
+            return
+        d = result.distances[hit]
+        best = np.argsort(d)[::-1][: self.k]
+        for j in best.tolist():
+            i = int(hit[j])
+            self.rows.append(
+                (
+                    float(d[j]),
+                    float(result.timestamps[i]),
+                    int(result.turbine_ids[i]),
+                    result.contributions[j],
+                )
+            )
+        self.rows.sort(key=lambda r: -r[0])
+        del self.rows[self.k :]
+
+
+@dataclass
+class RunReport:
+    """What one embedded run saw."""
+
+    path: str
+    sensors: tuple[str, ...]
+    readings: int = 0
+    learned_only: int = 0
+    skipped: int = 0
+    anomalies: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    per_turbine: dict[int, int] = field(default_factory=dict)
+    confusion: Confusion | None = None
+    top: TopAnomalies = field(default_factory=TopAnomalies)
+    threshold: float = float("nan")
+
+
+def _split_training(
+    chunks: Iterable[Chunk], train_rows: int
+) -> tuple[list[Chunk], Iterator[Chunk]]:
+    """The first ``train_rows`` rows (as chunks) and an iterator over the rest."""
+    it = iter(chunks)
+    head: list[Chunk] = []
+    need = train_rows
+    for c in it:
+        if need <= 0:
+            return head, _prepend(c, it)
+        if len(c) <= need:
+            head.append(c)
+            need -= len(c)
+            continue
+        head.append(c.take(slice(0, need)))
+        return head, _prepend(c.take(slice(need, None)), it)
+    return head, iter(())
+
+
+def _prepend(first: Chunk, rest: Iterator[Chunk]) -> Iterator[Chunk]:
+    yield first
+    yield from rest
+
+
+def run_recording(
+    recording: Recording,
+    detector: Detector,
+    store: AnomalyStore | None = None,
+    batch_steps: int = DEFAULT_BATCH_STEPS,
+    train_rows: int = 0,
+    progress: bool = False,
+    id_col: str = "turbine_id",
+) -> RunReport:
+    """Score an opened recording with ``detector``; anomalies go to ``store``."""
+    path = str(recording.path)
+    report = RunReport(path=path, sensors=recording.sensors)
+    labelled = recording.has_labels
+    if labelled:
+        report.confusion = Confusion()
+    bar = _progress(progress, path, getattr(recording, "n_rows", None))
+    start = time.perf_counter()
+    per_turbine: dict[int, int] = {}
+    delays = DelayTracker()
+    try:
+        head, rest = _split_training(recording, train_rows)
+        for chunk in head:
+            check_turbines(detector, chunk, path, id_col)
+            detector.learn(chunk.timestamps, chunk.turbine_ids, chunk.values)
+            report.learned_only += len(chunk)
+            bar.update(len(chunk))
+        for number, batch in iter_batches(rest, batch_steps):
+            check_turbines(detector, batch, path, id_col)
+            result = detector.process(batch.timestamps, batch.turbine_ids, batch.values)
+            report.threshold = result.threshold
+            if store is not None:
+                store.append(result, partitions=-1, offsets=number)
+                store.advance({-1: number + 1})
+            report.readings += result.n_readings
+            report.skipped += result.n_skipped
+            report.anomalies += result.n_anomalies
+            report.batches += 1
+            if result.n_anomalies:
+                ids, counts = np.unique(
+                    result.turbine_ids[result.anomaly_index], return_counts=True
+                )
+                for t, c in zip(ids.tolist(), counts.tolist(), strict=True):
+                    per_turbine[t] = per_turbine.get(t, 0) + c
+                report.top.add(result)
+            if report.confusion is not None and batch.labels is not None:
+                scored = result.scored_by >= 0
+                lab = batch.labels.astype(bool)[scored]
+                alarm = result.is_anomaly[scored]
+                report.confusion.add(lab, alarm)
+                delays.update(batch.timestamps[scored], batch.turbine_ids[scored], lab, alarm)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    if report.confusion is not None:
+        delays.finish()
+        report.confusion.delays = tuple(delays.delays)
+        report.confusion.missed_faults = delays.missed
+    if store is not None:
+        store.flush()
+    report.per_turbine = dict(sorted(per_turbine.items()))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def run_file(
+    path: str | Path,
+    spec: RecordingSpec,
+    config: DetectorConfig,
+    store_dir: str | Path | None = None,
+    batch_steps: int = DEFAULT_BATCH_STEPS,
+    train_rows: int = 0,
+    progress: bool = False,
+) -> tuple[RunReport, Detector]:
+    """Open ``path``, build a fresh detector for its sensors, and run it."""
+    with read_recording(path, spec) as rec:
+        cfg = config_for(config, rec.sensors, str(path))
+        detector = Detector(cfg)
+        store = AnomalyStore(store_dir, sensors=rec.sensors) if store_dir is not None else None
+        report = run_recording(
+            rec, detector, store, batch_steps, train_rows, progress, id_col=spec.id_col
+        )
+        return report, detector
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool, path: str, total: int | None) -> _NoBar:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=" readings", unit_scale=True, desc=Path(path).name, leave=False)  # type: ignore[return-value]

@@ -1,0 +1,457 @@
+"""The anomaly store: anomalies as scipy CSR matrices in chunks on disk.
+
+Layout of a store directory::
+
+    manifest.json                  the chunks, the turbine columns, the positions
+    chunk-000001-distance.npz      CSR (rows: time steps with anomalies, cols: turbines,
+                                   values: squared distance)
+    chunk-000001-contrib.npz       CSR (one row per anomaly, in the distance matrix's
+                                   data order; cols: sensors; values: contributions)
+    chunk-000001-meta.npz          per row: timestamp; per anomaly: source partition,
+                                   offset and row (the event id), threshold, model
+
+Only time steps that hold an anomaly get a row, so the store grows with the
+anomalies, not with the readings.  Anomalies wait in memory until
+``chunk_size`` of them are pending, then go to disk as one chunk; the
+manifest is replaced atomically (temp file, fsync, rename) after the chunk's
+files are durable, so a crash never leaves a manifest naming a missing chunk.
+
+Each anomaly's id is (partition, offset, row) of the reading that raised it.
+The store remembers, per source partition, the next offset not yet stored;
+anomalies from an offset below that are dropped on append, so a replay after
+a crash adds no duplicate.  ``truncate`` rolls the store back to a position
+saved in a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import sparse
+
+from pipeline.detector import BatchResult
+from pipeline.errors import StoreError
+
+STORE_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class Anomalies:
+    """A table of anomalies, one row each.
+
+    Attributes
+    ----------
+    timestamps : ndarray of shape (k,)
+    turbine_ids : ndarray of shape (k,)
+    distances : ndarray of shape (k,)
+        Squared distances (or MEWMA statistics).
+    thresholds : ndarray of shape (k,)
+    contributions : ndarray of shape (k, D)
+    partitions, offsets, rows : ndarray of shape (k,)
+        The event id: where the reading came from.
+    scored_by : ndarray of shape (k,)
+        1 the turbine's model, 2 the fleet model.
+    sensors : tuple of str
+    """
+
+    timestamps: NDArray[np.float64]
+    turbine_ids: NDArray[np.int64]
+    distances: NDArray[np.float64]
+    thresholds: NDArray[np.float64]
+    contributions: NDArray[np.float64]
+    partitions: NDArray[np.int64]
+    offsets: NDArray[np.int64]
+    rows: NDArray[np.int64]
+    scored_by: NDArray[np.int8]
+    sensors: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.timestamps.size)
+
+    def event_ids(self) -> list[str]:
+        """Deterministic ids ``partition:offset:row`` (the topic is added by transports)."""
+        return [
+            f"{p}:{o}:{r}"
+            for p, o, r in zip(
+                self.partitions.tolist(), self.offsets.tolist(), self.rows.tolist(), strict=True
+            )
+        ]
+
+    def select(self, mask: NDArray[np.bool_] | NDArray[np.intp]) -> Anomalies:
+        return Anomalies(
+            self.timestamps[mask],
+            self.turbine_ids[mask],
+            self.distances[mask],
+            self.thresholds[mask],
+            self.contributions[mask],
+            self.partitions[mask],
+            self.offsets[mask],
+            self.rows[mask],
+            self.scored_by[mask],
+            self.sensors,
+        )
+
+    @staticmethod
+    def concat(parts: list[Anomalies], sensors: tuple[str, ...]) -> Anomalies:
+        if not parts:
+            d = len(sensors)
+            z = np.zeros(0)
+            zi = np.zeros(0, dtype=np.int64)
+            return Anomalies(z, zi, z, z, np.zeros((0, d)), zi, zi, zi, zi.astype(np.int8), sensors)
+        return Anomalies(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAY_FIELDS),
+            sensors=sensors,
+        )
+
+
+_ARRAY_FIELDS = (
+    "timestamps",
+    "turbine_ids",
+    "distances",
+    "thresholds",
+    "contributions",
+    "partitions",
+    "offsets",
+    "rows",
+    "scored_by",
+)
+
+
+class AnomalyStore:
+    """Append anomalies, flush them as CSR chunks, and read them back.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Created if missing; an existing store is opened and appended to.
+    sensors : sequence of str, optional
+        Sensor names; required for a new store, checked against an old one.
+    chunk_size : int
+        Anomalies held in memory before a chunk is written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pipeline import Detector, DetectorConfig
+    >>> rng = np.random.default_rng(0)
+    >>> det = Detector(DetectorConfig(min_samples=50, key_groups=1))
+    >>> _ = det.learn(np.zeros(200), np.zeros(200, dtype=int), rng.normal(size=(200, 2)))
+    >>> r = det.process([1.0, 2.0], [0, 0], [[0.0, 0.0], [9.0, -9.0]])
+    >>> store = AnomalyStore(tempfile.mkdtemp(), sensors=("a", "b"))
+    >>> store.append(r)
+    1
+    >>> store.flush(); len(store.query())
+    1
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        sensors: tuple[str, ...] | list[str] | None = None,
+        chunk_size: int = 65_536,
+    ) -> None:
+        self.directory = Path(directory)
+        self.chunk_size = chunk_size
+        path = self.directory / MANIFEST
+        if path.exists():
+            self._manifest = self._load_manifest(path)
+            stored = tuple(self._manifest["sensors"])
+            if sensors is not None and tuple(sensors) != stored and stored:
+                raise StoreError(
+                    f"{self.directory}: the store holds sensors {list(stored)}, not {list(sensors)}"
+                )
+            if not stored and sensors is not None:
+                self._manifest["sensors"] = list(sensors)
+        else:
+            if self.directory.exists() and any(self.directory.iterdir()):
+                raise StoreError(f"{self.directory}: exists, is not empty, and has no {MANIFEST}")
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._manifest = {
+                "version": STORE_VERSION,
+                "sensors": list(sensors) if sensors is not None else [],
+                "turbines": [],
+                "chunks": [],
+                "positions": {},
+                "readings": 0,
+            }
+            self._write_manifest()
+        self._columns = {int(t): i for i, t in enumerate(self._manifest["turbines"])}
+        self._pending: list[Anomalies] = []
+        self._pending_count = 0
+        self._positions = {int(k): int(v) for k, v in self._manifest["positions"].items()}
+        self._readings = int(self._manifest.get("readings", 0))
+
+    # ------------------------------------------------------------------ manifest
+    def _load_manifest(self, path: Path) -> dict:
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{path}: unreadable manifest ({exc})") from None
+        if manifest.get("version") != STORE_VERSION:
+            raise StoreError(
+                f"{path}: store version {manifest.get('version')!r}, this code reads {STORE_VERSION}"
+            )
+        return manifest
+
+    def _write_manifest(self) -> None:
+        data = json.dumps(self._manifest, indent=1, sort_keys=True).encode()
+        _atomic_write(self.directory / MANIFEST, data)
+
+    @property
+    def sensors(self) -> tuple[str, ...]:
+        return tuple(self._manifest["sensors"])
+
+    # ------------------------------------------------------------------ writing
+    def append(
+        self,
+        result: BatchResult,
+        partitions: NDArray[np.int64] | int = -1,
+        offsets: NDArray[np.int64] | int = 0,
+        rows: NDArray[np.int64] | None = None,
+    ) -> int:
+        """Queue a batch's anomalies; returns how many were new.
+
+        Parameters
+        ----------
+        result : BatchResult
+        partitions, offsets : int or ndarray of shape (n,)
+            Source of each reading of the batch (an int applies to all).
+        rows : ndarray of shape (n,), optional
+            Row of each reading within its source record (default: its position).
+        """
+        if not self._manifest["sensors"] and result.sensors:
+            self._manifest["sensors"] = list(result.sensors)
+        n = result.n_readings
+        self._readings += n
+        hit = result.anomaly_index
+        if hit.size == 0:
+            return 0
+        part = np.broadcast_to(np.asarray(partitions, dtype=np.int64), (n,))[hit]
+        off = np.broadcast_to(np.asarray(offsets, dtype=np.int64), (n,))[hit]
+        row = (np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64))[hit]
+        fresh = np.ones(hit.size, dtype=bool)
+        for p, floor in self._positions.items():
+            fresh &= ~((part == p) & (off < floor))
+        if not fresh.any():
+            return 0
+        d = result.contributions.shape[1]
+        if not self._manifest["sensors"]:
+            self._manifest["sensors"] = [f"sensor_{j}" for j in range(d)]
+        elif len(self._manifest["sensors"]) != d:
+            raise StoreError(
+                f"anomalies carry {d} contributions, the store has {len(self.sensors)} sensors"
+            )
+        k = int(fresh.sum())
+        self._pending.append(
+            Anomalies(
+                result.timestamps[hit][fresh],
+                result.turbine_ids[hit][fresh],
+                result.distances[hit][fresh],
+                np.full(k, result.threshold),
+                result.contributions[fresh],
+                part[fresh],
+                off[fresh],
+                row[fresh],
+                result.scored_by[hit][fresh],
+                self.sensors,
+            )
+        )
+        self._pending_count += k
+        if self._pending_count >= self.chunk_size:
+            self.flush()
+        return k
+
+    def advance(self, positions: Mapping[int, int]) -> None:
+        """Record that every offset below ``positions[partition]`` has been appended."""
+        for p, o in positions.items():
+            self._positions[int(p)] = max(self._positions.get(int(p), 0), int(o))
+
+    def flush(self) -> None:
+        """Write pending anomalies as a chunk and the manifest, durably."""
+        if self._pending:
+            table = Anomalies.concat(self._pending, self.sensors)
+            self._write_chunk(table)
+            self._pending = []
+            self._pending_count = 0
+        self._manifest["positions"] = {str(p): o for p, o in sorted(self._positions.items())}
+        self._manifest["readings"] = self._readings
+        self._write_manifest()
+
+    def _write_chunk(self, table: Anomalies) -> None:
+        new = [t for t in np.unique(table.turbine_ids).tolist() if t not in self._columns]
+        for t in new:
+            self._columns[t] = len(self._manifest["turbines"])
+            self._manifest["turbines"].append(t)
+        cols = np.array([self._columns[t] for t in table.turbine_ids.tolist()], dtype=np.int64)
+        steps, row_of = np.unique(table.timestamps, return_inverse=True)
+        order = np.lexsort((cols, row_of))
+        t = table.select(order)
+        row_of, cols = row_of[order], cols[order]
+        indptr = np.zeros(steps.size + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row_of, minlength=steps.size), out=indptr[1:])
+        shape = (steps.size, len(self._manifest["turbines"]))
+        dist = sparse.csr_array((t.distances, cols, indptr), shape=shape)
+        contrib = sparse.csr_array(t.contributions)
+        seq = len(self._manifest["chunks"]) + 1
+        stem = f"chunk-{seq:06d}"
+        files = {
+            "distance": self.directory / f"{stem}-distance.npz",
+            "contrib": self.directory / f"{stem}-contrib.npz",
+            "meta": self.directory / f"{stem}-meta.npz",
+        }
+        sparse.save_npz(files["distance"], dist, compressed=False)
+        sparse.save_npz(files["contrib"], contrib, compressed=False)
+        np.savez(
+            files["meta"],
+            step_timestamps=steps,
+            thresholds=t.thresholds,
+            partitions=t.partitions,
+            offsets=t.offsets,
+            rows=t.rows,
+            scored_by=t.scored_by,
+        )
+        for f in files.values():
+            _fsync_file(f)
+        self._manifest["chunks"].append(
+            {
+                "name": stem,
+                "anomalies": len(t),
+                "steps": int(steps.size),
+                "t_min": float(steps[0]),
+                "t_max": float(steps[-1]),
+                "turbines": sorted(set(t.turbine_ids.tolist())),
+                "bytes": int(sum(f.stat().st_size for f in files.values())),
+            }
+        )
+
+    def position(self) -> dict[str, object]:
+        """What a checkpoint needs to roll the store back: flushed chunks and offsets."""
+        return {
+            "chunks": len(self._manifest["chunks"]),
+            "positions": {str(p): o for p, o in self._positions.items()},
+            "readings": self._readings,
+            "turbines": len(self._manifest["turbines"]),
+        }
+
+    def truncate(self, position: Mapping[str, object]) -> int:
+        """Roll back to a :meth:`position`: drop later chunks and pending anomalies."""
+        keep = int(position["chunks"])  # type: ignore[call-overload]
+        dropped = self._manifest["chunks"][keep:]
+        self._manifest["chunks"] = self._manifest["chunks"][:keep]
+        self._manifest["turbines"] = self._manifest["turbines"][: int(position["turbines"])]  # type: ignore[call-overload]
+        self._columns = {int(t): i for i, t in enumerate(self._manifest["turbines"])}
+        self._positions = {int(k): int(v) for k, v in dict(position["positions"]).items()}  # type: ignore[call-overload]
+        self._readings = int(position["readings"])  # type: ignore[call-overload]
+        self._pending, self._pending_count = [], 0
+        self.flush()
+        for c in dropped:
+            for part in ("distance", "contrib", "meta"):
+                (self.directory / f"{c['name']}-{part}.npz").unlink(missing_ok=True)
+        return sum(int(c["anomalies"]) for c in dropped)
+
+    def close(self) -> None:
+        self.flush()
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def chunks(self) -> list[dict]:
+        return list(self._manifest["chunks"])
+
+    @property
+    def readings(self) -> int:
+        """Readings appended (scored or not), flushed or pending."""
+        return self._readings
+
+    def stats(self) -> dict[str, int]:
+        """Anomalies (non-zeros) and bytes on disk of the flushed chunks."""
+        return {
+            "anomalies": sum(int(c["anomalies"]) for c in self._manifest["chunks"]),
+            "pending": self._pending_count,
+            "bytes": sum(int(c["bytes"]) for c in self._manifest["chunks"]),
+            "chunks": len(self._manifest["chunks"]),
+        }
+
+    def read_chunk(self, chunk: Mapping[str, object]) -> Anomalies:
+        """All anomalies of one chunk (files read with ``allow_pickle=False``)."""
+        stem = str(chunk["name"])
+        try:
+            dist = sparse.load_npz(self.directory / f"{stem}-distance.npz").tocsr()
+            contrib = sparse.load_npz(self.directory / f"{stem}-contrib.npz").toarray()
+            with np.load(self.directory / f"{stem}-meta.npz", allow_pickle=False) as meta:
+                m = {k: meta[k] for k in meta.files}
+        except (OSError, ValueError, KeyError) as exc:
+            raise StoreError(f"{self.directory}: chunk {stem} unreadable ({exc})") from None
+        counts = np.diff(dist.indptr)
+        turbines = np.asarray(self._manifest["turbines"], dtype=np.int64)
+        return Anomalies(
+            np.repeat(m["step_timestamps"], counts),
+            turbines[dist.indices],
+            dist.data,
+            m["thresholds"],
+            contrib,
+            m["partitions"],
+            m["offsets"],
+            m["rows"],
+            m["scored_by"],
+            self.sensors,
+        )
+
+    def iter_chunks(
+        self,
+        turbine: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Iterator[Anomalies]:
+        """Anomalies chunk by chunk, skipping chunks the manifest rules out, then filtered."""
+        for c in self._manifest["chunks"]:
+            if since is not None and c["t_max"] < since:
+                continue
+            if until is not None and c["t_min"] > until:
+                continue
+            if turbine is not None and turbine not in c["turbines"]:
+                continue
+            a = self.read_chunk(c)
+            keep = np.ones(len(a), dtype=bool)
+            if turbine is not None:
+                keep &= a.turbine_ids == turbine
+            if since is not None:
+                keep &= a.timestamps >= since
+            if until is not None:
+                keep &= a.timestamps <= until
+            if keep.any():
+                yield a if keep.all() else a.select(keep)
+
+    def query(
+        self,
+        turbine: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Anomalies:
+        """Flushed anomalies matching the filters, as one table."""
+        return Anomalies.concat(list(self.iter_chunks(turbine, since, until)), self.sensors)
