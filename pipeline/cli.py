@@ -35,8 +35,9 @@ EXIT_BAD_INPUT = 2
 # ---------------------------------------------------------------------- helpers
 def iso(ts: float) -> str:
     """Seconds since the epoch as ISO 8601 UTC (to the millisecond when fractional)."""
-    unit = "s" if float(ts).is_integer() else "ms"
-    return str(np.datetime64(int(round(ts * (1 if unit == "s" else 1000))), unit)) + "Z"
+    if float(ts).is_integer():
+        return str(np.datetime64(int(ts), "s")) + "Z"
+    return str(np.datetime64(int(round(ts * 1000)), "ms")) + "Z"
 
 
 def parse_time(text: str) -> float:
@@ -187,7 +188,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     store = AnomalyStore(args.store)
     s = store.stats()
     print(
-        f"anomaly store {args.store}: {s['anomalies']:,} anomalies in {s['chunks']} chunks, {s['bytes']:,} bytes"
+        f"anomaly store {args.store}: {s['anomalies']:,} anomalies in {s['chunks']} chunks, "
+        f"{s['bytes']:,} bytes"
     )
     return 0
 
@@ -205,14 +207,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise InputError("no label column (set --label-col)", path=str(path))
         total.merge(report.confusion)
         per_file.append({"file": str(path), **report.confusion.as_dict()})
-    result = {**total.as_dict(), "files": len(args.input)}
+    result: dict[str, object] = {**total.as_dict(), "files": len(args.input)}
     if args.format == "json":
         if args.per_file:
             result["per_file"] = per_file
         print(json.dumps(result, indent=1, default=_json_number))
     else:
         print(
-            f"{len(args.input)} file(s): precision {total.precision:.3f}  recall {total.recall:.3f}  "
+            f"{len(args.input)} file(s): precision {total.precision:.3f}  "
+            f"recall {total.recall:.3f}  "
             f"F1 {total.f1:.3f}  FAR {total.far:.2f} %  MAR {total.mar:.2f} %  "
             f"mean detection delay {total.mean_delay:.1f} s "
             f"({total.missed_faults} of {len(total.delays) + total.missed_faults} faults missed)"

@@ -563,7 +563,7 @@ def _pool_groups(
     n_groups : int
     """
     d = means.shape[1]
-    gc = np.bincount(group_of, weights=counts, minlength=n_groups)
+    gc = np.bincount(group_of, weights=counts, minlength=n_groups).astype(np.float64)
     safe = np.where(gc > 0, gc, 1.0)
     weighted = means * counts[:, None]
     gm = np.empty((n_groups, d))

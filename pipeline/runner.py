@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -209,9 +210,10 @@ class _NoBar:
         pass
 
 
-def _progress(enabled: bool, path: str, total: int | None) -> _NoBar:
+def _progress(enabled: bool, path: str, total: int | None) -> Any:
+    """A tqdm progress bar on stderr, or a stand-in that draws nothing."""
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=" readings", unit_scale=True, desc=Path(path).name, leave=False)  # type: ignore[return-value]
+    return tqdm(total=total, unit=" readings", unit_scale=True, desc=Path(path).name, leave=False)

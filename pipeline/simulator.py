@@ -46,8 +46,9 @@ _BASE_SENSORS = (
     ("pressure", 160.0, 6.0, 2.0),
     ("vibration", 2.0, 0.25, 0.1),
 )
-_WIND_MEAN, _WIND_SD, _WIND_PHI = 8.0, 2.0, 0.995
+_WIND_MEAN, _WIND_SD, _WIND_PHI = 8.0, 2.0, 0.95
 _LOCAL_SD, _LOCAL_PHI = 0.6, 0.9
+BLOCK_STEPS = 1000
 _LENGTHS = {"spike": (1, 1), "drift": (20, 60), "stuck": (20, 60), "correlation_break": (10, 30)}
 
 
@@ -70,7 +71,6 @@ class SimulationParams(BaseModel):
     magnitude: float = Field(4.0, gt=0, description="Fault size in standard deviations.")
     kinds: tuple[str, ...] = Field(FAULT_KINDS, min_length=1)
     clean_fraction: float = Field(0.1, ge=0, lt=1, description="Leading fault-free share.")
-    block_steps: int = Field(1000, ge=1, description="Steps generated at a time.")
 
     def sensor_names(self) -> tuple[str, ...]:
         base = tuple(s[0] for s in _BASE_SENSORS[: self.sensors])
@@ -194,7 +194,11 @@ class FleetSimulator:
         self._noise_seed = int(rng.integers(2**63 - 1))
 
     def chunks(self) -> Iterator[Chunk]:
-        """All readings, ``block_steps`` time steps per chunk, rows ordered (step, turbine)."""
+        """All readings, ``BLOCK_STEPS`` time steps per chunk, rows ordered (step, turbine).
+
+        The block size is fixed (not a setting) because the random draws are
+        made block by block: the same seed must give the same file.
+        """
         p, fleet = self.params, self.fleet
         t, d = p.turbines, p.sensors
         rng = np.random.default_rng(self._noise_seed)
@@ -207,8 +211,8 @@ class FleetSimulator:
         wind_state[0] = _WIND_PHI * rng.normal(scale=_WIND_SD)
         local_state[0] = _LOCAL_PHI * rng.normal(scale=_LOCAL_SD, size=t)
         stuck_at: dict[int, float] = {}
-        for start in range(0, p.steps, p.block_steps):
-            k = min(p.block_steps, p.steps - start)
+        for start in range(0, p.steps, BLOCK_STEPS):
+            k = min(BLOCK_STEPS, p.steps - start)
             w, wind_state = lfilter(
                 [1.0], [1.0, -_WIND_PHI], rng.normal(scale=wind_scale, size=k), zi=wind_state
             )

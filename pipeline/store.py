@@ -124,10 +124,8 @@ class Anomalies:
             z = np.zeros(0)
             zi = np.zeros(0, dtype=np.int64)
             return Anomalies(z, zi, z, z, np.zeros((0, d)), zi, zi, zi, zi.astype(np.int8), sensors)
-        return Anomalies(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAY_FIELDS),
-            sensors=sensors,
-        )
+        arrays = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAY_FIELDS}
+        return Anomalies(**arrays, sensors=sensors)
 
 
 _ARRAY_FIELDS = (
@@ -215,7 +213,8 @@ class AnomalyStore:
             raise StoreError(f"{path}: unreadable manifest ({exc})") from None
         if manifest.get("version") != STORE_VERSION:
             raise StoreError(
-                f"{path}: store version {manifest.get('version')!r}, this code reads {STORE_VERSION}"
+                f"{path}: store version {manifest.get('version')!r}, "
+                f"this code reads {STORE_VERSION}"
             )
         return manifest
 

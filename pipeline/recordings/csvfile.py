@@ -248,7 +248,8 @@ class CsvRecording:
                         stamps[r] = np.datetime64(cell, "ms")
                     except ValueError:
                         raise self._error(
-                            f"unreadable timestamp {cell[:40]!r} (expected ISO 8601 or epoch seconds)",
+                            f"unreadable timestamp {cell[:40]!r} "
+                            "(expected ISO 8601 or epoch seconds)",
                             int(line_no[r]),
                             self.spec.time_col,
                         ) from None

@@ -89,7 +89,7 @@ class Chunk:
             np.concatenate([c.timestamps for c in chunks]),
             np.concatenate([c.turbine_ids for c in chunks]),
             np.concatenate([c.values for c in chunks]),
-            None if first.labels is None else np.concatenate([c.labels for c in chunks]),  # type: ignore[misc]
-            None if first.kinds is None else np.concatenate([c.kinds for c in chunks]),  # type: ignore[misc]
+            None if first.labels is None else np.concatenate([c.labels for c in chunks]),
+            None if first.kinds is None else np.concatenate([c.kinds for c in chunks]),
             np.concatenate([c.lines for c in chunks]),
         )

@@ -101,7 +101,11 @@ class RecordingWriter:
             p["label"].write(np.ascontiguousarray(labels, "i1").tobytes())
             p["fault_kind"].write(np.asarray(kinds, dtype=f"<U{_KIND_WIDTH}").tobytes())
         else:
-            numeric = [chunk.timestamps[:, None], chunk.turbine_ids[:, None], chunk.values]
+            numeric: list[np.ndarray] = [
+                chunk.timestamps[:, None],
+                chunk.turbine_ids[:, None],
+                chunk.values,
+            ]
             fmt = ["%.17g", "%d"] + ["%.17g"] * len(self.sensors)
             if self.labels:
                 numeric.append(labels[:, None])

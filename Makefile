@@ -1,0 +1,51 @@
+# turbine-watch: `make demo` runs the main job, `make test` passes the tests.
+# `make help` lists every target.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TURBINE := $(VENV)/bin/turbine
+OUT ?= out
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test test-fast lint bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,report]'
+	touch $@
+
+venv: $(STAMP) ## make the virtual environment and install the project
+
+demo: $(STAMP) ## simulate a fleet, detect its anomalies into a store, print a summary
+	mkdir -p $(OUT)/demo
+	$(TURBINE) simulate --turbines 100 --steps 5000 --seed 42 \
+		--output $(OUT)/demo/fleet.npz --write-config $(OUT)/demo/calibration.json
+	rm -rf $(OUT)/demo/store
+	$(TURBINE) detect --input $(OUT)/demo/fleet.npz --config $(OUT)/demo/calibration.json \
+		--store $(OUT)/demo/store
+	$(TURBINE) anomalies $(OUT)/demo/store --format csv | head -n 6
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint ## lint, then every test (starts the real servers the tests need)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP) ## the tests that need no server
+	$(PY) -m pytest -q -m "not kafka and not prometheus and not docker"
+
+bench: $(STAMP) ## benchmarks; figures go to bench/results/ and the README
+	$(PY) -m bench.engine
+
+clean: ## remove outputs (not the venv)
+	rm -rf $(OUT) .pytest_cache .ruff_cache .mypy_cache
+
+include deploy/kafka/kafka.mk

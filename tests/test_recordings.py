@@ -1,0 +1,179 @@
+"""Recorded files: formats, chunking, round trips, and one-line located errors."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.recordings import Chunk, RecordingSpec, RecordingWriter, read_recording
+
+SKAB = RecordingSpec(sep=";", time_col="datetime", label_col="anomaly", drop_cols=("changepoint",))
+
+
+def read_all(path, spec=None):
+    with read_recording(path, spec) as rec:
+        chunks = list(rec)
+        return rec, Chunk.concat(chunks), chunks
+
+
+def sample_chunk(rng, n=50, d=3, kinds=True):
+    return Chunk(
+        timestamps=1_767_225_600.0 + np.repeat(np.arange(n // 5, dtype=float), 5) * 0.25,
+        turbine_ids=np.tile(np.arange(5, dtype=np.int64), n // 5),
+        values=rng.normal(size=(n, d)) * 1e3,
+        labels=(rng.random(n) < 0.2).astype(np.int8),
+        kinds=np.where(rng.random(n) < 0.2, "spike", "") if kinds else None,
+        lines=np.arange(n),
+    )
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz"])
+def test_write_read_round_trip_is_exact(tmp_path, rng, suffix):
+    chunk = sample_chunk(rng)
+    path = tmp_path / f"r{suffix}"
+    with RecordingWriter(path, ("a", "b", "c"), labels=True, kinds=True) as w:
+        w.write(chunk.take(slice(0, 20)))
+        w.write(chunk.take(slice(20, None)))
+    rec, back, _ = read_all(path, RecordingSpec(chunk_rows=7))
+    assert rec.sensors == ("a", "b", "c")
+    np.testing.assert_array_equal(back.timestamps, chunk.timestamps)
+    np.testing.assert_array_equal(back.turbine_ids, chunk.turbine_ids)
+    np.testing.assert_array_equal(back.values, chunk.values)
+    np.testing.assert_array_equal(back.labels, chunk.labels)
+    np.testing.assert_array_equal(back.kinds, chunk.kinds)
+
+
+def test_chunks_are_bounded(tmp_path, rng):
+    path = tmp_path / "r.npz"
+    with RecordingWriter(path, ("a", "b", "c")) as w:
+        w.write(sample_chunk(rng, n=1000))
+    _, _, chunks = read_all(path, RecordingSpec(chunk_rows=64))
+    assert max(len(c) for c in chunks) == 64 and sum(len(c) for c in chunks) == 1000
+
+
+def test_skab_file_reads_with_options(skab_dir):
+    rec, chunk, _ = read_all(skab_dir / "valve1" / "0.csv", SKAB)
+    assert len(rec.sensors) == 8 and "changepoint" not in rec.sensors
+    assert (chunk.turbine_ids == 0).all()
+    assert chunk.labels.sum() > 0 and len(chunk) > 1000
+    assert chunk.timestamps[1] - chunk.timestamps[0] in (1.0, 2.0, 3.0)
+    assert chunk.lines[0] == 2  # the header is line 1
+
+
+def test_mixed_line_endings_and_iso_times(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(
+        b"datetime;x;y;anomaly\r\n2020-03-09 10:14:33;1;2;0\n2020-03-09T10:14:34;3;4;1\r\n"
+    )
+    _, chunk, _ = read_all(path, RecordingSpec(sep=";", time_col="datetime", label_col="anomaly"))
+    assert chunk.values.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert chunk.timestamps[1] - chunk.timestamps[0] == 1.0
+    assert chunk.labels.tolist() == [0, 1]
+
+
+def test_empty_cells_are_missing_readings(tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_text("timestamp,turbine_id,a,b\n0,1,1.5,\n1,1,nan,inf\n")
+    _, chunk, _ = read_all(path)
+    assert np.isnan(chunk.values[0, 1]) and np.isnan(chunk.values[1, 0])
+    assert np.isinf(chunk.values[1, 1])
+
+
+BAD_CSV = [
+    (b"", "empty file", 1),
+    (b"timestamp,turbine_id,a\n", "no readings after the header", 2),
+    (b"timestamp,turbine_id,a,b\n0,1,2,3\n1,1,x7,3\n", "column 'a': not a number: 'x7'", 3),
+    (
+        b"timestamp,turbine_id,a,b\n0,1,2,3\n1,1,2\n",
+        "expected 4 columns (as the header), found 3",
+        3,
+    ),
+    (b"timestamp,turbine_id,a\n0,1,2\nnoon,1,2\n", "column 'timestamp': not a number: 'noon'", 3),
+    (b"time,turbine_id,a\n2020-01-01,1,2\n2020-13-45,1,2\n", "unreadable timestamp", 3),
+    (b"timestamp,turbine_id,a\n0,1.5,2\n", "turbine id '1.5' is not an integer", 2),
+    (b"timestamp,turbine_id,a\n0,1,2\n1,1,\xff\xfe\n", "not UTF-8", 3),
+    (b"a,b\n1,2\n", "no time column 'timestamp'", 1),
+    (b"a;b\n1;2\n", "the header has one column with separator ','", 1),
+]
+
+
+@pytest.mark.parametrize(("data", "message", "line"), BAD_CSV)
+def test_bad_csv_gives_one_located_line(tmp_path, data, message, line):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(data)
+    spec = RecordingSpec(time_col="time") if data.startswith(b"time,") else RecordingSpec()
+    with pytest.raises(InputError) as info:
+        read_all(path, spec)
+    text = str(info.value)
+    assert message in text and "\n" not in text
+    assert text.startswith(f"{path}:{line}:"), text
+
+
+def test_huge_line_is_refused(tmp_path):
+    path = tmp_path / "huge.csv"
+    path.write_bytes(b"timestamp,turbine_id,a\n0,1,2\n" + b"9" * 5000 + b"\n")
+    with pytest.raises(InputError, match=r":3: line longer than 1000 bytes"):
+        read_all(path, RecordingSpec(max_line_bytes=1000))
+
+
+def test_garbage_binary_as_csv_is_a_located_error(tmp_path, rng):
+    path = tmp_path / "garbage.csv"
+    path.write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError):
+        read_all(path)
+
+
+def write_npz(tmp_path, rng):
+    path = tmp_path / "r.npz"
+    with RecordingWriter(path, ("a", "b", "c"), labels=True) as w:
+        w.write(sample_chunk(rng, n=500, kinds=False))
+    return path
+
+
+def test_truncated_npz_is_refused(tmp_path, rng):
+    path = write_npz(tmp_path, rng)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="not a readable .npz archive|truncated|corrupt"):
+        read_all(path)
+
+
+def test_npz_shape_mismatch_and_pickle_are_refused(tmp_path):
+    bad = tmp_path / "shape.npz"
+    np.savez(bad, timestamp=np.zeros(3), values=np.zeros((4, 2)), sensors=np.array(["a", "b"]))
+    with pytest.raises(InputError, match=r"column 'values': has shape \(4, 2\), expected \(3, 2\)"):
+        read_all(bad)
+    pick = tmp_path / "pickle.npz"
+    np.savez(
+        pick,
+        timestamp=np.zeros(2),
+        values=np.zeros((2, 1)),
+        sensors=np.array(["a"]),
+        turbine_id=np.array([object(), object()]),
+    )
+    with pytest.raises(InputError, match="object arrays"):
+        read_all(pick)
+
+
+def test_npz_declared_size_larger_than_data(tmp_path, rng):
+    """An absurd declared shape is caught from the header, before any allocation."""
+    path = write_npz(tmp_path, rng)
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members["values.npy"] = members["values.npy"].replace(b"(500, 3)", b"(900000000000, 3)", 1)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, blob in members.items():
+            zf.writestr(name, blob)
+    with pytest.raises(InputError, match="declares shape|has shape"):
+        read_all(path)
+
+
+def test_writer_failure_leaves_no_output(tmp_path, rng):
+    path = tmp_path / "out.npz"
+    with pytest.raises(RuntimeError), RecordingWriter(path, ("a", "b", "c")) as w:
+        w.write(sample_chunk(rng))
+        raise RuntimeError("interrupted")
+    assert not path.exists() and list(tmp_path.iterdir()) == []
