@@ -147,8 +147,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         magnitude=args.magnitude,
         kinds=tuple(args.kinds.split(",")) if args.kinds else FAULT_KINDS,
     )
-    if args.bootstrap_servers:
-        from producers.simulate import stream_simulation
+    if _kafka_mode(args):
+        from producers.commands import stream_simulation
 
         return stream_simulation(args, params)
     if args.output is None:
@@ -166,12 +166,37 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka_mode(args: argparse.Namespace) -> bool:
+    import os
+
+    return bool(args.bootstrap_servers) or (
+        getattr(args, "input", None) is None and bool(os.environ.get("TURBINE_BOOTSTRAP_SERVERS"))
+    )
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     config = detector_config(args)
-    if args.bootstrap_servers:
-        from consumers.service import run_service
+    if _kafka_mode(args):
+        from consumers.service import ServiceSettings, run_service
 
-        return run_service(args, config)
+        given = {
+            "bootstrap_servers": args.bootstrap_servers,
+            "topic": args.topic,
+            "anomalies_topic": args.anomalies_topic,
+            "dlq_topic": args.dlq_topic,
+            "group": args.group,
+            "store": args.store,
+            "checkpoint_dir": args.checkpoint_dir,
+            "checkpoint_every_batches": args.checkpoint_every_batches,
+            "checkpoint_every_seconds": args.checkpoint_every_seconds,
+            "stop_after_idle": args.stop_after_idle,
+            "metrics_address": args.metrics_address,
+            "metrics_port": args.metrics_port,
+            "max_record_bytes": args.max_record_bytes,
+            "partitions": args.partitions,
+        }
+        settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
+        return run_service(settings, config)
     if args.input is None:
         raise ConfigError("detect needs --input FILE (or --bootstrap-servers for Kafka)")
     if args.store is None:
@@ -282,6 +307,23 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from producers.commands import replay
+
+    return replay(args, recording_spec(args))
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from consumers.record import record_topic
+    from producers.commands import kafka_settings
+
+    written, refused = record_topic(
+        kafka_settings(args), args.topic, args.output, idle_seconds=args.idle_seconds
+    )
+    print(f"wrote {written:,} readings to {args.output} ({refused} records refused)")
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -327,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_detector_options(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("replay", help="replay a recorded file to Kafka")
+    p.add_argument("file", type=Path)
+    add_recording_options(p)
+    _add_stream_options(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("record", help="write a Kafka topic to a recorded file")
+    p.add_argument("--bootstrap-servers", help="HOST:PORT[,HOST:PORT...]")
+    p.add_argument("--topic", default="turbine.readings")
+    p.add_argument("--output", type=Path, required=True, help="recorded file (.npz or .csv)")
+    p.add_argument("--idle-seconds", type=float, default=5.0, help="stop when nothing arrives")
+    p.set_defaults(func=cmd_record)
+
     p = sub.add_parser("anomalies", help="list anomalies from a store")
     p.add_argument("store", type=Path)
     p.add_argument("--turbine", type=int)
@@ -338,16 +393,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_stream_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("Kafka (stream instead of writing a file)")
-    g.add_argument("--bootstrap-servers", help="HOST:PORT[,HOST:PORT...]")
+    g = p.add_argument_group("Kafka producer")
+    g.add_argument(
+        "--bootstrap-servers", help="HOST:PORT[,HOST:PORT...] (or TURBINE_BOOTSTRAP_SERVERS)"
+    )
     g.add_argument("--topic", default="turbine.readings")
+    g.add_argument(
+        "--speed", type=float, default=0.0, help="times the recorded pace; 0 = as fast as possible"
+    )
+    g.add_argument("--key-groups", type=int, default=12, help="turbine groups (the record keys)")
+    g.add_argument(
+        "--batch-steps",
+        type=int,
+        default=DEFAULT_BATCH_STEPS,
+        help="time steps per batch (the detector's engine batches)",
+    )
+    g.add_argument("--producer-id", help="stable id of this stream (default from the source)")
+    g.add_argument("--partitions", type=int, help="create the topic with this many partitions")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_metrics_options(g)
+
+
+def _add_metrics_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--metrics-address", help="bind address of /metrics (default 127.0.0.1)")
+    g.add_argument("--metrics-port", type=int, help="serve /metrics on this port")
 
 
 def _add_service_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("Kafka service")
+    g = p.add_argument_group("Kafka service (settings also from TURBINE_* variables)")
     g.add_argument("--bootstrap-servers", help="HOST:PORT[,HOST:PORT...]")
-    g.add_argument("--topic", default="turbine.readings")
-    g.add_argument("--group", default="turbine-detectors")
+    g.add_argument("--topic", help="readings topic (default turbine.readings)")
+    g.add_argument("--anomalies-topic", help="default turbine.anomalies")
+    g.add_argument("--dlq-topic", help="dead letters (default turbine.readings.dlq)")
+    g.add_argument("--group", help="consumer group (default turbine-detectors)")
+    g.add_argument(
+        "--checkpoint-dir", type=Path, help="shared by the group (default STORE/checkpoints)"
+    )
+    g.add_argument("--checkpoint-every-batches", type=int)
+    g.add_argument("--checkpoint-every-seconds", type=float)
+    g.add_argument("--stop-after-idle", type=float, help="exit 0 once caught up this long (s)")
+    g.add_argument("--max-record-bytes", type=int)
+    g.add_argument("--partitions", type=int, help="partitions of topics it creates (default 6)")
+    _add_metrics_options(g)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

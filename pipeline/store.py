@@ -349,6 +349,15 @@ class AnomalyStore:
             }
         )
 
+    def pending(self) -> Anomalies:
+        """Anomalies appended but not yet flushed (a checkpoint keeps them)."""
+        return Anomalies.concat(self._pending, self.sensors)
+
+    def restore_pending(self, table: Anomalies | None) -> None:
+        """Put back the pending anomalies saved in a checkpoint (after :meth:`truncate`)."""
+        self._pending = [table] if table is not None and len(table) else []
+        self._pending_count = len(table) if table is not None else 0
+
     def position(self) -> dict[str, object]:
         """What a checkpoint needs to roll the store back: flushed chunks and offsets."""
         return {
@@ -391,6 +400,8 @@ class AnomalyStore:
         """Anomalies (non-zeros) and bytes on disk of the flushed chunks."""
         return {
             "anomalies": sum(int(c["anomalies"]) for c in self._manifest["chunks"]),
+            "total": sum(int(c["anomalies"]) for c in self._manifest["chunks"])
+            + self._pending_count,
             "pending": self._pending_count,
             "bytes": sum(int(c["bytes"]) for c in self._manifest["chunks"]),
             "chunks": len(self._manifest["chunks"]),

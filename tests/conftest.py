@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,3 +29,46 @@ def skab_dir() -> Path:
             pytest.fail(f"CI=true but the shared data folder {path} is missing")
         pytest.skip(f"shared data folder {path} is absent (recorded SKAB files)")
     return path
+
+
+@pytest.fixture(scope="session")
+def kafka_servers() -> Iterator[str]:
+    """Bootstrap servers of a real broker (see tests/kafka_support.py)."""
+    from tests.kafka_support import NoBroker, any_broker, wait_for_metadata
+
+    try:
+        with any_broker() as servers:
+            wait_for_metadata(servers)
+            yield servers
+    except NoBroker as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true and no Kafka broker: {exc}")
+        pytest.skip(f"no Kafka broker: {exc}")
+
+
+@pytest.fixture
+def topic_factory(kafka_servers: str) -> Iterator[Callable[..., str]]:
+    """Create fresh topics (unique names) and delete them after the test."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_servers)
+    made: list[str] = []
+
+    def make(prefix: str = "t", partitions: int = 1) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        made.append(name)
+        return name
+
+    yield make
+    try:
+        if made:
+            admin.delete_topics(made)
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def group_id() -> str:
+    """A fresh consumer group id per test (no waiting on a dead member's session)."""
+    return f"g-{uuid.uuid4().hex[:10]}"

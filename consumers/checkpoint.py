@@ -1,0 +1,109 @@
+"""Per-partition checkpoints: model state, store position, pending anomalies, offset.
+
+One file per (topic, partition) in a directory the whole consumer group
+shares, written in one atomic step: a temp file, fsync, rename, fsync of the
+directory.  A checkpoint is what a partition's next owner restores before it
+scores that partition's first record, so state moves with the partition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.store import Anomalies
+
+VERSION = 1
+_DET = "det__"
+_PENDING = "pending__"
+
+
+@dataclass
+class Checkpoint:
+    """Everything one partition needs to resume exactly where it was."""
+
+    partition: int
+    offset: int
+    detector_state: dict[str, np.ndarray]
+    store_position: dict
+    pending: Anomalies | None
+    last_batch: dict[tuple[str, int], int] = field(default_factory=dict)
+    sensors: tuple[str, ...] = ()
+
+
+class CheckpointDir:
+    """Reads and writes the checkpoints of one topic under ``directory``."""
+
+    def __init__(self, directory: str | Path, topic: str) -> None:
+        self.directory = Path(directory)
+        self.topic = topic
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, partition: int) -> Path:
+        return self.directory / f"{self.topic}-{partition:04d}.npz"
+
+    def save(self, cp: Checkpoint) -> Path:
+        arrays: dict[str, np.ndarray] = {f"{_DET}{k}": v for k, v in cp.detector_state.items()}
+        if cp.pending is not None and len(cp.pending):
+            for name in (
+                "timestamps",
+                "turbine_ids",
+                "distances",
+                "thresholds",
+                "contributions",
+                "partitions",
+                "offsets",
+                "rows",
+                "scored_by",
+            ):
+                arrays[f"{_PENDING}{name}"] = getattr(cp.pending, name)
+        meta = {
+            "version": VERSION,
+            "topic": self.topic,
+            "partition": cp.partition,
+            "offset": cp.offset,
+            "store_position": cp.store_position,
+            "last_batch": [[p, g, b] for (p, g), b in sorted(cp.last_batch.items())],
+            "sensors": list(cp.sensors),
+        }
+        arrays["meta"] = np.asarray(json.dumps(meta))
+        target = self.path(cp.partition)
+        tmp = target.with_name(f".{target.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return target
+
+    def load(self, partition: int) -> Checkpoint | None:
+        path = self.path(partition)
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+        meta = json.loads(str(data.pop("meta")))
+        if meta.get("version") != VERSION:
+            raise ValueError(f"{path}: checkpoint version {meta.get('version')!r}")
+        det = {k[len(_DET) :]: v for k, v in data.items() if k.startswith(_DET)}
+        pend = {k[len(_PENDING) :]: v for k, v in data.items() if k.startswith(_PENDING)}
+        sensors = tuple(meta["sensors"])
+        pending = Anomalies(**pend, sensors=sensors) if pend else None
+        return Checkpoint(
+            partition=int(meta["partition"]),
+            offset=int(meta["offset"]),
+            detector_state=det,
+            store_position=meta["store_position"],
+            pending=pending,
+            last_batch={(p, int(g)): int(b) for p, g, b in meta["last_batch"]},
+            sensors=sensors,
+        )

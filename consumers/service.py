@@ -1,0 +1,565 @@
+"""The detector service: a Kafka consumer-group member around the engine.
+
+Per partition it owns, the service keeps one engine (:class:`Detector`), one
+anomaly store (``STORE/partition-NNNN``) and the (producer, group) batch
+numbers already processed.  Records are decoded (bad ones go to the
+dead-letter topic with a reason header), records of the same engine batch are
+scored in one call, anomalies are appended to the store and published as
+JSON events.  Every ``checkpoint_every_batches`` batches or
+``checkpoint_every_seconds`` seconds, on a rebalance and at shutdown it
+flushes the producer, writes each partition's checkpoint atomically and only
+then commits the offsets: committed offsets never run ahead of a checkpoint.
+A new owner of a partition restores its checkpoint and seeks to its offset
+before scoring its first record.
+
+Guarantees: the models and the anomaly store see every accepted reading
+exactly once (replays after a crash are rolled back to the checkpoint and
+redone deterministically); anomaly events and dead letters are at least once,
+with deterministic ids (``topic:partition:offset:row``) for de-duplication.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from pydantic import Field
+
+from consumers.checkpoint import Checkpoint, CheckpointDir
+from pipeline.config import DetectorConfig
+from pipeline.detector import BatchResult, Detector
+from pipeline.errors import SchemaError, TurbineError
+from pipeline.metrics import DetectorMetrics, serve_metrics
+from pipeline.runner import config_for
+from pipeline.store import AnomalyStore
+from pipeline.wire import JSON_TYPE, SensorBatch, WireError, decode_batch
+from producers.kafka_client import (
+    ANOMALIES_TOPIC,
+    DLQ_TOPIC,
+    READINGS_TOPIC,
+    KafkaIOError,
+    KafkaSettings,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ServiceSettings(KafkaSettings):
+    """The detector service's settings (options or ``TURBINE_*`` environment variables)."""
+
+    topic: str = READINGS_TOPIC
+    anomalies_topic: str = ANOMALIES_TOPIC
+    dlq_topic: str = DLQ_TOPIC
+    group: str = "turbine-detectors"
+    store: Path = Path("store")
+    checkpoint_dir: Path | None = Field(
+        None, description="Shared by the group (default STORE/checkpoints)."
+    )
+    checkpoint_every_batches: int = Field(500, ge=1)
+    checkpoint_every_seconds: float = Field(10.0, gt=0)
+    max_record_bytes: int = Field(8 << 20, ge=1024)
+    nan_flood_fraction: float = Field(0.5, gt=0, le=1)
+    stop_after_idle: float | None = Field(None, gt=0)
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int | None = None
+    poll_timeout_ms: int = Field(200, ge=1)
+    max_poll_records: int = Field(2000, ge=1)
+    partitions: int = Field(6, ge=1, description="Partitions of topics this service creates.")
+    publish_events: bool = True
+    session_timeout_ms: int = Field(10_000, ge=1000)
+
+
+@dataclass
+class PartitionState:
+    partition: int
+    store: AnomalyStore
+    detector: Detector | None = None
+    next_offset: int | None = None
+    last_batch: dict[tuple[str, int], int] = field(default_factory=dict)
+    sensors: tuple[str, ...] = ()
+
+
+@dataclass
+class Accepted:
+    """A decoded record that passed every check, waiting for the engine."""
+
+    record: Any
+    batch: SensorBatch
+
+    @property
+    def offset(self) -> int:
+        return int(self.record.offset)
+
+
+def _header(record: Any, name: str) -> str | None:
+    for key, value in record.headers or []:
+        if key == name:
+            try:
+                return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError:
+                raise WireError("bad_header", f"header {name!r} is not UTF-8") from None
+    return None
+
+
+def _iso(ts: float) -> str:
+    return str(np.datetime64(int(round(ts * 1000)), "ms")) + "Z"
+
+
+class DetectorService:
+    """Consume, score, store, publish; checkpoint and commit.
+
+    Parameters
+    ----------
+    settings : ServiceSettings
+    config : DetectorConfig
+        The engine's configuration, the same for every partition.
+    registry : CollectorRegistry, optional
+        Metrics go here (a fresh one per test).
+    """
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        config: DetectorConfig,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = DetectorMetrics(self.registry)
+        self.metrics.up_since.set(time.time())
+        self.checkpoints = CheckpointDir(
+            settings.checkpoint_dir or settings.store / "checkpoints", settings.topic
+        )
+        self.states: dict[int, PartitionState] = {}
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._stop = False
+        self._batches_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._last_lag_update = 0.0
+        self._idle_since: float | None = None
+        self.processed_readings = 0
+
+    # ------------------------------------------------------------------ clients
+    @property
+    def producer(self) -> Any:
+        if self._producer is None:
+            self._producer = make_producer(self.settings, linger_ms=2)
+        return self._producer
+
+    def _make_consumer(self) -> Any:
+        from kafka import ConsumerRebalanceListener
+
+        service = self
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                service._revoke([tp.partition for tp in revoked])
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                service._assign(list(assigned))
+
+        consumer = make_consumer(
+            self.settings,
+            group_id=self.settings.group,
+            max_poll_records=self.settings.max_poll_records,
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 4),
+            max_poll_interval_ms=300_000,
+        )
+        consumer.subscribe([self.settings.topic], listener=Listener())
+        return consumer
+
+    # ------------------------------------------------------------------ partitions
+    def _state_for(self, partition: int) -> PartitionState:
+        store_dir = self.settings.store / f"partition-{partition:04d}"
+        return PartitionState(partition=partition, store=AnomalyStore(store_dir))
+
+    def _assign(self, assigned: list[Any]) -> None:
+        for tp in assigned:
+            if tp.partition in self.states:
+                continue
+            state = self._state_for(tp.partition)
+            cp = self.checkpoints.load(tp.partition)
+            if cp is not None:
+                state.store.truncate(cp.store_position)
+                state.store.restore_pending(cp.pending)
+                state.sensors = cp.sensors
+                if "turbine_means" in cp.detector_state or cp.sensors:
+                    state.detector = Detector.from_state(
+                        cp.detector_state, config_for(self.config, cp.sensors, "checkpoint")
+                    )
+                state.next_offset = cp.offset
+                state.last_batch = dict(cp.last_batch)
+                self._consumer.seek(tp, cp.offset)
+                log.info("partition_restored partition=%d offset=%d", tp.partition, cp.offset)
+            else:
+                log.info("partition_assigned partition=%d checkpoint=none", tp.partition)
+            self.states[tp.partition] = state
+        self.metrics.partitions.set(len(self.states))
+
+    def _revoke(self, partitions: list[int]) -> None:
+        owned = [p for p in partitions if p in self.states]
+        if owned:
+            # Inside kafka-python's IO thread a commit would block it: write the
+            # checkpoints only; the next owner seeks to them (commits may lag,
+            # never lead).
+            try:
+                self.checkpoint(owned, commit=False)
+            except Exception as exc:  # a listener must not raise into kafka-python
+                log.error("checkpoint_on_revoke_failed partitions=%s error=%s", owned, exc)
+        for p in owned:
+            self.states.pop(p).store.flush()
+            try:
+                self.metrics.consumer_lag.remove(str(p))
+            except KeyError:
+                pass
+        self.metrics.partitions.set(len(self.states))
+
+    # ------------------------------------------------------------------ records
+    def _check(self, state: PartitionState, record: Any) -> SensorBatch:
+        """Decode and validate one record; raises WireError with the dead-letter reason."""
+        ctype = _header(record, "content-type")
+        version = _header(record, "schema-version")
+        if version is not None and version != "1":
+            raise WireError("unknown_schema_version", f"header schema-version {version!r}")
+        batch = decode_batch(record.value, ctype, self.settings.max_record_bytes)
+        sensors = tuple(batch.meta.sensors)
+        expected = state.sensors or tuple(self.config.sensors or ())
+        if expected and sensors != expected:
+            raise WireError(
+                "sensor_mismatch", f"sensors {list(sensors)}, the model has {list(expected)}"
+            )
+        if len(batch):
+            bad = ~np.isfinite(batch.values).all(axis=1)
+            if bad.mean() > self.settings.nan_flood_fraction:
+                raise WireError(
+                    "nan_flood", f"{int(bad.sum())} of {len(batch)} readings are NaN/inf"
+                )
+        key = (batch.meta.producer_id, batch.meta.group)
+        last = state.last_batch.get(key)
+        if last is not None and batch.meta.batch <= last:
+            raise WireError(
+                "duplicate",
+                f"batch {batch.meta.batch} of {key[0]} group {key[1]} already processed",
+            )
+        return batch
+
+    def _dead_letter(self, record: Any, reason: str, message: str) -> None:
+        self.metrics.dead_letters.labels(reason=reason).inc()
+        log.warning(
+            "dead_letter topic=%s partition=%d offset=%d reason=%s detail=%s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+            message[:200],
+        )
+        headers = [
+            ("reason", reason.encode()),
+            ("error", message[:1000].encode("utf-8", "replace")),
+            ("source-topic", record.topic.encode()),
+            ("source-partition", str(record.partition).encode()),
+            ("source-offset", str(record.offset).encode()),
+        ]
+        value = record.value if record.value is not None else b""
+        future = self.producer.send(
+            self.settings.dlq_topic, key=record.key, value=value, headers=headers
+        )
+        future.add_errback(lambda exc: self.metrics.publish_errors.inc())
+
+    def handle(self, partition: int, records: list[Any]) -> None:
+        """Process the records polled from one partition, in offset order."""
+        state = self.states.get(partition)
+        if state is None:  # revoked while polling
+            return
+        run: list[Accepted] = []
+        for record in records:
+            try:
+                batch = self._check(state, record)
+            except WireError as exc:
+                self._dead_letter(record, exc.reason, str(exc))
+                state.next_offset = record.offset + 1
+                continue
+            if run and run[-1].batch.meta.batch != batch.meta.batch:
+                self._score(state, run)
+                run = []
+            state.last_batch[(batch.meta.producer_id, batch.meta.group)] = batch.meta.batch
+            if not state.sensors:
+                state.sensors = tuple(batch.meta.sensors)
+            run.append(Accepted(record, batch))
+            state.next_offset = record.offset + 1
+        if run:
+            self._score(state, run)
+        state.store.advance({partition: state.next_offset or 0})
+
+    def _score(self, state: PartitionState, run: list[Accepted]) -> None:
+        """Score records of one engine batch together (one engine call)."""
+        start = time.perf_counter()
+        if state.detector is None:
+            state.detector = Detector(
+                config_for(self.config, state.sensors, f"partition {state.partition}")
+            )
+        batches = [a.batch for a in run]
+        ts = np.concatenate([b.timestamps for b in batches])
+        ids = np.concatenate([b.turbine_ids for b in batches])
+        values = np.concatenate([b.values for b in batches])
+        try:
+            result = state.detector.process(ts, ids, values)
+        except (SchemaError, TurbineError) as exc:
+            if len(run) > 1:  # find the offending record(s): score one by one
+                for one in run:
+                    self._score(state, [one])
+                return
+            self._dead_letter(run[0].record, "schema", str(exc))
+            return
+        offsets = np.repeat([a.offset for a in run], [len(b) for b in batches])
+        rows = np.concatenate([np.arange(len(b)) for b in batches])
+        state.store.append(result, partitions=state.partition, offsets=offsets, rows=rows)
+        kinds = None
+        labelled = all(b.kinds is not None for b in batches)
+        if labelled:
+            kinds = np.concatenate([b.kinds for b in batches])  # type: ignore[misc]
+        self._publish(state, result, offsets, rows, kinds, batches[0])
+        m = self.metrics
+        m.readings.inc(result.n_readings)
+        m.readings_skipped.inc(result.n_skipped)
+        m.batches.inc()
+        if result.n_readings:
+            now = time.time()
+            scored = result.scored_by > 0
+            m.lag_seconds.observe_many(now - ts)
+            m.distance.observe_many(result.distances[scored])
+            m.last_reading.set(float(np.max(ts)))
+        hit = result.anomaly_index
+        m.count_anomalies(ids[hit], None if kinds is None else kinds[hit], labelled)
+        m.batch_seconds.observe(time.perf_counter() - start)
+        self._batches_since_checkpoint += 1
+        self.processed_readings += result.n_readings
+
+    def _publish(
+        self,
+        state: PartitionState,
+        result: BatchResult,
+        offsets: np.ndarray,
+        rows: np.ndarray,
+        kinds: np.ndarray | None,
+        first: SensorBatch,
+    ) -> None:
+        """One JSON event per anomaly, keyed by turbine, with a deterministic id."""
+        if not self.settings.publish_events or result.n_anomalies == 0:
+            return
+        sensors = state.sensors
+        topic = self.settings.topic
+        for j, i in enumerate(result.anomaly_index.tolist()):  # one event per anomaly
+            contrib = result.contributions[j]
+            top = np.argsort(contrib)[::-1][:3]
+            event_id = f"{topic}:{state.partition}:{int(offsets[i])}:{int(rows[i])}"
+            event = {
+                "event_id": event_id,
+                "turbine_id": int(result.turbine_ids[i]),
+                "timestamp": float(result.timestamps[i]),
+                "time": _iso(float(result.timestamps[i])),
+                "distance2": float(result.distances[i]),
+                "threshold": result.threshold,
+                "model": "turbine" if result.scored_by[i] == 1 else "fleet",
+                "top_sensors": [
+                    {"sensor": sensors[k], "contribution": float(contrib[k])} for k in top.tolist()
+                ],
+                "fault_kind": None if kinds is None else (str(kinds[i]) or None),
+                "producer_id": first.meta.producer_id,
+                "site": first.meta.site,
+            }
+            future = self.producer.send(
+                self.settings.anomalies_topic,
+                key=str(event["turbine_id"]).encode(),
+                value=json.dumps(event).encode(),
+                headers=[("event-id", event_id.encode()), ("content-type", JSON_TYPE.encode())],
+            )
+            future.add_errback(lambda exc: self.metrics.publish_errors.inc())
+        self.metrics.events_published.inc(result.n_anomalies)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, partitions: list[int] | None = None, commit: bool = True) -> None:
+        """Make events durable, write checkpoints, then commit offsets (in that order)."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        if self._producer is not None:
+            try:
+                self._producer.flush(timeout=30)
+            except Exception as exc:  # kafka-python's KafkaTimeoutError and friends
+                raise KafkaIOError(f"flushing events before a checkpoint failed: {exc}") from None
+        owned = sorted(self.states if partitions is None else partitions)
+        offsets = {}
+        for p in owned:
+            state = self.states[p]
+            if state.next_offset is None:
+                continue
+            cp = Checkpoint(
+                partition=p,
+                offset=state.next_offset,
+                detector_state=state.detector.state() if state.detector is not None else {},
+                store_position=state.store.position(),
+                pending=state.store.pending(),
+                last_batch=state.last_batch,
+                sensors=state.sensors,
+            )
+            self.checkpoints.save(cp)
+            offsets[TopicPartition(self.settings.topic, p)] = OffsetAndMetadata(
+                state.next_offset, "", -1
+            )
+        if commit and offsets and self._consumer is not None:
+            self._consumer.commit(offsets)
+        self.metrics.checkpoints.inc()
+        self._batches_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._update_gauges()
+
+    def _maybe_checkpoint(self) -> None:
+        s = self.settings
+        due = self._batches_since_checkpoint >= s.checkpoint_every_batches or (
+            self._batches_since_checkpoint > 0
+            and time.monotonic() - self._last_checkpoint >= s.checkpoint_every_seconds
+        )
+        if due:
+            try:
+                self.checkpoint()
+            except KafkaIOError as exc:
+                log.error("checkpoint_failed error=%s (will retry)", exc)
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        counts, known, warming, worst, fleet = [], 0, 0, 1.0, 0.0
+        store_bytes = store_anoms = 0
+        for state in self.states.values():
+            st = state.store.stats()
+            store_bytes += st["bytes"]
+            store_anoms += st["total"]
+            det = state.detector
+            if det is None or det.n_features is None:
+                continue
+            c = det.sample_counts()
+            counts.append(c)
+            known += c.size
+            warming += det.warming_up()
+            worst = max(worst, det.worst_condition())
+            fleet += det.fleet_model.count
+        m.turbines.set(known)
+        m.warming_up.set(warming)
+        m.condition.set(worst)
+        m.model_samples.labels(model="fleet").set(fleet)
+        if counts:
+            allc = np.concatenate(counts)
+            if allc.size:
+                m.model_samples.labels(model="turbine_min").set(float(allc.min()))
+                m.model_samples.labels(model="turbine_median").set(float(np.median(allc)))
+        m.store_bytes.set(store_bytes)
+        m.store_anomalies.set(store_anoms)
+
+    def _update_lag(self, force: bool = False) -> bool:
+        """Consumer lag per partition; returns True when caught up everywhere."""
+        now = time.monotonic()
+        if not force and now - self._last_lag_update < 2.0:
+            return False
+        self._last_lag_update = now
+        assignment = list(self._consumer.assignment())
+        if not assignment:
+            return False
+        try:
+            ends = self._consumer.end_offsets(assignment)
+        except Exception as exc:  # broker away: keep going, report later
+            log.warning("end_offsets_failed error=%s", exc.__class__.__name__)
+            return False
+        caught_up = True
+        for tp in assignment:
+            pos = self._consumer.position(tp)
+            lag = max(0, ends.get(tp, 0) - pos)
+            self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(lag)
+            caught_up &= lag == 0
+        return caught_up
+
+    # ------------------------------------------------------------------ main loop
+    def stop(self, *_args: object) -> None:
+        self._stop = True
+
+    def run(self) -> int:
+        s = self.settings
+        ensure_topics(s, {s.topic: s.partitions, s.anomalies_topic: s.partitions, s.dlq_topic: 1})
+        self._consumer = self._make_consumer()
+        log.info("detector_started group=%s topic=%s store=%s", s.group, s.topic, s.store)
+        try:
+            while not self._stop:
+                polled = self._consumer.poll(timeout_ms=s.poll_timeout_ms)
+                if polled:
+                    self._idle_since = None
+                    for tp, records in polled.items():
+                        self.handle(tp.partition, records)
+                    self._maybe_checkpoint()
+                    self._update_lag()
+                    continue
+                self._maybe_checkpoint()
+                caught_up = self._update_lag(force=s.stop_after_idle is not None)
+                if s.stop_after_idle is None:
+                    continue
+                if caught_up and self.states:
+                    self._idle_since = self._idle_since or time.monotonic()
+                    if time.monotonic() - self._idle_since >= s.stop_after_idle:
+                        log.info("idle_stop seconds=%.1f", s.stop_after_idle)
+                        break
+                else:
+                    self._idle_since = None
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        try:
+            if self.states:
+                self.checkpoint()
+            for state in self.states.values():
+                state.store.flush()  # after the checkpoint: a restore truncates this chunk
+            self.states.clear()  # nothing left for the revoke callback of consumer.close()
+        finally:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+            if self._producer is not None:
+                self._producer.close(timeout=10)
+                self._producer = None
+
+
+def run_service(settings: ServiceSettings, config: DetectorConfig) -> int:
+    """Run until SIGTERM/SIGINT (or idle, with --stop-after-idle); exit code 0."""
+    service = DetectorService(settings, config)
+    serve_metrics(service.registry, settings.metrics_address, settings.metrics_port)
+    previous = {
+        sig: signal.signal(sig, _stopper(service)) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        code = service.run()
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+    log.info("detector_stopped readings=%d", service.processed_readings)
+    return code
+
+
+def _stopper(service: DetectorService) -> Any:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.warning("signal=%s finishing the batch in hand, then checkpoint and exit", signum)
+        service.stop()
+
+    return handler

@@ -1,0 +1,267 @@
+"""Prometheus metrics of the detector service, built on a registry passed in.
+
+Naming: one namespace (``turbine_``), ``_total`` on counters, base units
+(``_seconds``, ``_bytes``), low-cardinality labels: the ``turbine`` label is
+capped at ``max_turbine_labels`` distinct values (then ``other``).  Everything
+is updated once per batch, never per reading: per-reading distributions go
+through :class:`BulkHistogram`, which bins a whole batch with NumPy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+NAMESPACE = "turbine"
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+DISTANCE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 256, 1024, 4096)
+TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class BulkHistogram(Collector):
+    """A histogram fed a whole array at a time (``np.searchsorted``, no loop).
+
+    >>> reg = CollectorRegistry()
+    >>> h = BulkHistogram("demo_seconds", "demo", (1.0, 2.0), reg)
+    >>> h.observe_many([0.5, 1.5, 7.0])
+    >>> reg.get_sample_value("demo_seconds_bucket", {"le": "2.0"})
+    2.0
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(self.bounds.size + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: ArrayLike) -> None:
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            return
+        slots = np.searchsorted(self.bounds, v, side="left")
+        counts = np.bincount(slots, minlength=self.bounds.size + 1)
+        with self._lock:
+            self._counts += counts
+            self._sum += float(v.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        buckets = [
+            (repr(float(b)), float(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)
+        ]
+        buckets.append(("+Inf", float(cumulative[-1])))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
+class DetectorMetrics:
+    """Every metric the detector exports.
+
+    >>> reg = CollectorRegistry()
+    >>> m = DetectorMetrics(reg)
+    >>> m.count_anomalies(np.array([3, 3, 900]), np.array(["drift", "drift", ""]), labelled=True)
+    >>> reg.get_sample_value("turbine_anomalies_total", {"turbine": "3", "fault_kind": "drift"})
+    2.0
+    """
+
+    def __init__(self, registry: CollectorRegistry, max_turbine_labels: int = 200) -> None:
+        ns = NAMESPACE
+        self.max_turbine_labels = max_turbine_labels
+        self._turbine_labels: set[str] = set()
+        self.readings = Counter("readings", "Readings processed", namespace=ns, registry=registry)
+        self.readings_skipped = Counter(
+            "readings_skipped", "Readings skipped as NaN/inf", namespace=ns, registry=registry
+        )
+        self.batches = Counter("batches", "Batches processed", namespace=ns, registry=registry)
+        self.anomalies = Counter(
+            "anomalies",
+            "Anomalies flagged, by turbine (capped set) and labelled fault kind",
+            ["turbine", "fault_kind"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "dead_letters",
+            "Records sent to the dead-letter topic",
+            ["reason"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "duplicate_batches",
+            "Batches dropped as already processed (replays, retries)",
+            namespace=ns,
+            registry=registry,
+        )
+        self.events_published = Counter(
+            "anomaly_events_published",
+            "Anomaly events sent to the anomalies topic",
+            namespace=ns,
+            registry=registry,
+        )
+        self.publish_errors = Counter(
+            "anomaly_event_errors",
+            "Anomaly events or dead letters that failed to send",
+            namespace=ns,
+            registry=registry,
+        )
+        self.checkpoints = Counter(
+            "checkpoints", "Checkpoints written", namespace=ns, registry=registry
+        )
+        self.batch_seconds = Histogram(
+            "batch_processing_seconds",
+            "Engine time per batch (decode to stored)",
+            namespace=ns,
+            registry=registry,
+            buckets=TIME_BUCKETS,
+        )
+        self.lag_seconds = BulkHistogram(
+            f"{ns}_scoring_lag_seconds",
+            "Delay from a reading's timestamp to its scoring",
+            LAG_BUCKETS,
+            registry,
+        )
+        self.distance = BulkHistogram(
+            f"{ns}_squared_distance",
+            "Squared Mahalanobis distance of scored readings",
+            DISTANCE_BUCKETS,
+            registry,
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag_records",
+            "Records behind the end of each partition",
+            ["partition"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.model_samples = Gauge(
+            "model_samples",
+            "Readings learned: fleet model, and least/median per turbine",
+            ["model"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.turbines = Gauge("turbines", "Turbines known", namespace=ns, registry=registry)
+        self.warming_up = Gauge(
+            "turbines_warming_up",
+            "Turbines whose own model is not yet warm",
+            namespace=ns,
+            registry=registry,
+        )
+        self.condition = Gauge(
+            "covariance_condition_max",
+            "Worst condition number over warm turbine models",
+            namespace=ns,
+            registry=registry,
+        )
+        self.last_reading = Gauge(
+            "last_reading_timestamp_seconds",
+            "Timestamp of the newest reading processed",
+            namespace=ns,
+            registry=registry,
+        )
+        self.store_bytes = Gauge(
+            "store_bytes", "Anomaly store size on disk", namespace=ns, registry=registry
+        )
+        self.store_anomalies = Gauge(
+            "store_anomalies",
+            "Anomalies (CSR non-zeros) in the store, flushed and pending",
+            namespace=ns,
+            registry=registry,
+        )
+        self.partitions = Gauge(
+            "partitions_owned", "Partitions this detector owns", namespace=ns, registry=registry
+        )
+        self.up_since = Gauge(
+            "start_time_seconds", "When this detector started", namespace=ns, registry=registry
+        )
+
+    def turbine_label(self, turbine: int) -> str:
+        key = str(turbine)
+        if key in self._turbine_labels:
+            return key
+        if len(self._turbine_labels) < self.max_turbine_labels:
+            self._turbine_labels.add(key)
+            return key
+        return "other"
+
+    def count_anomalies(
+        self, turbines: np.ndarray, kinds: np.ndarray | None, labelled: bool
+    ) -> None:
+        """Count a batch's anomalies: turbine ids (k,) and fault kinds (k,) ('' = normal)."""
+        if turbines.size == 0:
+            return
+        if kinds is None or not labelled:
+            kinds = np.full(turbines.size, "unknown")
+        kinds = np.where(kinds == "", "none", kinds)
+        pairs, counts = np.unique(
+            np.stack([turbines.astype(str), kinds]), axis=1, return_counts=True
+        )
+        for (t, k), c in zip(pairs.T.tolist(), counts.tolist(), strict=True):  # per label pair
+            self.anomalies.labels(turbine=self.turbine_label(int(t)), fault_kind=k).inc(c)
+
+
+class ProducerMetrics:
+    """Metrics of the producers (simulator, replayer)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        ns = NAMESPACE
+        self.readings = Counter(
+            "producer_readings_sent", "Readings handed to Kafka", namespace=ns, registry=registry
+        )
+        self.records = Counter(
+            "producer_records_sent", "Records handed to Kafka", namespace=ns, registry=registry
+        )
+        self.bytes = Counter(
+            "producer_sent_bytes", "Record bytes handed to Kafka", namespace=ns, registry=registry
+        )
+        self.delivered = Counter(
+            "producer_records_delivered",
+            "Records acknowledged by the broker",
+            namespace=ns,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "producer_delivery_errors",
+            "Records the broker did not acknowledge",
+            namespace=ns,
+            registry=registry,
+        )
+        self.last_reading = Gauge(
+            "producer_last_reading_timestamp_seconds",
+            "Timestamp of the newest reading sent",
+            namespace=ns,
+            registry=registry,
+        )
+
+
+def serve_metrics(
+    registry: CollectorRegistry, address: str | None = None, port: int | None = None
+) -> int | None:
+    """Serve ``/metrics`` for ``registry`` on address:port (env TURBINE_METRICS_ADDRESS and
+    TURBINE_METRICS_PORT when not given); returns the port, None when disabled."""
+    import os
+
+    from prometheus_client import start_http_server
+
+    if port is None:
+        env = os.environ.get("TURBINE_METRICS_PORT")
+        port = int(env) if env else None
+    if port is None:
+        return None
+    addr = address or os.environ.get("TURBINE_METRICS_ADDRESS", "127.0.0.1")
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return int(server.server_port)

@@ -1,0 +1,172 @@
+"""A thin layer over kafka-python: settings, client construction, topics, errors.
+
+Clients are created lazily by the services, closed in context managers, and
+every Kafka error that reaches our code is turned into :class:`KafkaIOError`
+with the topic, partition and offset it concerns.  Security settings (TLS,
+SASL) pass straight through from configuration; secrets are ``SecretStr`` and
+never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import TurbineError
+
+log = logging.getLogger(__name__)
+
+READINGS_TOPIC = "turbine.readings"
+ANOMALIES_TOPIC = "turbine.anomalies"
+DLQ_TOPIC = "turbine.readings.dlq"
+
+
+class KafkaIOError(TurbineError):
+    """A Kafka operation that failed, with where it failed."""
+
+    def __init__(
+        self,
+        message: str,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        where = ", ".join(
+            f"{k}={v}"
+            for k, v in (("topic", topic), ("partition", partition), ("offset", offset))
+            if v is not None
+        )
+        super().__init__(f"{message} ({where})" if where else message)
+
+
+class KafkaSettings(BaseSettings):
+    """Connection settings, from ``TURBINE_*`` environment variables or options."""
+
+    model_config = SettingsConfigDict(env_prefix="TURBINE_", extra="ignore")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="HOST:PORT[,HOST:PORT]")
+    client_id: str = "turbine-watch"
+    security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+    )
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+    connect_timeout_s: float = Field(60.0, description="How long to wait for a broker at start.")
+
+    def client_config(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python clients (secrets revealed only here)."""
+        cfg: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            if self.sasl_password is not None:
+                cfg["sasl_plain_password"] = self.sasl_password.get_secret_value()
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, key):
+                cfg[key] = getattr(self, key)
+        if self.ssl_password is not None:
+            cfg["ssl_password"] = self.ssl_password.get_secret_value()
+        return cfg
+
+
+def retry_until_connected(
+    factory: Any, settings: KafkaSettings, what: str, deadline_s: float | None = None
+) -> Any:
+    """Build a client, retrying with backoff while no broker answers."""
+    from kafka.errors import KafkaError
+
+    limit = settings.connect_timeout_s if deadline_s is None else deadline_s
+    start = time.monotonic()
+    delay = 0.5
+    while True:
+        try:
+            return factory()
+        except (KafkaError, OSError) as exc:
+            waited = time.monotonic() - start
+            if waited >= limit:
+                raise KafkaIOError(
+                    f"no Kafka broker answered at {settings.bootstrap_servers} for the {what} "
+                    f"after {waited:.0f} s: {exc.__class__.__name__}"
+                ) from None
+            log.warning(
+                "broker_unreachable what=%s servers=%s retry_in=%.1fs error=%s",
+                what,
+                settings.bootstrap_servers,
+                delay,
+                exc.__class__.__name__,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def make_producer(settings: KafkaSettings, **overrides: Any) -> Any:
+    """An idempotent producer (acks=all, retries) for large batch records."""
+    from kafka import KafkaProducer
+
+    cfg = {
+        **settings.client_config(),
+        "acks": "all",
+        "enable_idempotence": True,
+        "retries": 2**31 - 1,
+        "max_in_flight_requests_per_connection": 5,
+        "linger_ms": 5,
+        "batch_size": 1 << 20,
+        "max_request_size": 16 << 20,
+        "request_timeout_ms": 30_000,
+        **overrides,
+    }
+    return retry_until_connected(lambda: KafkaProducer(**cfg), settings, "producer")
+
+
+def make_consumer(settings: KafkaSettings, **overrides: Any) -> Any:
+    """A consumer with manual commits, reading from the earliest offset by default."""
+    from kafka import KafkaConsumer
+
+    cfg = {
+        **settings.client_config(),
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": 16 << 20,
+        "fetch_max_bytes": 64 << 20,
+        **overrides,
+    }
+    return retry_until_connected(lambda: KafkaConsumer(**cfg), settings, "consumer")
+
+
+def ensure_topics(settings: KafkaSettings, topics: dict[str, int]) -> None:
+    """Create the topics (name -> partitions) that do not exist yet."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = retry_until_connected(
+        lambda: KafkaAdminClient(**settings.client_config()), settings, "admin client"
+    )
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(name, num_partitions=p, replication_factor=1)
+            for name, p in topics.items()
+            if name not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("topics_created names=%s", ",".join(t.name for t in new))
+    finally:
+        admin.close()

@@ -1,0 +1,126 @@
+"""A real Kafka broker for the tests: from the environment, a container, or a local JVM.
+
+Order (``TURBINE_TEST_KAFKA`` = auto | env | container | local forces one):
+1. ``KAFKA_BOOTSTRAP_SERVERS`` when set;
+2. testcontainers' Kafka module when a Docker engine answers (the image named by
+   ``TURBINE_KAFKA_IMAGE``);
+3. the project's own local broker (``deploy/kafka/kafka.sh``) on a free port.
+With none available the Kafka tests skip with the reason, and fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
+
+
+class NoBroker(RuntimeError):
+    """No way to get a broker here (the reason is the message)."""
+
+
+def free_port(low: int = 20000, high: int = 32000) -> int:
+    """A free TCP port below the kernel's ephemeral range (so no client steals it)."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(low, high)  # noqa: S311 (not security)
+        if all(_port_free(p) for p in (port, port + 1)):
+            return port
+    raise NoBroker("no free port pair found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        proc = subprocess.run(["docker", "info"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+@contextmanager
+def local_broker() -> Iterator[str]:
+    """The project's own single-node KRaft broker on a free port, purged afterwards."""
+    if shutil.which("java") is None and os.geteuid() != 0:
+        raise NoBroker("no java, and not root to install it (deploy/kafka/kafka.sh)")
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="turbine-kafka-"))
+    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(data / "broker")}
+    proc = subprocess.run(["bash", str(KAFKA_SH), "up"], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise NoBroker(f"deploy/kafka/kafka.sh up failed: {proc.stderr.strip()[-600:]}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["bash", str(KAFKA_SH), "down", "--purge"], capture_output=True, env=env)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def container_broker() -> Iterator[str]:
+    """testcontainers' Kafka module on the image named by TURBINE_KAFKA_IMAGE."""
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+    os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
+    from testcontainers.kafka import KafkaContainer
+
+    image = os.environ.get("TURBINE_KAFKA_IMAGE", "apache/kafka:4.1.1")
+    container = KafkaContainer(image=image).with_kraft()
+    container.start()
+    try:
+        yield container.get_bootstrap_server()
+    finally:
+        container.stop()
+
+
+@contextmanager
+def any_broker() -> Iterator[str]:
+    mode = os.environ.get("TURBINE_TEST_KAFKA", "auto")
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if mode in ("auto", "env") and given:
+        yield given
+        return
+    if mode == "env":
+        raise NoBroker("TURBINE_TEST_KAFKA=env but KAFKA_BOOTSTRAP_SERVERS is not set")
+    if mode == "container" or (mode == "auto" and docker_answers()):
+        with container_broker() as servers:
+            yield servers
+        return
+    with local_broker() as servers:
+        yield servers
+
+
+def wait_for_metadata(servers: str, timeout: float = 60.0) -> None:
+    from kafka import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=5000)
+            admin.list_topics()
+            admin.close()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
