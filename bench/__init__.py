@@ -1,0 +1,1 @@
+"""Benchmarks of turbine-watch (``make bench``); see :mod:`bench.engine`."""
