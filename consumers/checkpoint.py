@@ -74,7 +74,7 @@ class CheckpointDir:
         target = self.path(cp.partition)
         tmp = target.with_name(f".{target.name}.tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

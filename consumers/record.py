@@ -100,7 +100,7 @@ def record_topic(
             ids = np.concatenate([b.turbine_ids for b in parts_])
             order = np.lexsort((ids, ts))
             vals = np.concatenate([b.values for b in parts_])[order]
-            kinds = np.concatenate([b.kinds for b in parts_])[order] if labelled else None  # type: ignore[misc]
+            kinds = np.concatenate([b.kinds for b in parts_])[order] if labelled else None
             labels = (kinds != "").astype(np.int8) if kinds is not None else None
             writer.write(Chunk(ts[order], ids[order], vals, labels, kinds, np.arange(order.size)))
             written += order.size

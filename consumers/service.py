@@ -164,7 +164,7 @@ class DetectorService:
 
         service = self
 
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        class Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
                 service._revoke([tp.partition for tp in revoked])
 
@@ -331,7 +331,7 @@ class DetectorService:
         kinds = None
         labelled = all(b.kinds is not None for b in batches)
         if labelled:
-            kinds = np.concatenate([b.kinds for b in batches])  # type: ignore[misc]
+            kinds = np.concatenate([b.kinds for b in batches])
         self._publish(state, result, offsets, rows, kinds, batches[0])
         m = self.metrics
         m.readings.inc(result.n_readings)

@@ -21,12 +21,12 @@ import numpy as np
 
 from pipeline.config import DetectorConfig, load_config, make_config
 from pipeline.errors import ConfigError, InputError, TurbineError
-from pipeline.evaluation import Confusion
+from pipeline.evaluation import Confusion, DelayTracker, alarm_mask
 from pipeline.memory import tune_malloc
-from pipeline.recordings import RecordingSpec, RecordingWriter
+from pipeline.recordings import RecordingSpec, RecordingWriter, read_recording
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
 from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
-from pipeline.store import AnomalyStore
+from pipeline.store import AnomalyStore, read_anomalies, store_paths
 
 log = logging.getLogger("turbine")
 EXIT_BAD_INPUT = 2
@@ -225,13 +225,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     total = Confusion()
     per_file = []
     for path in args.input:
-        report, _ = run_file(
-            path, spec, config, train_rows=args.train_rows, batch_steps=args.batch_steps
-        )
-        if report.confusion is None:
-            raise InputError("no label column (set --label-col)", path=str(path))
-        total.merge(report.confusion)
-        per_file.append({"file": str(path), **report.confusion.as_dict()})
+        if args.store is not None:
+            confusion = evaluate_store(path, spec, args.store, args.train_rows)
+        else:
+            report, _ = run_file(
+                path, spec, config, train_rows=args.train_rows, batch_steps=args.batch_steps
+            )
+            if report.confusion is None:
+                raise InputError("no label column (set --label-col)", path=str(path))
+            confusion = report.confusion
+        total.merge(confusion)
+        per_file.append({"file": str(path), **confusion.as_dict()})
     result: dict[str, object] = {**total.as_dict(), "files": len(args.input)}
     if args.format == "json":
         if args.per_file:
@@ -248,6 +252,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_store(path: Path, spec: RecordingSpec, store: Path, train_rows: int) -> Confusion:
+    """Labels of a recorded file against the alarms a store holds for its readings."""
+    anomalies = read_anomalies(store)
+    confusion = Confusion()
+    delays = DelayTracker()
+    seen = 0
+    with read_recording(path, spec) as rec:
+        if not rec.has_labels:
+            raise InputError("no label column (set --label-col)", path=str(path))
+        for chunk in rec:
+            skip = max(0, min(len(chunk), train_rows - seen))
+            seen += len(chunk)
+            part = chunk.take(slice(skip, None))
+            if len(part) == 0:
+                continue
+            ok = np.isfinite(part.values).all(axis=1)
+            part = part.take(np.flatnonzero(ok))
+            alarms = alarm_mask(
+                part.timestamps, part.turbine_ids, anomalies.timestamps, anomalies.turbine_ids
+            )
+            labels = part.labels.astype(bool)  # type: ignore[union-attr]
+            confusion.add(labels, alarms)
+            delays.update(part.timestamps, part.turbine_ids, labels, alarms)
+    delays.finish()
+    confusion.delays = tuple(delays.delays)
+    confusion.missed_faults = delays.missed
+    return confusion
+
+
 def _json_number(x: object) -> object:
     if isinstance(x, float) and math.isnan(x):
         return None
@@ -255,11 +288,8 @@ def _json_number(x: object) -> object:
 
 
 def cmd_anomalies(args: argparse.Namespace) -> int:
-    path = Path(args.store)
-    if not (path / "manifest.json").exists():
-        raise InputError("not an anomaly store (no manifest.json)", path=str(path))
-    store = AnomalyStore(path)
-    sensors = store.sensors
+    stores = [AnomalyStore(p) for p in store_paths(args.store)]
+    sensors = next((st.sensors for st in stores if st.sensors), ())
     out = sys.stdout
     if args.format == "csv":
         writer = csv.writer(out, lineterminator="\n")
@@ -270,7 +300,8 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     first = True
     if args.format == "json":
         out.write("[")
-    for table in store.iter_chunks(args.turbine, args.since, args.until):
+    tables = (t for st in stores for t in st.iter_chunks(args.turbine, args.since, args.until))
+    for table in tables:
         ids = table.event_ids()
         for i in range(len(table)):  # output formatting, one line per anomaly
             model = "turbine" if table.scored_by[i] == 1 else "fleet"
@@ -365,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-rows", type=int, default=0, help="leading rows learned, not scored")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--per-file", action="store_true", help="JSON: include each file's scores")
+    p.add_argument(
+        "--store",
+        type=Path,
+        help="score the anomalies already in this store (e.g. the Kafka detector's) "
+        "against the files' labels, instead of running the engine",
+    )
     add_recording_options(p)
     add_detector_options(p)
     p.set_defaults(func=cmd_evaluate)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.linalg import solve_triangular
+from scipy.linalg import blas
 
 from pipeline.calibration import calibrate
 from pipeline.config import DetectorConfig
@@ -41,7 +41,7 @@ from pipeline.covariance import (
 from pipeline.errors import InputError, SchemaError
 from pipeline.mahalanobis import (
     condition_numbers,
-    contributions_grouped,
+    contributions_from_whitened,
     gather_rows,
     regularised_cholesky,
     squared_norms,
@@ -147,6 +147,7 @@ class Detector:
         g = cfg.key_groups
         self._groups = GroupedCovariance(g, d, memory=cfg.memory)
         self._group_chol = np.broadcast_to(np.eye(d), (g, d, d)).copy()
+        self._groups_dirty = False
         t = len(self.turbines)
         self._models = GroupedCovariance(t, d, memory=cfg.memory)
         self._chol = np.broadcast_to(np.eye(d), (t, d, d)).copy()
@@ -245,10 +246,10 @@ class Detector:
             idx, x_t = self._calibrated(ids, raw)
         else:
             idx, x_t = self._calibrated(ids[pos], raw[pos])
-        stat, scored_by, diff_t, model = self._score(idx, x_t)
+        stat, scored_by, diff_t, z_t, model, chol = self._score(idx, x_t)
         flags = stat > self.threshold
         hit = np.flatnonzero(flags)
-        contrib = self._contributions(diff_t[:, hit], model[hit])
+        contrib = self._contributions(diff_t[:, hit], z_t[:, hit], model[hit], chol)
         if self.config.learn_anomalies or hit.size == 0:
             self._learn(idx, x_t)
         else:
@@ -294,11 +295,13 @@ class Detector:
     # ------------------------------------------------------------------ scoring
     def _score(
         self, idx: NDArray[np.intp], x_t: F64
-    ) -> tuple[F64, NDArray[np.int8], F64, NDArray[np.intp]]:
-        """Statistic, model kind, deviations (D, n) and model index of each reading.
+    ) -> tuple[F64, NDArray[np.int8], F64, F64, NDArray[np.intp], F64]:
+        """Score readings ``x_t`` (D, n) against the models as they are.
 
-        The model index points into :meth:`_all_chol`: turbine factors first,
-        then the key groups' fleet factors.
+        Returns the statistic (n,), the model kind (n,), the deviations and
+        whitened deviations (D, n), and each reading's model as an index into
+        the returned stack of Cholesky factors: turbine factors first, then
+        the key groups' fleet factors.
         """
         d, n = x_t.shape
         stat = np.zeros(n)
@@ -311,33 +314,38 @@ class Detector:
             by = np.full(n, TURBINE, dtype=np.int8)
             model, chol = idx, self._chol
             diff_t = x_t - gather_rows(self._models.means, idx)
-        elif fleet_only:
-            ok = self._groups.counts[0] >= self.fleet_min_samples
-            by = np.full(n, FLEET if ok else WARMUP, dtype=np.int8)
-            model = np.full(n, self._chol.shape[0], dtype=np.intp)
-            chol = self._all_chol()
-            diff_t = x_t - self._groups.means[0][:, None]
         else:
-            g = np.take(self._group_of, idx)
-            fleet = ~warm & (np.take(self._groups.counts, g) >= self.fleet_min_samples)
-            by = np.where(warm, TURBINE, np.where(fleet, FLEET, WARMUP)).astype(np.int8)
-            model = np.where(warm, idx, g + self._chol.shape[0])
-            chol = self._all_chol()
-            diff_t = x_t - gather_rows(
-                np.concatenate((self._models.means, self._groups.means)), model
-            )
+            groups, group_chol = self._fleet_view()
+            chol = np.concatenate((self._chol, group_chol))
+            if fleet_only:
+                ok = groups.counts[0] >= self.fleet_min_samples
+                by = np.full(n, FLEET if ok else WARMUP, dtype=np.int8)
+                model = np.full(n, self._chol.shape[0], dtype=np.intp)
+                diff_t = x_t - groups.means[0][:, None]
+            else:
+                g = np.take(self._group_of, idx)
+                fleet = ~warm & (np.take(groups.counts, g) >= self.fleet_min_samples)
+                by = np.where(warm, TURBINE, np.where(fleet, FLEET, WARMUP)).astype(np.int8)
+                model = np.where(warm, idx, g + self._chol.shape[0])
+                diff_t = x_t - gather_rows(
+                    np.concatenate((self._models.means, groups.means)), model
+                )
         scored = by > 0
+        z_t = np.zeros_like(diff_t)
         # One triangular solve per model, vectorised over readings.
         if fleet_only and n and scored.all():
-            z = solve_triangular(self._group_chol[0], diff_t, lower=True, check_finite=False)
-            stat = np.ones(d) @ (z * z)
+            # X L^T = diff^T with BLAS trsm on the (n, D) F-ordered view: no copy.
+            z_t = blas.dtrsm(1.0, chol[-1], diff_t.T, side=1, lower=1, trans_a=1).T
+            stat = squared_norms(z_t)
         elif n and scored.all():
-            stat = squared_norms(whiten_grouped(diff_t, model, chol))
+            z_t = whiten_grouped(diff_t, model, chol)
+            stat = squared_norms(z_t)
         elif scored.any():
             s = np.flatnonzero(scored)
-            sub = np.take(diff_t, s, axis=1)
-            stat[s] = squared_norms(whiten_grouped(sub, model[s], chol))
-        return stat, by, diff_t, model
+            z_s = whiten_grouped(np.take(diff_t, s, axis=1), model[s], chol)
+            z_t[:, s] = z_s
+            stat[s] = squared_norms(z_s)
+        return stat, by, diff_t, z_t, model, chol
 
     def _smooth(self, idx: NDArray[np.intp], x_t: F64) -> F64:
         """Per-turbine EWMA of calibrated readings (D, n), in arrival order.
@@ -369,26 +377,42 @@ class Detector:
             self._ewma[t] = z
         return out
 
-    def _all_chol(self) -> F64:
-        """Turbine factors then key-group factors, as indexed by the model index."""
-        return np.concatenate((self._chol, self._group_chol))
+    def _fleet_view(self) -> tuple[GroupedCovariance, F64]:
+        """The key groups' fleet models and their Cholesky factors, up to date.
 
-    def _contributions(self, diff_t: F64, model: NDArray[np.intp]) -> F64:
+        With per-turbine models a group's fleet model is, exactly, the merge
+        of its turbines' models (every learned reading is in both), so it is
+        pooled from them only when a batch needs it (a turbine warming up,
+        the fleet metrics), never on the hot path.
+        """
+        if self.config.per_turbine and self._groups_dirty:
+            m = self._models
+            gc, gm, gm2 = _pool_groups(
+                m.counts, m.means, m.m2, self._group_of, self.config.key_groups
+            )
+            self._groups.counts, self._groups.means, self._groups.m2 = gc, gm, gm2
+            self._group_chol, _ = regularised_cholesky(covariance_of(gc, gm2), self.config.ridge)
+            self._groups_dirty = False
+        return self._groups, self._group_chol
+
+    def _contributions(self, diff_t: F64, z_t: F64, model: NDArray[np.intp], chol: F64) -> F64:
         """Per-sensor shares (k, D) of the anomalies' statistics, before the models learn.
 
         Parameters
         ----------
-        diff_t : ndarray of shape (D, k)
+        diff_t, z_t : ndarray of shape (D, k)
+            Deviations and whitened deviations of the anomalies.
         model : ndarray of shape (k,)
+        chol : ndarray of shape (G, D, D)
         """
         d = self._features()
         if model.size == 0:
             return np.zeros((0, d))
-        return contributions_grouped(diff_t.T, model, self._all_chol())
+        return contributions_from_whitened(diff_t, z_t, model, chol)
 
     # ------------------------------------------------------------------ learning
     def _learn(self, idx: NDArray[np.intp], x_t: F64) -> None:
-        """Learn calibrated readings ``x_t`` of shape (D, n) into both model levels."""
+        """Learn calibrated readings ``x_t`` of shape (D, n)."""
         if x_t.shape[1] == 0:
             return
         x = x_t.T  # (n, D) view; the moment functions read it column by column
@@ -400,8 +424,9 @@ class Detector:
             self._chol[changed], _ = regularised_cholesky(
                 covariance_of(self._models.counts[changed], self._models.m2[changed]), ridge
             )
-            gc, gm, gm2 = _pool_groups(counts, means, m2, self._group_of, n_groups)
-        elif n_groups == 1:
+            self._groups_dirty = True
+            return
+        if n_groups == 1:
             n_b, mean_b, m2_b = batch_moments(x)
             gc, gm, gm2 = np.array([n_b]), mean_b[None], m2_b[None]
         else:
@@ -417,7 +442,7 @@ class Detector:
         """The whole fleet's covariance: the exact merge of the key groups' models."""
         if self.n_features is None:
             raise SchemaError("the detector has seen no data yet")
-        return self._groups.total()
+        return self._fleet_view()[0].total()
 
     def turbine_model(self, turbine_id: int) -> WelfordCovariance:
         """One turbine's covariance model (a copy)."""
@@ -461,7 +486,7 @@ class Detector:
             "turbine_counts": self._models.counts.copy(),
             "turbine_means": self._models.means.copy(),
             "turbine_m2": self._models.m2.copy(),
-            "group_counts": self._groups.counts.copy(),
+            "group_counts": self._fleet_view()[0].counts.copy(),
             "group_means": self._groups.means.copy(),
             "group_m2": self._groups.m2.copy(),
             "ewma": self._ewma.copy(),
@@ -516,7 +541,10 @@ class Detector:
         ridge = self.config.ridge
         if self._models.n_groups:
             self._chol, _ = regularised_cholesky(self._models.covariance, ridge)
-        self._group_chol, _ = regularised_cholesky(self._groups.covariance, ridge)
+        if self.config.per_turbine:
+            self._groups_dirty = True
+        else:
+            self._group_chol, _ = regularised_cholesky(self._groups.covariance, ridge)
 
     def merge(self, other: Detector) -> Detector:
         """Combine another detector's learned state into this one, exactly (Chan)."""
@@ -537,7 +565,8 @@ class Detector:
             other._models.m2,
         )
         self._models.counts[pos], self._models.means[pos], self._models.m2[pos] = n, mean, m2
-        self._groups.merge(other._groups)
+        if not self.config.per_turbine:
+            self._groups.merge(other._groups)
         self.readings += other.readings
         self.skipped += other.skipped
         self.anomalies += other.anomalies

@@ -161,3 +161,28 @@ class DelayTracker:
         """Close the runs still open at the end of the stream."""
         for tid in list(self._open):
             self._close(tid)
+
+
+def alarm_mask(
+    timestamps: NDArray[np.float64],
+    turbine_ids: NDArray[np.int64],
+    alarm_times: NDArray[np.float64],
+    alarm_turbines: NDArray[np.int64],
+) -> NDArray[np.bool_]:
+    """Which readings (n,) have an alarm among (timestamp, turbine) pairs (k,), to the ms.
+
+    >>> alarm_mask(np.array([1.0, 2.0, 2.0]), np.array([5, 5, 6]), np.array([2.0]), np.array([6]))
+    array([False, False,  True])
+    """
+    if alarm_times.size == 0:
+        return np.zeros(timestamps.size, dtype=bool)
+    t0 = min(float(timestamps.min(initial=np.inf)), float(alarm_times.min()))
+    span = 1 << 40  # ms: 34 years per turbine id
+
+    def key(t: NDArray[np.float64], ids: NDArray[np.int64]) -> NDArray[np.int64]:
+        return ids.astype(np.int64) * span + np.round((t - t0) * 1000).astype(np.int64)
+
+    alarms = np.sort(key(alarm_times, alarm_turbines))
+    k = key(timestamps, turbine_ids)
+    pos = np.minimum(np.searchsorted(alarms, k), alarms.size - 1)
+    return alarms[pos] == k

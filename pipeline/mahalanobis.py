@@ -220,6 +220,15 @@ def mahalanobis_squared_grouped(x: F64, groups: NDArray[np.intp], means: F64, ch
     return squared_norms(whiten_grouped(diff_t, groups, chol))
 
 
+def contributions_from_whitened(diff_t: F64, z_t: F64, groups: NDArray[np.intp], chol: F64) -> F64:
+    """Contributions (k, D) from deviations and whitened deviations (D, k) already solved.
+
+    ``S^-1 diff = L^-T z``: one back substitution on the scores' own ``z``.
+    """
+    w = unwhiten_transposed_grouped(np.ascontiguousarray(z_t), groups, chol)
+    return (diff_t * w).T
+
+
 def contributions_grouped(diff: F64, groups: NDArray[np.intp], chol: F64) -> F64:
     """Each sensor's share of the squared distance: ``diff * (S^-1 diff)``.
 
@@ -239,6 +248,4 @@ def contributions_grouped(diff: F64, groups: NDArray[np.intp], chol: F64) -> F64
     ndarray of shape (k, D)
     """
     diff_t = np.ascontiguousarray(diff.T)
-    z = whiten_grouped(diff_t, groups, chol)
-    w = unwhiten_transposed_grouped(z, groups, chol)
-    return (diff_t * w).T
+    return contributions_from_whitened(diff_t, whiten_grouped(diff_t, groups, chol), groups, chol)

@@ -465,3 +465,28 @@ class AnomalyStore:
     ) -> Anomalies:
         """Flushed anomalies matching the filters, as one table."""
         return Anomalies.concat(list(self.iter_chunks(turbine, since, until)), self.sensors)
+
+
+def store_paths(path: str | Path) -> list[Path]:
+    """The stores under ``path``: itself, or its ``partition-*`` stores (the Kafka layout)."""
+    root = Path(path)
+    if (root / MANIFEST).exists():
+        return [root]
+    parts = sorted(p for p in root.glob("partition-*") if (p / MANIFEST).exists())
+    if not parts:
+        raise StoreError(f"{root}: not an anomaly store (no {MANIFEST}, no partition-* stores)")
+    return parts
+
+
+def read_anomalies(
+    path: str | Path,
+    turbine: int | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> Anomalies:
+    """All flushed anomalies under ``path`` (one store or a partitioned set), filtered."""
+    stores = [AnomalyStore(p) for p in store_paths(path)]
+    sensors = next((s.sensors for s in stores if s.sensors), ())
+    return Anomalies.concat(
+        [a for s in stores for a in s.iter_chunks(turbine, since, until)], sensors
+    )

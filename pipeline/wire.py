@@ -62,7 +62,7 @@ class BatchMeta(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     site: str = Field("default", max_length=200)
     sensors: list[str] = Field(min_length=1, max_length=MAX_SENSORS)
     units: list[str] | None = Field(None, max_length=MAX_SENSORS)
@@ -111,7 +111,8 @@ def encode_batch(
     """The binary encoding of a batch (arrays of shapes (n,), (n,), (n, D), (n,)).
 
     >>> meta = BatchMeta(sensors=["a"], n=2)
-    >>> b = decode_batch(encode_batch(meta, np.zeros(2), np.arange(2), np.ones((2, 1))), BINARY_TYPE)
+    >>> raw = encode_batch(meta, np.zeros(2), np.arange(2), np.ones((2, 1)))
+    >>> b = decode_batch(raw, BINARY_TYPE)
     >>> b.values.tolist(), b.turbine_ids.tolist()
     ([[1.0], [1.0]], [0, 1])
     """
