@@ -200,7 +200,9 @@ class Detector:
                 f"readings have {x.shape[1]} sensors, the model has {self.n_features}"
             )
         x = np.ascontiguousarray(x)
-        if np.isfinite(x).all() and np.isfinite(ts).all():
+        # One contiguous sum is finite exactly when no value is NaN/inf (or the
+        # finite values overflow it: then the exact per-row check decides).
+        if np.isfinite(x.sum()) and np.isfinite(ts.sum()):
             valid = np.ones(n, dtype=bool)
         else:
             valid = np.isfinite(x).all(axis=1) & np.isfinite(ts)
@@ -331,7 +333,6 @@ class Detector:
                     np.concatenate((self._models.means, groups.means)), model
                 )
         scored = by > 0
-        z_t = np.zeros_like(diff_t)
         # One triangular solve per model, vectorised over readings.
         if fleet_only and n and scored.all():
             # X L^T = diff^T with BLAS trsm on the (n, D) F-ordered view: no copy.
@@ -340,11 +341,13 @@ class Detector:
         elif n and scored.all():
             z_t = whiten_grouped(diff_t, model, chol)
             stat = squared_norms(z_t)
-        elif scored.any():
-            s = np.flatnonzero(scored)
-            z_s = whiten_grouped(np.take(diff_t, s, axis=1), model[s], chol)
-            z_t[:, s] = z_s
-            stat[s] = squared_norms(z_s)
+        else:
+            z_t = np.zeros_like(diff_t)
+            if scored.any():
+                s = np.flatnonzero(scored)
+                z_s = whiten_grouped(np.take(diff_t, s, axis=1), model[s], chol)
+                z_t[:, s] = z_s
+                stat[s] = squared_norms(z_s)
         return stat, by, diff_t, z_t, model, chol
 
     def _smooth(self, idx: NDArray[np.intp], x_t: F64) -> F64:

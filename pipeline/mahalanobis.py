@@ -225,7 +225,10 @@ def contributions_from_whitened(diff_t: F64, z_t: F64, groups: NDArray[np.intp],
 
     ``S^-1 diff = L^-T z``: one back substitution on the scores' own ``z``.
     """
-    w = unwhiten_transposed_grouped(np.ascontiguousarray(z_t), groups, chol)
+    if groups.size and (groups == groups[0]).all():  # one model: one BLAS solve
+        w = solve_triangular(chol[groups[0]], z_t, lower=True, trans="T", check_finite=False)
+    else:
+        w = unwhiten_transposed_grouped(np.ascontiguousarray(z_t), groups, chol)
     return (diff_t * w).T
 
 

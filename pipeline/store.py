@@ -56,6 +56,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def _at(values: NDArray[np.int64] | int, index: NDArray[np.intp]) -> NDArray[np.int64]:
+    """``values[index]``, where an int stands for the same value everywhere."""
+    if np.ndim(values) == 0:
+        return np.full(index.size, int(values), dtype=np.int64)  # type: ignore[arg-type]
+    return np.asarray(values, dtype=np.int64)[index]
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -251,14 +258,16 @@ class AnomalyStore:
         hit = result.anomaly_index
         if hit.size == 0:
             return 0
-        part = np.broadcast_to(np.asarray(partitions, dtype=np.int64), (n,))[hit]
-        off = np.broadcast_to(np.asarray(offsets, dtype=np.int64), (n,))[hit]
-        row = (np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64))[hit]
+        part = _at(partitions, hit)
+        off = _at(offsets, hit)
+        row = hit.astype(np.int64) if rows is None else np.asarray(rows, np.int64)[hit]
         fresh = np.ones(hit.size, dtype=bool)
-        for p, floor in self._positions.items():
+        for p, floor in self._positions.items():  # a loop over source partitions
             fresh &= ~((part == p) & (off < floor))
         if not fresh.any():
             return 0
+        if fresh.all():
+            fresh = slice(None)  # type: ignore[assignment]
         d = result.contributions.shape[1]
         if not self._manifest["sensors"]:
             self._manifest["sensors"] = [f"sensor_{j}" for j in range(d)]
@@ -266,7 +275,7 @@ class AnomalyStore:
             raise StoreError(
                 f"anomalies carry {d} contributions, the store has {len(self.sensors)} sensors"
             )
-        k = int(fresh.sum())
+        k = hit.size if isinstance(fresh, slice) else int(fresh.sum())
         self._pending.append(
             Anomalies(
                 result.timestamps[hit][fresh],

@@ -69,6 +69,8 @@ class KafkaSettings(BaseSettings):
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
+            # Short attempts: retry_until_connected loops (and logs) until connect_timeout_s.
+            "bootstrap_timeout_ms": int(min(5.0, self.connect_timeout_s) * 1000),
         }
         if self.sasl_mechanism:
             cfg["sasl_mechanism"] = self.sasl_mechanism
