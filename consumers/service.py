@@ -326,13 +326,14 @@ class DetectorService:
             self._dead_letter(run[0].record, "schema", str(exc))
             return
         offsets = np.repeat([a.offset for a in run], [len(b) for b in batches])
+        produced = np.repeat([a.record.timestamp / 1000.0 for a in run], [len(b) for b in batches])
         rows = np.concatenate([np.arange(len(b)) for b in batches])
         state.store.append(result, partitions=state.partition, offsets=offsets, rows=rows)
         kinds = None
         labelled = all(b.kinds is not None for b in batches)
         if labelled:
             kinds = np.concatenate([b.kinds for b in batches])
-        self._publish(state, result, offsets, rows, kinds, batches[0])
+        self._publish(state, result, offsets, rows, produced, kinds, batches[0])
         m = self.metrics
         m.readings.inc(result.n_readings)
         m.readings_skipped.inc(result.n_skipped)
@@ -355,6 +356,7 @@ class DetectorService:
         result: BatchResult,
         offsets: np.ndarray,
         rows: np.ndarray,
+        produced: np.ndarray,
         kinds: np.ndarray | None,
         first: SensorBatch,
     ) -> None:
@@ -381,6 +383,9 @@ class DetectorService:
                 "fault_kind": None if kinds is None else (str(kinds[i]) or None),
                 "producer_id": first.meta.producer_id,
                 "site": first.meta.site,
+                # Kafka timestamp of the record that carried the reading: latency tracing.
+                "produced_at": float(produced[i]),
+                "detected_at": time.time(),
             }
             future = self.producer.send(
                 self.settings.anomalies_topic,

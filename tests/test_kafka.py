@@ -404,7 +404,7 @@ def test_kcat_json_batch_is_processed_and_events_read_back(
 
 
 def test_detector_waits_for_a_broker_that_is_not_there_yet(tmp_path):
-    """Broker unreachable at start: retry with backoff and a clear log line, then give up cleanly."""
+    """Broker unreachable at start: retry with backoff, log clearly, then give up cleanly."""
     from tests.kafka_support import free_port
 
     port = free_port()
