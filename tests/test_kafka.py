@@ -431,3 +431,107 @@ def test_detector_waits_for_a_broker_that_is_not_there_yet(tmp_path):
     assert "broker_unreachable" in proc.stderr and "no Kafka broker answered" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert time.monotonic() - start >= 5
+
+
+def _spawn(*args: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_producer_flushes_and_exits_cleanly_on_sigterm(kafka_servers, topic_factory, tmp_path):
+    topic = topic_factory("sig", partitions=3)
+    turbine(
+        "simulate", "--turbines", 10, "--steps", 600, "--seed", 2, "--output", tmp_path / "f.npz"
+    )
+    proc = _spawn(
+        "replay",
+        tmp_path / "f.npz",
+        "--bootstrap-servers",
+        kafka_servers,
+        "--topic",
+        topic,
+        "--speed",
+        20,
+        "--batch-steps",
+        1,
+        "--quiet",
+    )
+    time.sleep(6)
+    proc.send_signal(15)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    line = next(ln for ln in err.splitlines() if "stopped by signal" in ln)
+    sent_records = int(line.split(" in ")[1].split(" records")[0].replace(",", ""))
+    acked = int(line.split(", ")[1].split(" acknowledged")[0].replace(",", ""))
+    assert 0 < sent_records == acked
+    assert len(consume_all(kafka_servers, topic, timeout_s=5)) == sent_records
+
+
+def test_detector_sigterm_checkpoints_commits_and_exits_0(
+    kafka_servers, topic_factory, group_id, tmp_path
+):
+    from kafka import KafkaConsumer, TopicPartition
+
+    from consumers.checkpoint import CheckpointDir
+
+    topic = topic_factory("term", partitions=2)
+    turbine(
+        "simulate",
+        "--turbines",
+        10,
+        "--steps",
+        400,
+        "--seed",
+        4,
+        "--bootstrap-servers",
+        kafka_servers,
+        "--topic",
+        topic,
+        "--quiet",
+    )
+    store = tmp_path / "st"
+    proc = _spawn(
+        "detect",
+        "--bootstrap-servers",
+        kafka_servers,
+        "--topic",
+        topic,
+        "--group",
+        group_id,
+        "--store",
+        store,
+        "--anomalies-topic",
+        f"{topic}.anomalies",
+        "--dlq-topic",
+        f"{topic}.dlq",
+    )
+    probe = KafkaConsumer(bootstrap_servers=kafka_servers)
+    ends = probe.end_offsets([TopicPartition(topic, p) for p in (0, 1)])
+    probe.close()
+    used = [tp.partition for tp, end in ends.items() if end > 0]
+    deadline = time.monotonic() + 90
+    checkpoints = CheckpointDir(store / "checkpoints", topic)
+    while time.monotonic() < deadline and not all(checkpoints.path(p).exists() for p in used):
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(15)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_servers, group_id=group_id, enable_auto_commit=False
+    )
+    try:
+        for tp in (TopicPartition(topic, p) for p in used):
+            cp = checkpoints.load(tp.partition)
+            assert cp is not None and cp.offset == ends[tp]
+            assert consumer.committed(tp) == cp.offset  # committed == checkpoint, never ahead
+    finally:
+        consumer.close()
+    assert (
+        sum(json.loads(p.read_text())["readings"] for p in store.glob("partition-*/manifest.json"))
+        == 4000
+    )
