@@ -44,6 +44,8 @@ test-fast: $(STAMP) ## the tests that need no server
 
 bench: $(STAMP) ## benchmarks; figures go to bench/results/ and the README
 	$(PY) -m bench.engine
+	$(PY) -m bench.quality
+	$(PY) -m bench.kafka_e2e
 
 clean: ## remove outputs (not the venv)
 	rm -rf $(OUT) .pytest_cache .ruff_cache .mypy_cache
