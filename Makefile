@@ -51,3 +51,11 @@ clean: ## remove outputs (not the venv)
 	rm -rf $(OUT) .pytest_cache .ruff_cache .mypy_cache
 
 include deploy/kafka/kafka.mk
+
+.PHONY: stack wheelhouse
+stack: $(STAMP) ## the compose stack from local processes (Kafka, simulator, detector, Prometheus, Alertmanager); Ctrl-C stops it
+	bash deploy/stack/local-stack.sh
+
+wheelhouse: $(STAMP) ## wheels of the project and its dependencies for the Docker image (dist/wheelhouse)
+	rm -rf dist/wheelhouse
+	$(PY) -m pip wheel --quiet --wheel-dir dist/wheelhouse .
