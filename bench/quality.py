@@ -33,7 +33,9 @@ from pipeline.simulator import FleetSimulator, SimulationParams
 from pipeline.store import AnomalyStore
 
 OUT = Path(__file__).parent / "results" / "quality.md"
-DATA = Path(os.environ.get("TURBINE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(
+    os.environ.get("TURBINE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 SKAB = RecordingSpec(sep=";", time_col="datetime", label_col="anomaly", drop_cols=("changepoint",))
 
 
@@ -68,7 +70,9 @@ class ZScoreBaseline:
 
 
 def simulated(magnitude: float, turbines: int = 100, steps: int = 10_000, seed: int = 1) -> dict:
-    sim = FleetSimulator(SimulationParams(turbines=turbines, steps=steps, seed=seed, magnitude=magnitude))
+    sim = FleetSimulator(
+        SimulationParams(turbines=turbines, steps=steps, seed=seed, magnitude=magnitude)
+    )
     config = DetectorConfig(**sim.fleet.calibration())
     det = Detector(config)
     base = ZScoreBaseline(len(sim.fleet.sensors), config.false_alarm_rate, config.warmup(4)[0])
@@ -93,7 +97,9 @@ def simulated(magnitude: float, turbines: int = 100, steps: int = 10_000, seed: 
         c = Confusion()
         c.add(lab, f)
         out[name] = c
-        out[f"{name}_kinds"] = {k: float(f[kind == k].mean()) for k in sorted(set(kind.tolist()) - {""})}
+        out[f"{name}_kinds"] = {
+            k: float(f[kind == k].mean()) for k in sorted(set(kind.tolist()) - {""})
+        }
     out["anomalies"] = int(flag.sum())
     return out
 
@@ -102,11 +108,19 @@ def skab_grid() -> list[tuple[str, Confusion]]:
     files = sorted((DATA / "skab" / "valve1").glob("*.csv"))
     if not files:
         return []
-    settings = [("plain, alpha 1e-4", {}), ("plain, alpha 1e-3", {"false_alarm_rate": 1e-3}),
-                ("plain, alpha 1e-2", {"false_alarm_rate": 1e-2})]
+    settings = [
+        ("plain, alpha 1e-4", {}),
+        ("plain, alpha 1e-3", {"false_alarm_rate": 1e-3}),
+        ("plain, alpha 1e-2", {"false_alarm_rate": 1e-2}),
+    ]
     for lam in (0.05, 0.1, 0.2, 0.3):
         for a in (1e-4, 1e-3):
-            settings.append((f"MEWMA lambda {lam}, alpha {a:g}", {"chart": "mewma", "mewma_lambda": lam, "false_alarm_rate": a}))
+            settings.append(
+                (
+                    f"MEWMA lambda {lam}, alpha {a:g}",
+                    {"chart": "mewma", "mewma_lambda": lam, "false_alarm_rate": a},
+                )
+            )
     rows = []
     for name, kw in settings:
         total = Confusion()
@@ -119,45 +133,78 @@ def skab_grid() -> list[tuple[str, Confusion]]:
 
 def main() -> int:
     tune_malloc()
-    lines = ["# Detection quality", "", f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
-    lines += ["## Simulated fleet (100 turbines x 10,000 steps, 4 sensors, 2 % faulty readings)", ""]
-    lines += ["Detector: defaults (per-turbine models, alpha = 1e-4 per reading, batches of 10 steps), "
-              "calibration from the simulator. Baseline: per-sensor z-scores with the same per-reading "
-              "false-alarm budget (Bonferroni over the sensors), score-then-learn.", ""]
-    lines += ["| fault size | method | precision | recall | F1 | spike | drift | stuck | correlation break |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# Detection quality",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+    ]
+    lines += [
+        "## Simulated fleet (100 turbines x 10,000 steps, 4 sensors, 2 % faulty readings)",
+        "",
+    ]
+    lines += [
+        "Detector: defaults (per-turbine models, alpha = 1e-4 per reading, batches of 10 steps), "
+        "calibration from the simulator. Baseline: per-sensor z-scores with the same per-reading "
+        "false-alarm budget (Bonferroni over the sensors), score-then-learn.",
+        "",
+    ]
+    lines += [
+        "| fault size | method | precision | recall | F1 "
+        "| spike | drift | stuck | correlation break |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     store_line = ""
     for m in (4.0, 6.0, 8.0):
         res = simulated(m)
         for name in ("mahalanobis", "zscore"):
             c, k = res[name], res[f"{name}_kinds"]
+            method = "Mahalanobis" if name == "mahalanobis" else "z-score baseline"
             lines.append(
-                f"| {m:g} sigma | {'Mahalanobis' if name == 'mahalanobis' else 'z-score baseline'} | "
+                f"| {m:g} sigma | {method} | "
                 f"{c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | "
-                + " | ".join(f"{k.get(x, float('nan')):.3f}" for x in ("spike", "drift", "stuck", "correlation_break"))
+                + " | ".join(
+                    f"{k.get(x, float('nan')):.3f}"
+                    for x in ("spike", "drift", "stuck", "correlation_break")
+                )
                 + " |"
             )
         if m == 4.0:
             dense = res["readings"] * 8 * (1 + 4)  # distance + 4 contributions, float64
             store_line = (
                 f"Store: {res['anomalies']:,} anomalies out of {res['readings']:,} readings "
-                f"({100 * res['anomalies'] / res['readings']:.2f} %): {res['store_bytes']:,} bytes on disk, "
-                f"against {dense:,} bytes for the dense equivalent (distance and 4 contributions per "
+                f"({100 * res['anomalies'] / res['readings']:.2f} %): "
+                f"{res['store_bytes']:,} bytes on disk, against {dense:,} bytes for the dense "
+                f"equivalent (distance and 4 contributions per "
                 f"reading as float64): {dense / res['store_bytes']:.0f}x smaller."
             )
-    lines += ["", "Correlation breaks at 6 and 8 sigma rarely fit inside the normal range (each sensor must "
-              "stay within mean +- 3 sigma), so they are few.", "", store_line, ""]
+    lines += [
+        "",
+        "Correlation breaks at 6 and 8 sigma rarely fit inside the normal range (each sensor must "
+        "stay within mean +- 3 sigma), so they are few.",
+        "",
+        store_line,
+        "",
+    ]
     grid = skab_grid()
     if grid:
-        lines += ["## SKAB valve1 (16 files; first 400 rows learned, the rest scored, counts summed)", "",
-                  "| configuration | F1 | FAR % | MAR % | precision | recall | mean delay s |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "## SKAB valve1 (16 files; first 400 rows learned, the rest scored, counts summed)",
+            "",
+            "| configuration | F1 | FAR % | MAR % | precision | recall | mean delay s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for name, c in grid:
-            lines.append(f"| {name} | {c.f1:.3f} | {c.far:.2f} | {c.mar:.2f} | {c.precision:.3f} | "
-                         f"{c.recall:.3f} | {c.mean_delay:.1f} |")
-        lines += ["| published Hotelling T-squared, reproduced on valve1 | 0.65 | 19.94 | 44.05 | | | |",
-                  "| published best (Conv-AE), whole benchmark | 0.78 | 13.55 | 28.02 | | | |",
-                  "| flag everything | 0.70 | 100 | 0 | | | |", ""]
+            lines.append(
+                f"| {name} | {c.f1:.3f} | {c.far:.2f} | {c.mar:.2f} | {c.precision:.3f} | "
+                f"{c.recall:.3f} | {c.mean_delay:.1f} |"
+            )
+        lines += [
+            "| published Hotelling T-squared, reproduced on valve1 | 0.65 | 19.94 | 44.05 | | | |",
+            "| published best (Conv-AE), whole benchmark | 0.78 | 13.55 | 28.02 | | | |",
+            "| flag everything | 0.70 | 100 | 0 | | | |",
+            "",
+        ]
     text = "\n".join(lines) + "\n"
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text)

@@ -9,12 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from pipeline.metrics import DetectorMetrics, ProducerMetrics
 from pipeline.store import read_anomalies
