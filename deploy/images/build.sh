@@ -26,7 +26,13 @@ REPO="$(cd "$HERE/../.." && pwd)"
 ENGINE="$REPO/deploy/docker/engine.sh"
 CACHE="${TURBINE_IMAGES_CACHE:-${HOME:-/root}/.cache/turbine-watch/images}"
 
-# Versions and tags: keep the defaults equal to the compose file's defaults.
+# Versions and tags: keep the defaults equal to the compose file's defaults
+# (docker-compose.yml: ${KAFKA_IMAGE:-apache/kafka:4.1.1}, ...). A KAFKA_IMAGE
+# given without KAFKA_VERSION sets the Kafka version from its tag. Mind that
+# deploy/kafka/kafka.sh reads KAFKA_VERSION too (for its local broker).
+if [[ -z "${KAFKA_VERSION:-}" && -n "${KAFKA_IMAGE:-}" && "${KAFKA_IMAGE##*:}" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+  KAFKA_VERSION="${KAFKA_IMAGE##*:}"
+fi
 KAFKA_VERSION="${KAFKA_VERSION:-4.1.1}"
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v2.42.0}"
 ALERTMANAGER_VERSION="${ALERTMANAGER_VERSION:-v0.25.0}"
@@ -378,28 +384,25 @@ build_alertmanager() {
 }
 
 # ===================================================== HOOK: project image ===
-# The project's own Python image. Another engineer wires this in together with
-# the repository's ./Dockerfile (not written here). Contract as drafted:
-#   - build context: the repository root (so ./.dockerignore must exclude
-#     .venv/, .git/ and caches);
-#   - a wheelhouse of the project and all its dependencies is built on the host
-#     with `pip wheel` into build/wheelhouse/ (git-ignored), so the Dockerfile
-#     installs offline: COPY build/wheelhouse /wheelhouse and
-#     pip install --no-index --find-links /wheelhouse turbine-watch;
-#   - build args BASE_IMAGE (turbine-watch/debian-base:bookworm, which has
-#     python3 3.11 + venv, matching the host's 3.11 wheels) and INPUT_HASH
-#     (write it into LABEL turbine-watch.input-hash=${INPUT_HASH} so the cache
-#     check below works);
+# The project's own Python image, from the repository's ./Dockerfile (owned by
+# whoever maintains it; not written here). Contract this hook follows:
+#   - build context: the repository root, filtered by ./.dockerignore;
+#   - the wheelhouse (the project and all its dependencies) is built on the
+#     host with `pip wheel` into dist/wheelhouse/ (git-ignored; the same as
+#     `make wheelhouse`), so the image installs with --no-index, offline;
+#   - build args: BASE_IMAGE=turbine-watch/debian-base:bookworm (python3 3.11
+#     + venv, so the host's cp311 wheels fit) and INPUT_HASH; the image also
+#     gets the label turbine-watch.input-hash (docker build --label), which is
+#     how a second run knows it is up to date;
 #   - tag: $APP_IMAGE (default turbine-watch/app:latest).
-# `all` runs this only once ./Dockerfile exists; `build.sh app` forces it.
+# `all` runs this only when ./Dockerfile exists; `build.sh app` asks for it.
 build_app() {
   local dockerfile="$REPO/Dockerfile"
   if [[ ! -f "$dockerfile" ]]; then
     log "app: no $dockerfile yet, nothing to build (hook in deploy/images/build.sh)"
     return 0
   fi
-  local hash srcs=()
-  local d
+  local hash srcs=() d
   for d in pyproject.toml Dockerfile .dockerignore pipeline producers consumers; do
     [[ -e "$REPO/$d" ]] && srcs+=("$REPO/$d")
   done
@@ -410,13 +413,13 @@ build_app() {
   fi
   local py="$REPO/.venv/bin/python"
   [[ -x "$py" ]] || py=python3
-  local wheelhouse="$REPO/build/wheelhouse"
+  local wheelhouse="$REPO/dist/wheelhouse"
   rm -rf "$wheelhouse"
   mkdir -p "$wheelhouse"
   log "pip wheel $REPO -> $wheelhouse"
-  "$py" -m pip wheel -q --wheel-dir "$wheelhouse" "$REPO" >"$CACHE/pip-wheel.log" 2>&1 \
-    || { tail -n 30 "$CACHE/pip-wheel.log" >&2; die "pip wheel failed"; }
-  docker_build "$REPO" "$APP_IMAGE" "$hash" -f "$dockerfile"
+  (cd "$REPO" && "$py" -m pip wheel -q --wheel-dir "$wheelhouse" .) >"$CACHE/pip-wheel.log" 2>&1 \
+    || { tail -n 30 "$CACHE/pip-wheel.log" >&2; die "pip wheel failed (log: $CACHE/pip-wheel.log)"; }
+  docker_build "$REPO" "$APP_IMAGE" "$hash" -f "$dockerfile" --label "$LABEL_KEY=$hash"
 }
 
 # -------------------------------------------------------------------- run ---
