@@ -206,6 +206,18 @@ class DetectorService:
                 self._consumer.seek(tp, cp.offset)
                 log.info("partition_restored partition=%d offset=%d", tp.partition, cp.offset)
             else:
+                # Nothing of this partition was ever checkpointed: whatever its store
+                # holds came from a run that died before its first checkpoint, and the
+                # records behind it will be consumed again. Start the store afresh.
+                if state.store.chunks or state.store.readings:
+                    log.warning(
+                        "store_reset partition=%d reason=no_checkpoint chunks=%d",
+                        tp.partition,
+                        len(state.store.chunks),
+                    )
+                    state.store.truncate(
+                        {"chunks": 0, "positions": {}, "readings": 0, "turbines": 0}
+                    )
                 log.info("partition_assigned partition=%d checkpoint=none", tp.partition)
             self.states[tp.partition] = state
         self.metrics.partitions.set(len(self.states))
@@ -427,7 +439,11 @@ class DetectorService:
                 state.next_offset, "", -1
             )
         if commit and offsets and self._consumer is not None:
-            self._consumer.commit(offsets)
+            try:
+                self._consumer.commit(offsets)
+            except Exception as exc:  # kafka-python's CommitFailedError, timeouts...
+                # The checkpoints are written: a restart resumes from them anyway.
+                raise KafkaIOError(f"commit failed after the checkpoint: {exc}") from None
         self.metrics.checkpoints.inc()
         self._batches_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -506,8 +522,18 @@ class DetectorService:
         self._consumer = self._make_consumer()
         log.info("detector_started group=%s topic=%s store=%s", s.group, s.topic, s.store)
         try:
+            backoff = 0.5
             while not self._stop:
-                polled = self._consumer.poll(timeout_ms=s.poll_timeout_ms)
+                try:
+                    polled = self._consumer.poll(timeout_ms=s.poll_timeout_ms)
+                    backoff = 0.5
+                except Exception as exc:  # kafka-python errors while the broker is away
+                    log.warning(
+                        "poll_failed error=%s retry_in=%.1fs", exc.__class__.__name__, backoff
+                    )
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
                 if polled:
                     self._idle_since = None
                     for tp, records in polled.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from numpy.typing import NDArray
 from pipeline.batching import iter_batches
 from pipeline.config import DetectorConfig, make_config
 from pipeline.detector import BatchResult, Detector
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, StoreError
 from pipeline.evaluation import Confusion, DelayTracker
 from pipeline.recordings import Chunk, Recording, RecordingSpec, read_recording
 from pipeline.store import AnomalyStore
@@ -191,14 +193,35 @@ def run_file(
     train_rows: int = 0,
     progress: bool = False,
 ) -> tuple[RunReport, Detector]:
-    """Open ``path``, build a fresh detector for its sensors, and run it."""
+    """Open ``path``, build a fresh detector for its sensors, and run it.
+
+    The store is written to a temporary directory beside ``store_dir`` and
+    renamed into place only when the whole file has been scored: a run that
+    fails on bad input leaves no partial store behind.
+    """
+    target = Path(store_dir) if store_dir is not None else None
+    if target is not None and target.exists() and any(target.iterdir()):
+        raise StoreError(f"{target}: exists and is not empty (choose a new store directory)")
     with read_recording(path, spec) as rec:
         cfg = config_for(config, rec.sensors, str(path))
         detector = Detector(cfg)
-        store = AnomalyStore(store_dir, sensors=rec.sensors) if store_dir is not None else None
-        report = run_recording(
-            rec, detector, store, batch_steps, train_rows, progress, id_col=spec.id_col
-        )
+        if target is None:
+            report = run_recording(
+                rec, detector, None, batch_steps, train_rows, progress, id_col=spec.id_col
+            )
+            return report, detector
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        try:
+            store = AnomalyStore(partial, sensors=rec.sensors)
+            report = run_recording(
+                rec, detector, store, batch_steps, train_rows, progress, id_col=spec.id_col
+            )
+            if target.exists():
+                target.rmdir()
+            partial.rename(target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         return report, detector
 
 

@@ -129,6 +129,7 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> Any:
         "batch_size": 1 << 20,
         "max_request_size": 16 << 20,
         "request_timeout_ms": 30_000,
+        "delivery_timeout_ms": 300_000,  # rides out a broker restart
         **overrides,
     }
     return retry_until_connected(lambda: KafkaProducer(**cfg), settings, "producer")

@@ -194,3 +194,22 @@ def test_skab_mewma_beats_hotelling(skab_dir):
     )
     r = json.loads(proc.stdout)
     assert r["f1"] > 0.65 and r["far"] < 19.94, r
+
+
+def test_a_failed_run_leaves_no_store(tmp_path):
+    lines = ["timestamp,turbine_id,a,b"] + [f"{i},0,{i % 7},{i % 5}" for i in range(70000)]
+    lines[69000] = "68999,0,broken,1"
+    (tmp_path / "f.csv").write_text("\n".join(lines) + "\n")
+    proc = turbine("detect", "--input", tmp_path / "f.csv", "--store", tmp_path / "st", check=False)
+    assert proc.returncode == 2 and "f.csv:69001: column 'a'" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.csv"]
+
+
+def test_detect_refuses_a_non_empty_store(tmp_path, simulated):
+    (tmp_path / "st").mkdir()
+    (tmp_path / "st" / "x").write_text("keep me")
+    proc = turbine(
+        "detect", "--input", simulated / "f.npz", "--store", tmp_path / "st", check=False
+    )
+    assert proc.returncode == 2 and "exists and is not empty" in proc.stderr
+    assert (tmp_path / "st" / "x").read_text() == "keep me"
