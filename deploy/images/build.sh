@@ -110,7 +110,7 @@ hash_inputs() {
       printf 'file %s %s\n' "${f#"$REPO"/}" "$(sha256sum <"$f" | cut -d' ' -f1)"
       # Modes matter too (entry-point scripts must stay executable).
       printf 'mode %s %s\n' "${f#"$REPO"/}" "$(stat -c %a "$f")"
-    done < <(find "${paths[@]}" -type f | LC_ALL=C sort)
+    done < <(find "${paths[@]}" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | LC_ALL=C sort)
     printf 'str %s\n' "${strings[@]}"
   } | sha256sum | cut -c1-32
 }
