@@ -9,7 +9,7 @@ IMAGES_BUILD_SH := $(DOCKER_DIR)/../images/build.sh
 
 .PHONY: docker-engine-up docker-engine-down docker-engine-status docker-engine-check images
 
-docker-engine-up: ## start (or reuse) a Docker engine; then: eval "$$(deploy/docker/engine.sh env)"
+docker-engine-up: ## start (or reuse) a Docker engine (then eval the output of deploy/docker/engine.sh env)
 	bash $(DOCKER_ENGINE_SH) up
 
 docker-engine-down: ## stop the private Docker engine by its pid file (images stay cached)
