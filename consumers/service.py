@@ -45,6 +45,7 @@ from producers.kafka_client import (
     ANOMALIES_TOPIC,
     DLQ_TOPIC,
     READINGS_TOPIC,
+    CommitError,
     KafkaIOError,
     KafkaSettings,
     ensure_topics,
@@ -78,6 +79,11 @@ class ServiceSettings(KafkaSettings):
     partitions: int = Field(6, ge=1, description="Partitions of topics this service creates.")
     publish_events: bool = True
     session_timeout_ms: int = Field(10_000, ge=1000)
+    instance_id: str | None = Field(
+        None,
+        description="Static group membership: a detector restarted with the same id takes "
+        "its partitions back at once, without a rebalance.",
+    )
 
 
 @dataclass
@@ -178,6 +184,7 @@ class DetectorService:
             session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 4),
             max_poll_interval_ms=300_000,
+            group_instance_id=self.settings.instance_id,
         )
         consumer.subscribe([self.settings.topic], listener=Listener())
         return consumer
@@ -443,7 +450,7 @@ class DetectorService:
                 self._consumer.commit(offsets)
             except Exception as exc:  # kafka-python's CommitFailedError, timeouts...
                 # The checkpoints are written: a restart resumes from them anyway.
-                raise KafkaIOError(f"commit failed after the checkpoint: {exc}") from None
+                raise CommitError(f"commit failed after the checkpoint: {exc}") from None
         self.metrics.checkpoints.inc()
         self._batches_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -559,7 +566,11 @@ class DetectorService:
     def close(self) -> None:
         try:
             if self.states:
-                self.checkpoint()
+                try:
+                    self.checkpoint()
+                except CommitError as exc:
+                    # The checkpoints are on disk; the next start seeks to them.
+                    log.warning("commit_failed_on_close error=%s", exc)
             for state in self.states.values():
                 state.store.flush()  # after the checkpoint: a restore truncates this chunk
             self.states.clear()  # nothing left for the revoke callback of consumer.close()

@@ -194,6 +194,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             "metrics_port": args.metrics_port,
             "max_record_bytes": args.max_record_bytes,
             "partitions": args.partitions,
+            "instance_id": args.instance_id,
         }
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
         return run_service(settings, config)
@@ -471,6 +472,7 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop-after-idle", type=float, help="exit 0 once caught up this long (s)")
     g.add_argument("--max-record-bytes", type=int)
     g.add_argument("--partitions", type=int, help="partitions of topics it creates (default 6)")
+    g.add_argument("--instance-id", help="static group membership id (fast restarts)")
     _add_metrics_options(g)
 
 

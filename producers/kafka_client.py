@@ -44,6 +44,10 @@ class KafkaIOError(TurbineError):
         super().__init__(f"{message} ({where})" if where else message)
 
 
+class CommitError(KafkaIOError):
+    """Offsets could not be committed (the checkpoint behind them is written)."""
+
+
 class KafkaSettings(BaseSettings):
     """Connection settings, from ``TURBINE_*`` environment variables or options."""
 

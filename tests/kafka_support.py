@@ -58,22 +58,53 @@ def docker_answers() -> bool:
     return proc.returncode == 0
 
 
+class LocalBroker:
+    """The project's own single-node KRaft broker (deploy/kafka/kafka.sh) on a free port.
+
+    ``down()`` and ``up()`` stop and restart it on the same data (a broker outage);
+    ``purge()`` stops it and deletes everything.
+    """
+
+    def __init__(self) -> None:
+        if shutil.which("java") is None and os.geteuid() != 0:
+            raise NoBroker("no java, and not root to install it (deploy/kafka/kafka.sh)")
+        self.port = free_port()
+        self.data = Path(tempfile.mkdtemp(prefix="turbine-kafka-"))
+        self.env = {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_DATA_DIR": str(self.data / "broker"),
+        }
+        self.servers = f"127.0.0.1:{self.port}"
+
+    def up(self) -> str:
+        proc = subprocess.run(
+            ["bash", str(KAFKA_SH), "up"], capture_output=True, text=True, env=self.env
+        )
+        if proc.returncode != 0:
+            raise NoBroker(f"deploy/kafka/kafka.sh up failed: {proc.stderr.strip()[-600:]}")
+        return self.servers
+
+    def down(self) -> None:
+        subprocess.run(
+            ["bash", str(KAFKA_SH), "down"], capture_output=True, env=self.env, check=True
+        )
+
+    def purge(self) -> None:
+        subprocess.run(
+            ["bash", str(KAFKA_SH), "down", "--purge"], capture_output=True, env=self.env
+        )
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
 @contextmanager
 def local_broker() -> Iterator[str]:
-    """The project's own single-node KRaft broker on a free port, purged afterwards."""
-    if shutil.which("java") is None and os.geteuid() != 0:
-        raise NoBroker("no java, and not root to install it (deploy/kafka/kafka.sh)")
-    port = free_port()
-    data = Path(tempfile.mkdtemp(prefix="turbine-kafka-"))
-    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_DATA_DIR": str(data / "broker")}
-    proc = subprocess.run(["bash", str(KAFKA_SH), "up"], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise NoBroker(f"deploy/kafka/kafka.sh up failed: {proc.stderr.strip()[-600:]}")
+    """A LocalBroker for the duration of the block, purged afterwards."""
+    broker = LocalBroker()
     try:
-        yield f"127.0.0.1:{port}"
+        yield broker.up()
     finally:
-        subprocess.run(["bash", str(KAFKA_SH), "down", "--purge"], capture_output=True, env=env)
-        shutil.rmtree(data, ignore_errors=True)
+        broker.purge()
 
 
 @contextmanager
