@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from consumers.checkpoint import CheckpointDir
-from pipeline import Detector, DetectorConfig, load_config
+from pipeline import Detector, load_config
 from pipeline.recordings import RecordingSpec
 from pipeline.runner import run_file
 from pipeline.store import read_anomalies
@@ -82,11 +82,6 @@ def detector_args(servers: str, topic: str, store: Path, config: Path) -> list[o
         "--checkpoint-every-seconds",
         1,
     ]
-
-
-def reference(path: Path, config: Path) -> tuple[list, Detector]:
-    report, det = run_file(path, RecordingSpec(), load_config(config))
-    return report, det
 
 
 def rows(a) -> list[tuple[float, int, float]]:
