@@ -48,6 +48,14 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def image_present() -> bool:
+    """Whether the Kafka image is there to run (nothing can be pulled on some machines)."""
+    proc = subprocess.run(
+        ["docker", "image", "inspect", kafka_image()], capture_output=True, timeout=30
+    )
+    return proc.returncode == 0
+
+
 def docker_answers() -> bool:
     if shutil.which("docker") is None:
         return False
@@ -107,19 +115,56 @@ def local_broker() -> Iterator[str]:
         broker.purge()
 
 
+def kafka_image() -> str:
+    """The Kafka image setting shared with docker-compose.yml (the official image by default)."""
+    return os.environ.get("KAFKA_IMAGE", "apache/kafka:4.1.1")
+
+
 @contextmanager
 def container_broker() -> Iterator[str]:
-    """testcontainers' Kafka module on the image named by TURBINE_KAFKA_IMAGE."""
+    """A single-node KRaft broker in a container, through testcontainers.
+
+    Configured by the official ``apache/kafka`` image's ``KAFKA_*`` settings, the
+    same as docker-compose.yml, so it runs the official image and the local
+    stand-in alike (testcontainers' own KafkaContainer expects Confluent's image).
+    The host port is chosen first so the broker can advertise it on 127.0.0.1.
+    Ryuk cannot be pulled here: the container is removed by this context manager.
+    """
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
     os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
-    from testcontainers.kafka import KafkaContainer
+    from testcontainers.core.container import DockerContainer
 
-    image = os.environ.get("TURBINE_KAFKA_IMAGE", "apache/kafka:4.1.1")
-    container = KafkaContainer(image=image).with_kraft()
-    container.start()
+    port = free_port()
+    env = {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093,HOST://:29092",
+        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://localhost:9092,HOST://127.0.0.1:{port}",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": (
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,HOST:PLAINTEXT"
+        ),
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_INTER_BROKER_LISTENER_NAME": "PLAINTEXT",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+        "KAFKA_MESSAGE_MAX_BYTES": "16777216",
+        "KAFKA_NUM_PARTITIONS": "6",
+    }
+    container = DockerContainer(kafka_image()).with_bind_ports(29092, port)
+    for key, value in env.items():
+        container = container.with_env(key, value)
     try:
-        yield container.get_bootstrap_server()
+        container.start()
+    except Exception as exc:  # the docker SDK's errors: no image, no engine...
+        raise NoBroker(f"could not start {kafka_image()} with testcontainers: {exc}") from None
+    try:
+        servers = f"127.0.0.1:{port}"
+        wait_for_metadata(servers, timeout=120)
+        yield servers
     finally:
         container.stop()
 
@@ -133,7 +178,7 @@ def any_broker() -> Iterator[str]:
         return
     if mode == "env":
         raise NoBroker("TURBINE_TEST_KAFKA=env but KAFKA_BOOTSTRAP_SERVERS is not set")
-    if mode == "container" or (mode == "auto" and docker_answers()):
+    if mode == "container" or (mode == "auto" and docker_answers() and image_present()):
         with container_broker() as servers:
             yield servers
         return
