@@ -78,6 +78,9 @@ class ServiceSettings(KafkaSettings):
     max_poll_records: int = Field(2000, ge=1)
     partitions: int = Field(6, ge=1, description="Partitions of topics this service creates.")
     publish_events: bool = True
+    store_flush_seconds: float = Field(
+        60.0, gt=0, description="Write pending anomalies as a store chunk at least this often."
+    )
     session_timeout_ms: int = Field(10_000, ge=1000)
     instance_id: str | None = Field(
         None,
@@ -94,6 +97,7 @@ class PartitionState:
     next_offset: int | None = None
     last_batch: dict[tuple[str, int], int] = field(default_factory=dict)
     sensors: tuple[str, ...] = ()
+    last_flush: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -192,7 +196,9 @@ class DetectorService:
     # ------------------------------------------------------------------ partitions
     def _state_for(self, partition: int) -> PartitionState:
         store_dir = self.settings.store / f"partition-{partition:04d}"
-        return PartitionState(partition=partition, store=AnomalyStore(store_dir))
+        return PartitionState(
+            partition=partition, store=AnomalyStore(store_dir, config=self.config)
+        )
 
     def _assign(self, assigned: list[Any]) -> None:
         for tp in assigned:
@@ -432,6 +438,10 @@ class DetectorService:
             state = self.states[p]
             if state.next_offset is None:
                 continue
+            if time.monotonic() - state.last_flush >= self.settings.store_flush_seconds:
+                # Memory and checkpoints stay small; the store grows as anomalies come.
+                state.store.flush()
+                state.last_flush = time.monotonic()
             cp = Checkpoint(
                 partition=p,
                 offset=state.next_offset,
