@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from pipeline.detector import BatchResult, Detector
 from pipeline.errors import ConfigError, InputError, StoreError
 from pipeline.evaluation import Confusion, DelayTracker
 from pipeline.recordings import Chunk, Recording, RecordingSpec, read_recording
-from pipeline.store import AnomalyStore
+from pipeline.store import MODEL, AnomalyStore
 
 DEFAULT_BATCH_STEPS = 10
 
@@ -128,8 +129,13 @@ def run_recording(
     train_rows: int = 0,
     progress: bool = False,
     id_col: str = "turbine_id",
+    on_batch: Callable[[Chunk, BatchResult], None] | None = None,
 ) -> RunReport:
-    """Score an opened recording with ``detector``; anomalies go to ``store``."""
+    """Score an opened recording with ``detector``; anomalies go to ``store``.
+
+    ``on_batch(batch, result)`` is called after each scored batch (the
+    report uses it to keep every reading's distance for a few turbines).
+    """
     path = str(recording.path)
     report = RunReport(path=path, sensors=recording.sensors)
     labelled = recording.has_labels
@@ -149,6 +155,8 @@ def run_recording(
         for number, batch in iter_batches(rest, batch_steps):
             check_turbines(detector, batch, path, id_col)
             result = detector.process(batch.timestamps, batch.turbine_ids, batch.values)
+            if on_batch is not None:
+                on_batch(batch, result)
             report.threshold = result.threshold
             if store is not None:
                 store.append(result, partitions=-1, offsets=number)
@@ -197,7 +205,9 @@ def run_file(
 
     The store is written to a temporary directory beside ``store_dir`` and
     renamed into place only when the whole file has been scored: a run that
-    fails on bad input leaves no partial store behind.
+    fails on bad input leaves no partial store behind.  Its manifest records
+    the configuration, ``batch_steps`` and ``train_rows``; the detector's final state goes
+    beside it as ``model.npz`` (``np.savez(**Detector.state())``).
     """
     target = Path(store_dir) if store_dir is not None else None
     if target is not None and target.exists() and any(target.iterdir()):
@@ -213,10 +223,20 @@ def run_file(
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
         try:
-            store = AnomalyStore(partial, sensors=rec.sensors)
+            store = AnomalyStore(
+                partial,
+                sensors=rec.sensors,
+                config=cfg,
+                batch_steps=batch_steps,
+                train_rows=train_rows,
+            )
             report = run_recording(
                 rec, detector, store, batch_steps, train_rows, progress, id_col=spec.id_col
             )
+            with open(partial / MODEL, "wb") as f:
+                np.savez(f, **detector.state())  # type: ignore[arg-type]
+                f.flush()
+                os.fsync(f.fileno())
             if target.exists():
                 target.rmdir()
             partial.rename(target)

@@ -9,6 +9,14 @@ Layout of a store directory::
                                    data order; cols: sensors; values: contributions)
     chunk-000001-meta.npz          per row: timestamp; per anomaly: source partition,
                                    offset and row (the event id), threshold, model
+    model.npz                      (embedded run) the detector's final state,
+                                   ``np.savez(**Detector.state())``
+
+The manifest also records, when the writer gives them, the detector
+configuration (``config``, as JSON), the time steps per engine batch
+(``batch_steps``) and the leading rows learned without scoring
+(``train_rows``): what it takes to re-score the input exactly as the store
+was written (``turbine report --input``).
 
 Only time steps that hold an anomaly get a row, so the store grows with the
 anomalies, not with the readings.  Anomalies wait in memory until
@@ -30,16 +38,19 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import sparse
 
+from pipeline.config import DetectorConfig
 from pipeline.detector import BatchResult
 from pipeline.errors import StoreError
 
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
+MODEL = "model.npz"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -59,7 +70,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def _at(values: NDArray[np.int64] | int, index: NDArray[np.intp]) -> NDArray[np.int64]:
     """``values[index]``, where an int stands for the same value everywhere."""
     if np.ndim(values) == 0:
-        return np.full(index.size, int(values), dtype=np.int64)  # type: ignore[arg-type]
+        return np.full(index.size, int(values), dtype=np.int64)
     return np.asarray(values, dtype=np.int64)[index]
 
 
@@ -148,6 +159,77 @@ _ARRAY_FIELDS = (
 )
 
 
+@dataclass(frozen=True)
+class ChunkMatrices:
+    """One stored chunk as its matrices, nothing densified.
+
+    Anomaly ``i`` of the chunk is non-zero ``i`` of ``distance`` (in CSR
+    data order) and row ``i`` of ``contributions``.
+
+    Attributes
+    ----------
+    distance : csr_array of shape (steps, turbines)
+        Squared distances; rows are the time steps holding an anomaly,
+        columns the store's turbines.
+    contributions : csr_array of shape (k, D)
+        Each anomaly's per-sensor contributions.
+    step_timestamps : ndarray of shape (steps,)
+    turbines : ndarray of shape (turbines,)
+        The turbine id of each column.
+    thresholds, partitions, offsets, rows, scored_by : ndarray of shape (k,)
+    sensors : tuple of str
+    """
+
+    distance: sparse.csr_array
+    contributions: sparse.csr_array
+    step_timestamps: NDArray[np.float64]
+    turbines: NDArray[np.int64]
+    thresholds: NDArray[np.float64]
+    partitions: NDArray[np.int64]
+    offsets: NDArray[np.int64]
+    rows: NDArray[np.int64]
+    scored_by: NDArray[np.int8]
+    sensors: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.distance.nnz)
+
+    @property
+    def timestamps(self) -> NDArray[np.float64]:
+        """Each anomaly's timestamp, shape (k,)."""
+        return np.repeat(self.step_timestamps, np.diff(self.distance.indptr))
+
+    @property
+    def turbine_ids(self) -> NDArray[np.int64]:
+        """Each anomaly's turbine id, shape (k,)."""
+        return self.turbines[self.distance.indices]
+
+    @property
+    def distances(self) -> NDArray[np.float64]:
+        """Each anomaly's squared distance, shape (k,)."""
+        return np.asarray(self.distance.data, dtype=np.float64)
+
+    def take(self, index: NDArray[np.intp] | NDArray[np.bool_] | None = None) -> Anomalies:
+        """The anomalies at ``index`` (all when None) as a table; densifies only those rows."""
+        every = index is None
+        idx = np.arange(len(self)) if index is None else np.asarray(index)
+        if idx.dtype == np.bool_:
+            idx = np.flatnonzero(idx)
+        contrib = self.contributions if every else self.contributions[idx]
+        return Anomalies(
+            self.timestamps[idx],
+            self.turbine_ids[idx],
+            self.distances[idx],
+            self.thresholds[idx],
+            np.asarray(contrib.toarray(), dtype=np.float64).reshape(idx.size, len(self.sensors)),
+            self.partitions[idx],
+            self.offsets[idx],
+            self.rows[idx],
+            self.scored_by[idx],
+            self.sensors,
+        )
+
+
 class AnomalyStore:
     """Append anomalies, flush them as CSR chunks, and read them back.
 
@@ -159,6 +241,13 @@ class AnomalyStore:
         Sensor names; required for a new store, checked against an old one.
     chunk_size : int
         Anomalies held in memory before a chunk is written.
+    config : DetectorConfig, optional
+        The configuration of the detector writing the store, recorded in the
+        manifest (``config``) so the input can be re-scored the same way.
+    batch_steps : int, optional
+        Time steps per engine batch, recorded in the manifest when given.
+    train_rows : int, optional
+        Leading rows learned, not scored, recorded in the manifest when given.
 
     Examples
     --------
@@ -180,6 +269,9 @@ class AnomalyStore:
         directory: str | Path,
         sensors: tuple[str, ...] | list[str] | None = None,
         chunk_size: int = 65_536,
+        config: DetectorConfig | None = None,
+        batch_steps: int | None = None,
+        train_rows: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.chunk_size = chunk_size
@@ -193,6 +285,7 @@ class AnomalyStore:
                 )
             if not stored and sensors is not None:
                 self._manifest["sensors"] = list(sensors)
+            self._record_run(config, batch_steps, train_rows)  # persisted by the next flush
         else:
             if self.directory.exists() and any(self.directory.iterdir()):
                 raise StoreError(f"{self.directory}: exists, is not empty, and has no {MANIFEST}")
@@ -205,6 +298,7 @@ class AnomalyStore:
                 "positions": {},
                 "readings": 0,
             }
+            self._record_run(config, batch_steps, train_rows)
             self._write_manifest()
         self._columns = {int(t): i for i, t in enumerate(self._manifest["turbines"])}
         self._pending: list[Anomalies] = []
@@ -225,6 +319,16 @@ class AnomalyStore:
             )
         return manifest
 
+    def _record_run(
+        self, config: DetectorConfig | None, batch_steps: int | None, train_rows: int | None
+    ) -> None:
+        if config is not None:
+            self._manifest["config"] = json.loads(config.model_dump_json())
+        if batch_steps is not None:
+            self._manifest["batch_steps"] = int(batch_steps)
+        if train_rows is not None:
+            self._manifest["train_rows"] = int(train_rows)
+
     def _write_manifest(self) -> None:
         data = json.dumps(self._manifest, indent=1, sort_keys=True).encode()
         _atomic_write(self.directory / MANIFEST, data)
@@ -232,6 +336,38 @@ class AnomalyStore:
     @property
     def sensors(self) -> tuple[str, ...]:
         return tuple(self._manifest["sensors"])
+
+    @property
+    def config(self) -> DetectorConfig | None:
+        """The detector configuration recorded in the manifest, if any."""
+        recorded = self._manifest.get("config")
+        if recorded is None:
+            return None
+        try:
+            return DetectorConfig.model_validate_json(json.dumps(recorded))
+        except ValueError as exc:
+            raise StoreError(f"{self.directory}: recorded configuration invalid ({exc})") from None
+
+    @property
+    def batch_steps(self) -> int | None:
+        """Time steps per engine batch recorded in the manifest, if any."""
+        steps = self._manifest.get("batch_steps")
+        return None if steps is None else int(steps)
+
+    @property
+    def train_rows(self) -> int:
+        """Leading rows of the input learned without scoring (0 unless recorded)."""
+        return int(self._manifest.get("train_rows", 0))
+
+    @property
+    def turbines(self) -> NDArray[np.int64]:
+        """Turbine id of each column of the distance matrices, shape (turbines,)."""
+        return np.asarray(self._manifest["turbines"], dtype=np.int64)
+
+    @property
+    def positions(self) -> dict[int, int]:
+        """Per source partition, the next offset not yet stored."""
+        return dict(self._positions)
 
     # ------------------------------------------------------------------ writing
     def append(
@@ -416,30 +552,47 @@ class AnomalyStore:
             "chunks": len(self._manifest["chunks"]),
         }
 
-    def read_chunk(self, chunk: Mapping[str, object]) -> Anomalies:
-        """All anomalies of one chunk (files read with ``allow_pickle=False``)."""
+    def load_chunk(self, chunk: Mapping[str, object]) -> ChunkMatrices:
+        """One chunk's matrices as stored (files read with ``allow_pickle=False``)."""
         stem = str(chunk["name"])
         try:
-            dist = sparse.load_npz(self.directory / f"{stem}-distance.npz").tocsr()
-            contrib = sparse.load_npz(self.directory / f"{stem}-contrib.npz").toarray()
+            dist = sparse.csr_array(sparse.load_npz(self.directory / f"{stem}-distance.npz"))
+            contrib = sparse.csr_array(sparse.load_npz(self.directory / f"{stem}-contrib.npz"))
             with np.load(self.directory / f"{stem}-meta.npz", allow_pickle=False) as meta:
                 m = {k: meta[k] for k in meta.files}
+            return ChunkMatrices(
+                dist,
+                contrib,
+                m["step_timestamps"],
+                self.turbines,
+                m["thresholds"],
+                m["partitions"],
+                m["offsets"],
+                m["rows"],
+                m["scored_by"],
+                self.sensors,
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise StoreError(f"{self.directory}: chunk {stem} unreadable ({exc})") from None
-        counts = np.diff(dist.indptr)
-        turbines = np.asarray(self._manifest["turbines"], dtype=np.int64)
-        return Anomalies(
-            np.repeat(m["step_timestamps"], counts),
-            turbines[dist.indices],
-            dist.data,
-            m["thresholds"],
-            contrib,
-            m["partitions"],
-            m["offsets"],
-            m["rows"],
-            m["scored_by"],
-            self.sensors,
-        )
+
+    def read_chunk(self, chunk: Mapping[str, object]) -> Anomalies:
+        """All anomalies of one chunk as a table."""
+        return self.load_chunk(chunk).take()
+
+    def iter_matrices(
+        self,
+        turbine: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Iterator[ChunkMatrices]:
+        """The flushed chunks' matrices, one chunk in memory at a time.
+
+        The filters only skip the chunks the manifest rules out; the chunks
+        read are whole (mask their rows to filter further).
+        """
+        for c in self._manifest["chunks"]:
+            if _may_match(c, turbine, since, until):
+                yield self.load_chunk(c)
 
     def iter_chunks(
         self,
@@ -449,11 +602,7 @@ class AnomalyStore:
     ) -> Iterator[Anomalies]:
         """Anomalies chunk by chunk, skipping chunks the manifest rules out, then filtered."""
         for c in self._manifest["chunks"]:
-            if since is not None and c["t_max"] < since:
-                continue
-            if until is not None and c["t_min"] > until:
-                continue
-            if turbine is not None and turbine not in c["turbines"]:
+            if not _may_match(c, turbine, since, until):
                 continue
             a = self.read_chunk(c)
             keep = np.ones(len(a), dtype=bool)
@@ -474,6 +623,17 @@ class AnomalyStore:
     ) -> Anomalies:
         """Flushed anomalies matching the filters, as one table."""
         return Anomalies.concat(list(self.iter_chunks(turbine, since, until)), self.sensors)
+
+
+def _may_match(
+    chunk: Mapping[str, Any], turbine: int | None, since: float | None, until: float | None
+) -> bool:
+    """Whether a chunk's manifest entry leaves room for anomalies matching the filters."""
+    if since is not None and float(chunk["t_max"]) < since:
+        return False
+    if until is not None and float(chunk["t_min"]) > until:
+        return False
+    return turbine is None or turbine in chunk["turbines"]
 
 
 def store_paths(path: str | Path) -> list[Path]:
@@ -499,3 +659,42 @@ def read_anomalies(
     return Anomalies.concat(
         [a for s in stores for a in s.iter_chunks(turbine, since, until)], sensors
     )
+
+
+def parse_event_id(text: str) -> tuple[int, int, int]:
+    """(partition, offset, row) of an event id.
+
+    Accepts ``partition:offset:row`` (as ``turbine anomalies`` prints it) and
+    the Kafka event id ``topic:partition:offset:row`` (the topic is not
+    stored, so it is not checked).
+
+    >>> parse_event_id("-1:42:3"), parse_event_id("turbine.readings:2:1050:0")
+    ((-1, 42, 3), (2, 1050, 0))
+    """
+    parts = text.strip().split(":")
+    try:
+        if len(parts) not in (3, 4):
+            raise ValueError
+        p, o, r = (int(x) for x in parts[-3:])
+    except ValueError:
+        raise StoreError(
+            f"not an event id: {text!r} (partition:offset:row or topic:partition:offset:row)"
+        ) from None
+    return p, o, r
+
+
+def find_event(path: str | Path, event: str) -> Anomalies:
+    """The stored anomaly with event id ``event`` under ``path``, as a one-row table."""
+    partition, offset, row = parse_event_id(event)
+    for p in store_paths(path):
+        store = AnomalyStore(p)
+        floor = store.positions.get(partition)
+        if floor is not None and offset >= floor:
+            continue  # this store has not reached that offset of that partition
+        for chunk in store.iter_matrices():
+            hit = np.flatnonzero(
+                (chunk.partitions == partition) & (chunk.offsets == offset) & (chunk.rows == row)
+            )
+            if hit.size:
+                return chunk.take(hit[:1])
+    raise StoreError(f"{path}: no stored anomaly with event id {event!r}")
