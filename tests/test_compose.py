@@ -1,0 +1,201 @@
+"""The real docker-compose.yml, run on a Docker engine: Kafka, topics, the simulator, two
+detectors, Prometheus, Alertmanager; readings counted, anomalies reconciled, an alert
+delivered to a webhook, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.store import read_anomalies
+from tests.conftest import IN_CI, REPO
+from tests.kafka_support import free_port
+from tests.prometheus_support import get_json, query
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+ENGINE = REPO / "deploy" / "docker" / "engine.sh"
+IMAGES = REPO / "deploy" / "images" / "build.sh"
+SERVICES = [
+    "kafka",
+    "kafka-init",
+    "simulator",
+    "detector",
+    "prometheus",
+    "alertmanager",
+    "webhook-sink",
+]
+
+
+def _unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI=true: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_env() -> Iterator[dict[str, str]]:
+    """An engine that answers (started by deploy/docker/engine.sh when none does) and the
+    images docker-compose.yml names (built as local stand-ins where none can be pulled)."""
+    if shutil.which("docker-compose") is None and os.geteuid() != 0:
+        _unavailable("no docker-compose, and not root to install it")
+    up = subprocess.run(["bash", str(ENGINE), "up"], capture_output=True, text=True, timeout=600)
+    if up.returncode != 0:
+        _unavailable(f"no Docker engine: {up.stderr.strip()[-800:]}")
+    started_here = "starting dockerd" in up.stderr
+    host = next(
+        (ln.split("=", 1)[1] for ln in up.stdout.splitlines() if ln.startswith("DOCKER_HOST=")),
+        None,
+    )
+    env = {**os.environ, **({"DOCKER_HOST": host} if host else {})}
+    build = subprocess.run(
+        ["bash", str(IMAGES)], capture_output=True, text=True, env=env, timeout=1800
+    )
+    if build.returncode != 0:
+        _unavailable(f"images could not be built: {build.stderr.strip()[-800:]}")
+    try:
+        yield env
+    finally:
+        if started_here:
+            subprocess.run(["bash", str(ENGINE), "down"], capture_output=True, timeout=300)
+
+
+def short_rules(target: Path) -> Path:
+    """deploy/prometheus with every alert's `for:` shortened (tests only)."""
+    shutil.copytree(REPO / "deploy" / "prometheus", target)
+    for path in (target / "rules").glob("*.yml"):
+        rules = yaml.safe_load(path.read_text())
+        for group in rules["groups"]:
+            for rule in group["rules"]:
+                if "for" in rule:
+                    rule["for"] = "5s"
+        path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return target
+
+
+def compose(
+    env: dict[str, str], project: str, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    cmd = [
+        "docker-compose",
+        "-p",
+        project,
+        "-f",
+        str(REPO / "docker-compose.yml"),
+        "-f",
+        str(REPO / "tests" / "compose" / "docker-compose.test.yml"),
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+
+
+def docker(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, env=env, check=True
+    ).stdout
+
+
+def wait_for(what: str, check, timeout: float = 240, every: float = 2.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except OSError as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
+
+
+def test_compose_stack_end_to_end(docker_env, tmp_path):
+    project = f"twtest{uuid.uuid4().hex[:6]}"
+    turbines, steps = 20, 1500
+    ports = {
+        name: free_port()
+        for name in ("PROMETHEUS_PORT", "ALERTMANAGER_PORT", "KAFKA_HOST_PORT", "SINK_PORT")
+    }
+    env = {
+        **docker_env,
+        **{k: str(v) for k, v in ports.items()},
+        "TEST_PROMETHEUS_DIR": str(short_rules(tmp_path / "prometheus")),
+        "SIM_TURBINES": str(turbines),
+        "SIM_STEPS": str(steps),
+        "SIM_SPEED": "25",  # 1,500 steps in a minute
+    }
+    prom = f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}"
+    try:
+        up = compose(env, project, "up", "-d", "--scale", "detector=2", *SERVICES)
+        assert up.returncode == 0, up.stderr[-3000:]
+
+        # every target up: both detectors and the producer
+        def targets_up():
+            active = get_json(f"{prom}/api/v1/targets")["data"]["activeTargets"]
+            jobs = [(t["labels"]["job"], t["health"]) for t in active]
+            ok = sorted(jobs) == [("detector", "up"), ("detector", "up"), ("producer", "up")]
+            return jobs if ok else None
+
+        wait_for("two detectors and the producer up in Prometheus", targets_up)
+
+        # readings processed, summed over the detectors, equal what the simulator sent
+        sent = turbines * steps
+
+        def all_processed():
+            r = query(prom, "sum(turbine_readings_total)")
+            return r and float(r[0]["value"][1]) == sent
+
+        wait_for(f"{sent} readings processed", all_processed, timeout=300)
+
+        # ... and what the simulator says it sent, in its last log line
+        def simulator_done():
+            logs = compose(env, project, "logs", "--no-color", "simulator").stdout
+            return [ln for ln in logs.splitlines() if "sent " in ln and "acknowledged" in ln]
+
+        line = wait_for("the simulator's final report", simulator_done, timeout=120)[-1]
+        assert f"sent {sent:,} readings" in line and "0 delivery errors" in line, line
+
+        # an alert on an injected fault fires, goes through Alertmanager, reaches the sink
+        sink = f"http://127.0.0.1:{ports['SINK_PORT']}/"
+
+        def delivered():
+            payloads = get_json(sink)
+            alerts = [a for p in payloads for a in p.get("alerts", [])]
+            hits = [a for a in alerts if a["labels"].get("alertname") == "TurbineAnomalyRateHigh"]
+            return hits
+
+        hits = wait_for("TurbineAnomalyRateHigh delivered to the webhook", delivered, timeout=300)
+        assert all(a["labels"]["turbine"].isdigit() for a in hits)
+        firing = query(prom, 'ALERTS{alertname="TurbineAnomalyRateHigh", alertstate="firing"}')
+        assert firing
+
+        counted = float(query(prom, "sum(turbine_anomalies_total)")[0]["value"][1])
+        # the anomalies on the topic (read through the 127.0.0.1 listener)
+        from tests.test_kafka import consume_all
+
+        events = consume_all(
+            f"127.0.0.1:{ports['KAFKA_HOST_PORT']}", "turbine.anomalies", timeout_s=10
+        )
+        ids = {json.loads(e.value)["event_id"] for e in events}
+        # stop the detectors (SIGTERM: checkpoint, flush the stores) and read the store volume
+        stop = compose(env, project, "stop", "detector")
+        assert stop.returncode == 0, stop.stderr[-2000:]
+        volume = json.loads(docker(env, "volume", "inspect", f"{project}_store"))[0]["Mountpoint"]
+        stored = read_anomalies(Path(volume) / "store")
+        assert len(stored) == counted == len(ids) > 0
+    finally:
+        logs = compose(env, project, "logs", "--no-color", "--tail", "30")
+        down = compose(env, project, "down", "-v", "--remove-orphans")
+    assert down.returncode == 0, down.stderr[-2000:] + logs.stdout[-3000:]
+    label = f"label=com.docker.compose.project={project}"
+    assert docker(env, "ps", "-a", "-q", "--filter", label).strip() == ""
+    assert docker(env, "network", "ls", "-q", "--filter", label).strip() == ""
+    assert docker(env, "volume", "ls", "-q", "--filter", label).strip() == ""
