@@ -22,14 +22,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## make the virtual environment and install the project
 
-demo: $(STAMP) ## simulate a fleet, detect its anomalies into a store, print a summary
+demo: $(STAMP) ## simulate a fleet, detect its anomalies into a store, print a summary, write the report
 	mkdir -p $(OUT)/demo
 	$(TURBINE) simulate --turbines 100 --steps 5000 --seed 42 \
 		--output $(OUT)/demo/fleet.npz --write-config $(OUT)/demo/calibration.json
-	rm -rf $(OUT)/demo/store
+	rm -rf $(OUT)/demo/store $(OUT)/demo/report
 	$(TURBINE) detect --input $(OUT)/demo/fleet.npz --config $(OUT)/demo/calibration.json \
 		--store $(OUT)/demo/store
 	$(TURBINE) anomalies $(OUT)/demo/store --format csv | head -n 6
+	$(TURBINE) report --store $(OUT)/demo/store --input $(OUT)/demo/fleet.npz \
+		--output $(OUT)/demo/report
+	@echo "anomaly report: $(abspath $(OUT)/demo/report/index.html)"
 
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
@@ -51,6 +54,7 @@ clean: ## remove outputs (not the venv)
 	rm -rf $(OUT) .pytest_cache .ruff_cache .mypy_cache
 
 include deploy/kafka/kafka.mk
+include deploy/docker/docker.mk
 
 .PHONY: stack wheelhouse
 stack: $(STAMP) ## the compose stack from local processes (Kafka, simulator, detector, Prometheus, Alertmanager); Ctrl-C stops it
@@ -59,3 +63,21 @@ stack: $(STAMP) ## the compose stack from local processes (Kafka, simulator, det
 wheelhouse: $(STAMP) ## wheels of the project and its dependencies for the Docker image (dist/wheelhouse)
 	rm -rf dist/wheelhouse
 	$(PY) -m pip wheel --quiet --wheel-dir dist/wheelhouse .
+
+.PHONY: figure
+figure: $(STAMP) ## the README figure (docs/skab-valve1-timeline.png): the report's timeline of SKAB valve1/9.csv
+	rm -rf $(OUT)/figure
+	$(TURBINE) detect --quiet --input ../shared/data/skab/valve1/9.csv --sep ';' --time-col datetime \
+		--label-col anomaly --drop-col changepoint --chart mewma --mewma-lambda 0.2 --train-rows 400 \
+		--store $(OUT)/figure/store
+	$(TURBINE) report --store $(OUT)/figure/store --input ../shared/data/skab/valve1/9.csv --sep ';' \
+		--time-col datetime --label-col anomaly --drop-col changepoint --output $(OUT)/figure/report
+	mkdir -p docs
+	cp $(OUT)/figure/report/timeline.png docs/skab-valve1-timeline.png
+
+.PHONY: compose-up compose-down
+compose-up: $(STAMP) ## the docker-compose stack (2 detectors); builds local stand-in images where no registry answers
+	bash deploy/docker/compose.sh up
+
+compose-down: ## stop the docker-compose stack and remove its containers, network and volumes
+	bash deploy/docker/compose.sh down
