@@ -13,9 +13,11 @@ import csv
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -26,7 +28,7 @@ from pipeline.memory import tune_malloc
 from pipeline.recordings import RecordingSpec, RecordingWriter, read_recording
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
 from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
-from pipeline.store import AnomalyStore, read_anomalies, store_paths
+from pipeline.store import Anomalies, AnomalyStore, find_event, read_anomalies, store_paths
 
 log = logging.getLogger("turbine")
 EXIT_BAD_INPUT = 2
@@ -208,6 +210,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         config,
         store_dir=args.store,
         batch_steps=args.batch_steps,
+        train_rows=args.train_rows,
         progress=not args.quiet and sys.stderr.isatty(),
     )
     print_summary(report)
@@ -291,24 +294,75 @@ def _json_number(x: object) -> object:
 def cmd_anomalies(args: argparse.Namespace) -> int:
     stores = [AnomalyStore(p) for p in store_paths(args.store)]
     sensors = next((st.sensors for st in stores if st.sensors), ())
-    out = sys.stdout
-    if args.format == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(
-            ["event", "timestamp", "time", "turbine_id", "distance2", "threshold", "model"]
-            + [f"contribution_{s}" for s in sensors]
-        )
-    first = True
-    if args.format == "json":
-        out.write("[")
-    tables = (t for st in stores for t in st.iter_chunks(args.turbine, args.since, args.until))
-    for table in tables:
+    if args.similar_to is not None:
+        return similar_anomalies(args, stores, sensors)
+    rows = AnomalyRows(sys.stdout, args.format, sensors)
+    for st in stores:
+        for table in st.iter_chunks(args.turbine, args.since, args.until):
+            rows.write(table)
+    rows.close()
+    return 0
+
+
+def similar_anomalies(
+    args: argparse.Namespace, stores: list[AnomalyStore], sensors: tuple[str, ...]
+) -> int:
+    """``anomalies --similar-to EVENT``: the earlier anomalies most like it, best first."""
+    from pipeline.similarity import SeenBefore
+
+    if args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
+    event = find_event(args.store, args.similar_to)
+    before = float(event.timestamps[0])
+    until = before if args.until is None else min(before, args.until)
+    seen = SeenBefore(event.contributions, args.top, before=event.timestamps)
+    for st in stores:
+        for chunk in st.iter_matrices(args.turbine, args.since, until):
+            allowed = None
+            if args.turbine is not None or args.since is not None or args.until is not None:
+                ts = chunk.timestamps
+                allowed = np.ones(ts.size, dtype=bool)
+                if args.turbine is not None:
+                    allowed &= chunk.turbine_ids == args.turbine
+                if args.since is not None:
+                    allowed &= ts >= args.since
+                if args.until is not None:
+                    allowed &= ts <= args.until
+            seen.update(chunk, allowed)
+    matches, similarity = seen.matches(0)
+    rows = AnomalyRows(sys.stdout, args.format, sensors, similarity=True)
+    rows.write(matches, similarity)
+    rows.close()
+    return 0
+
+
+class AnomalyRows:
+    """Anomaly tables written as CSV rows or one JSON array, table after table."""
+
+    def __init__(
+        self, out: TextIO, fmt: str, sensors: tuple[str, ...], similarity: bool = False
+    ) -> None:
+        self.out, self.format, self.sensors = out, fmt, sensors
+        self.similarity = similarity
+        self.first = True
+        if fmt == "csv":
+            self.writer = csv.writer(out, lineterminator="\n")
+            self.writer.writerow(
+                (["similarity"] if similarity else [])
+                + ["event", "timestamp", "time", "turbine_id", "distance2", "threshold", "model"]
+                + [f"contribution_{s}" for s in sensors]
+            )
+        else:
+            out.write("[")
+
+    def write(self, table: Anomalies, similarity: np.ndarray | None = None) -> None:
         ids = table.event_ids()
         for i in range(len(table)):  # output formatting, one line per anomaly
             model = "turbine" if table.scored_by[i] == 1 else "fleet"
-            if args.format == "csv":
-                writer.writerow(
-                    [
+            if self.format == "csv":
+                self.writer.writerow(
+                    ([repr(float(similarity[i]))] if similarity is not None else [])
+                    + [
                         ids[i],
                         repr(float(table.timestamps[i])),
                         iso(table.timestamps[i]),
@@ -320,22 +374,53 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
                     + [repr(float(v)) for v in table.contributions[i]]
                 )
             else:
-                row = {
-                    "event": ids[i],
-                    "timestamp": float(table.timestamps[i]),
-                    "time": iso(table.timestamps[i]),
-                    "turbine_id": int(table.turbine_ids[i]),
-                    "distance2": float(table.distances[i]),
-                    "threshold": float(table.thresholds[i]),
-                    "model": model,
-                    "contributions": dict(
-                        zip(sensors, table.contributions[i].tolist(), strict=True)
-                    ),
-                }
-                out.write(("\n" if first else ",\n") + json.dumps(row))
-                first = False
-    if args.format == "json":
-        out.write("\n]\n" if not first else "]\n")
+                row: dict[str, object] = {}
+                if similarity is not None:
+                    row["similarity"] = float(similarity[i])
+                row.update(
+                    {
+                        "event": ids[i],
+                        "timestamp": float(table.timestamps[i]),
+                        "time": iso(table.timestamps[i]),
+                        "turbine_id": int(table.turbine_ids[i]),
+                        "distance2": float(table.distances[i]),
+                        "threshold": float(table.thresholds[i]),
+                        "model": model,
+                        "contributions": dict(
+                            zip(self.sensors, table.contributions[i].tolist(), strict=True)
+                        ),
+                    }
+                )
+                self.out.write(("\n" if self.first else ",\n") + json.dumps(row))
+                self.first = False
+
+    def close(self) -> None:
+        if self.format == "json":
+            self.out.write("\n]\n" if not self.first else "]\n")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        from pipeline.report import ReportOptions, write_report
+    except ImportError as exc:
+        raise ConfigError(
+            f"report needs matplotlib ({exc}): pip install 'turbine-watch[report]'"
+        ) from None
+    options = ReportOptions(
+        worst_turbines=args.worst, top_events=args.top_events, similar=args.similar
+    )
+    report = write_report(
+        args.store,
+        args.output,
+        input_path=args.input,
+        spec=recording_spec(args) if args.input is not None else None,
+        batch_steps=args.batch_steps,
+        checkpoint_dir=args.checkpoint_dir,
+        options=options,
+    )
+    for note in report.notes:
+        print(f"turbine: {note}", file=sys.stderr)
+    print(f"wrote {report.index} ({len(report.figures)} figures: {', '.join(report.figures)})")
     return 0
 
 
@@ -385,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="recorded file (embedded run)")
     p.add_argument("--store", type=Path, help="anomaly store directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--train-rows",
+        type=int,
+        default=0,
+        help="embedded run: leading rows learned, not scored (SKAB's protocol)",
+    )
     add_recording_options(p)
     add_detector_options(p)
     _add_service_options(p)
@@ -426,7 +517,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=parse_time)
     p.add_argument("--until", type=parse_time)
     p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument(
+        "--similar-to",
+        metavar="EVENT",
+        help="list the earlier anomalies most similar to this one (event id partition:offset:row "
+        "or topic:partition:offset:row), by the cosine similarity of their sensor contributions",
+    )
+    p.add_argument("--top", type=int, default=5, help="with --similar-to: how many (default 5)")
     p.set_defaults(func=cmd_anomalies)
+
+    p = sub.add_parser(
+        "report", help="write an HTML anomaly report with figures (timelines, heatmap, ...)"
+    )
+    p.add_argument("--store", type=Path, required=True, help="anomaly store (or partition stores)")
+    p.add_argument("--output", type=Path, required=True, help="report directory (index.html)")
+    p.add_argument(
+        "--input", type=Path, help="the recorded file the store was written from: re-scored"
+    )
+    p.add_argument(
+        "--batch-steps", type=int, help="time steps per engine batch (default: the store's)"
+    )
+    p.add_argument(
+        "--checkpoint-dir", type=Path, help="Kafka detectors' checkpoints (STORE/checkpoints)"
+    )
+    p.add_argument("--worst", type=int, default=6, help="turbines with timelines (default 6)")
+    p.add_argument("--top-events", type=int, default=6, help="worst events shown (default 6)")
+    p.add_argument("--similar", type=int, default=5, help="similar past anomalies per event")
+    add_recording_options(p)
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -476,9 +594,31 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     _add_metrics_options(g)
 
 
+def _join_event_ids(argv: Sequence[str]) -> list[str]:
+    """``--similar-to -1:5:3`` as ``--similar-to=-1:5:3`` (argparse takes -1:... for an option).
+
+    >>> _join_event_ids(["anomalies", "s", "--similar-to", "-1:5:3"])
+    ['anomalies', 's', '--similar-to=-1:5:3']
+    """
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--similar-to":
+            nxt = next(it, None)
+            if nxt is None:
+                out.append(arg)
+            elif re.fullmatch(r"-\d+:\d+:\d+", nxt):
+                out.append(f"{arg}={nxt}")
+            else:
+                out += [arg, nxt]
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_event_ids(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
