@@ -67,7 +67,9 @@ class ServiceSettings(KafkaSettings):
     checkpoint_dir: Path | None = Field(
         None, description="Shared by the group (default STORE/checkpoints)."
     )
-    checkpoint_every_batches: int = Field(500, ge=1)
+    checkpoint_every_batches: int = Field(
+        100_000, ge=1, description="Also checkpoint after this many engine batches."
+    )
     checkpoint_every_seconds: float = Field(10.0, gt=0)
     max_record_bytes: int = Field(8 << 20, ge=1024)
     nan_flood_fraction: float = Field(0.5, gt=0, le=1)
@@ -190,6 +192,13 @@ class DetectorService:
             max_poll_interval_ms=300_000,
             group_instance_id=self.settings.instance_id,
         )
+        # Subscribe only once the topic's partitions are known: a group joined
+        # before that can be assigned nothing and stay so.
+        deadline = time.monotonic() + self.settings.connect_timeout_s
+        while not consumer.partitions_for_topic(self.settings.topic):
+            if time.monotonic() > deadline:
+                raise KafkaIOError("no partition metadata", topic=self.settings.topic)
+            time.sleep(0.5)
         consumer.subscribe([self.settings.topic], listener=Listener())
         return consumer
 
@@ -388,38 +397,61 @@ class DetectorService:
         """One JSON event per anomaly, keyed by turbine, with a deterministic id."""
         if not self.settings.publish_events or result.n_anomalies == 0:
             return
-        sensors = state.sensors
-        topic = self.settings.topic
-        for j, i in enumerate(result.anomaly_index.tolist()):  # one event per anomaly
-            contrib = result.contributions[j]
-            top = np.argsort(contrib)[::-1][:3]
-            event_id = f"{topic}:{state.partition}:{int(offsets[i])}:{int(rows[i])}"
+        hit = result.anomaly_index
+        k = hit.size
+        # Everything per batch in NumPy, then one dict and one send per anomaly.
+        top = np.argsort(-result.contributions, axis=1)[:, :3]
+        top_values = np.take_along_axis(result.contributions, top, axis=1).tolist()
+        sensor_names = np.asarray(state.sensors, dtype=object)[top].tolist()
+        stamps = result.timestamps[hit]
+        times = np.datetime_as_string(np.round(stamps * 1000).astype("datetime64[ms]"), unit="ms")
+        prefix = f"{self.settings.topic}:{state.partition}:"
+        ids = [
+            f"{prefix}{o}:{r}"
+            for o, r in zip(offsets[hit].tolist(), rows[hit].tolist(), strict=True)
+        ]
+        turbines = result.turbine_ids[hit].tolist()
+        distances = result.distances[hit].tolist()
+        models = np.where(result.scored_by[hit] == 1, "turbine", "fleet").tolist()
+        fault = [None] * k if kinds is None else [str(x) or None for x in kinds[hit].tolist()]
+        produced_at = produced[hit].tolist()
+        detected_at = time.time()
+        send = self.producer.send
+        topic = self.settings.anomalies_topic
+        content_type = ("content-type", JSON_TYPE.encode())
+        on_error = self._event_failed
+        for j in range(k):  # one event per anomaly (the wire contract)
             event = {
-                "event_id": event_id,
-                "turbine_id": int(result.turbine_ids[i]),
-                "timestamp": float(result.timestamps[i]),
-                "time": _iso(float(result.timestamps[i])),
-                "distance2": float(result.distances[i]),
+                "event_id": ids[j],
+                "turbine_id": turbines[j],
+                "timestamp": float(stamps[j]),
+                "time": f"{times[j]}Z",
+                "distance2": distances[j],
                 "threshold": result.threshold,
-                "model": "turbine" if result.scored_by[i] == 1 else "fleet",
+                "model": models[j],
                 "top_sensors": [
-                    {"sensor": sensors[k], "contribution": float(contrib[k])} for k in top.tolist()
+                    {"sensor": n, "contribution": v}
+                    for n, v in zip(sensor_names[j], top_values[j], strict=True)
                 ],
-                "fault_kind": None if kinds is None else (str(kinds[i]) or None),
+                "fault_kind": fault[j],
                 "producer_id": first.meta.producer_id,
                 "site": first.meta.site,
                 # Kafka timestamp of the record that carried the reading: latency tracing.
-                "produced_at": float(produced[i]),
-                "detected_at": time.time(),
+                "produced_at": produced_at[j],
+                "detected_at": detected_at,
             }
-            future = self.producer.send(
-                self.settings.anomalies_topic,
-                key=str(event["turbine_id"]).encode(),
-                value=json.dumps(event).encode(),
-                headers=[("event-id", event_id.encode()), ("content-type", JSON_TYPE.encode())],
+            future = send(
+                topic,
+                key=str(turbines[j]).encode(),
+                value=json.dumps(event, separators=(",", ":")).encode(),
+                headers=[("event-id", ids[j].encode()), content_type],
             )
-            future.add_errback(lambda exc: self.metrics.publish_errors.inc())
+            future.add_errback(on_error)
         self.metrics.events_published.inc(result.n_anomalies)
+
+    def _event_failed(self, exc: BaseException) -> None:
+        self.metrics.publish_errors.inc()
+        log.error("event_send_failed topic=%s error=%s", self.settings.anomalies_topic, exc)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, partitions: list[int] | None = None, commit: bool = True) -> None:
@@ -508,7 +540,12 @@ class DetectorService:
         m.store_anomalies.set(store_anoms)
 
     def _update_lag(self, force: bool = False) -> bool:
-        """Consumer lag per partition; returns True when caught up everywhere."""
+        """Consumer lag per partition; returns True when caught up everywhere.
+
+        Uses the high-water marks that come with every fetch response (no
+        broker round trip); only when ``force`` (idle) and a partition has had
+        no fetch yet does it ask the broker for the end offsets.
+        """
         now = time.monotonic()
         if not force and now - self._last_lag_update < 2.0:
             return False
@@ -516,15 +553,20 @@ class DetectorService:
         assignment = list(self._consumer.assignment())
         if not assignment:
             return False
-        try:
-            ends = self._consumer.end_offsets(assignment)
-        except Exception as exc:  # broker away: keep going, report later
-            log.warning("end_offsets_failed error=%s", exc.__class__.__name__)
-            return False
+        ends = {tp: self._consumer.highwater(tp) for tp in assignment}
+        unknown = [tp for tp, hw in ends.items() if hw is None]
+        if unknown and force:
+            try:
+                ends.update(self._consumer.end_offsets(unknown))
+            except Exception as exc:  # broker away: keep going, report later
+                log.warning("end_offsets_failed error=%s", exc.__class__.__name__)
+                return False
         caught_up = True
-        for tp in assignment:
-            pos = self._consumer.position(tp)
-            lag = max(0, ends.get(tp, 0) - pos)
+        for tp, end in ends.items():
+            if end is None:
+                caught_up = False
+                continue
+            lag = max(0, end - self._consumer.position(tp))
             self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(lag)
             caught_up &= lag == 0
         return caught_up

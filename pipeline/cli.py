@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.config import DetectorConfig, load_config, make_config
 from pipeline.errors import ConfigError, InputError, TurbineError
 from pipeline.evaluation import Confusion, DelayTracker, alarm_mask
-from pipeline.memory import tune_malloc
+from pipeline.memory import limit_blas_threads, tune_malloc
 from pipeline.recordings import RecordingSpec, RecordingWriter, read_recording
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
 from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
@@ -625,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     tune_malloc()
+    limit_blas_threads()
     try:
         return int(args.func(args) or 0)
     except TurbineError as exc:

@@ -205,13 +205,17 @@ class DetectorMetrics:
         if turbines.size == 0:
             return
         if kinds is None or not labelled:
-            kinds = np.full(turbines.size, "unknown")
-        kinds = np.where(kinds == "", "none", kinds)
+            names, codes = np.array(["unknown"]), np.zeros(turbines.size, dtype=np.intp)
+        else:
+            names, codes = np.unique(kinds, return_inverse=True)
+            names = np.where(names == "", "none", names)
         pairs, counts = np.unique(
-            np.stack([turbines.astype(str), kinds]), axis=1, return_counts=True
+            np.stack([turbines.astype(np.int64), codes.astype(np.int64)]),
+            axis=1,
+            return_counts=True,
         )
-        for (t, k), c in zip(pairs.T.tolist(), counts.tolist(), strict=True):  # per label pair
-            self.anomalies.labels(turbine=self.turbine_label(int(t)), fault_kind=k).inc(c)
+        for (t, c), n in zip(pairs.T.tolist(), counts.tolist(), strict=True):  # per label pair
+            self.anomalies.labels(turbine=self.turbine_label(t), fault_kind=str(names[c])).inc(n)
 
 
 class ProducerMetrics:

@@ -120,14 +120,17 @@ def encode_batch(
     values = np.asarray(values, dtype="<f8")
     if values.shape != (n, len(meta.sensors)):
         raise WireError("shape_mismatch", f"values {values.shape} for {n} readings")
+    head_fields = meta.model_dump(exclude_none=True)
+    head_fields["n"] = n
     codes = b""
     if kinds is not None:
-        names = sorted(set(np.asarray(kinds).tolist()) - {""})
-        meta = meta.model_copy(update={"fault_kinds": names})
-        lookup = {k: i + 1 for i, k in enumerate(names)}
-        codes = np.array([lookup.get(k, 0) for k in np.asarray(kinds).tolist()], "i1").tobytes()
-    meta = meta.model_copy(update={"n": n})
-    head = meta.model_dump_json(exclude_none=True).encode()
+        uniq, inverse = np.unique(np.asarray(kinds), return_inverse=True)
+        names = [str(k) for k in uniq.tolist() if k != ""]
+        # code 0 is "normal"; the kinds keep their sorted order (codes 1..K)
+        offset = 0 if uniq.size and uniq[0] == "" else 1
+        head_fields["fault_kinds"] = names
+        codes = (inverse + offset).astype("i1").tobytes()
+    head = json.dumps(head_fields, separators=(",", ":")).encode()
     return b"".join(
         (
             _HEAD.pack(MAGIC, len(head)),
