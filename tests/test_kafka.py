@@ -215,7 +215,7 @@ def test_record_replay_record_gives_the_same_readings(kafka_servers, topic_facto
         np.load(tmp_path / "b.npz") as b,
         np.load(tmp_path / "orig.npz") as o,
     ):
-        for key in ("timestamp", "turbine_id", "values", "label", "fault_kind"):
+        for key in ("timestamp", "turbine_id", "values", "label", "fault_code", "fault_kinds"):
             np.testing.assert_array_equal(a[key], b[key])
             np.testing.assert_array_equal(a[key], o[key])
 

@@ -11,7 +11,9 @@ member                    dtype           shape
 ``values.npy``            float64         (n, D)
 ``sensors.npy``           unicode         (D,)
 ``label.npy``             int8            (n,) optional
-``fault_kind.npy``        unicode         (n,) optional
+``fault_code.npy``        int8            (n,) optional: 0 normal, k: fault_kinds[k]
+``fault_kinds.npy``       unicode         (K+1,) the kind names, "" first
+``fault_kind.npy``        unicode         (n,) optional, instead of the two above
 ``format_version.npy``    int64           ()
 ========================  ==============  =====================================
 
@@ -33,8 +35,15 @@ from pipeline.errors import InputError
 from pipeline.recordings.spec import Chunk, RecordingSpec
 
 FORMAT_VERSION = 1
-_ROW_MEMBERS = ("timestamp", "turbine_id", "values", "label", "fault_kind")
-_KINDS = {"timestamp": "f", "turbine_id": "iu", "values": "f", "label": "iub", "fault_kind": "U"}
+_ROW_MEMBERS = ("timestamp", "turbine_id", "values", "label", "fault_kind", "fault_code")
+_KINDS = {
+    "timestamp": "f",
+    "turbine_id": "iu",
+    "values": "f",
+    "label": "iub",
+    "fault_kind": "U",
+    "fault_code": "iu",
+}
 
 
 def read_npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -118,6 +127,7 @@ class NpzRecording:
             "values": (self.n_rows, len(self.sensors)),
             "label": (self.n_rows,),
             "fault_kind": (self.n_rows,),
+            "fault_code": (self.n_rows,),
         }
         for key, shape in expected.items():
             if key in self._layout and self._layout[key][0] != shape:
@@ -129,7 +139,19 @@ class NpzRecording:
         if self.n_rows == 0:
             raise self._error("no readings")
         self.has_labels = "label" in self._layout
-        self.has_kinds = "fault_kind" in self._layout
+        self._kind_names: np.ndarray | None = None
+        if "fault_code" in self._layout:
+            if "fault_kinds" not in names:
+                raise self._error("fault_code without fault_kinds", column="fault_code")
+            with self._zip.open(names["fault_kinds"]) as f:
+                try:
+                    kinds = np.lib.format.read_array(f, allow_pickle=False)
+                except ValueError as exc:
+                    raise self._error(f"bad fault_kinds: {exc}", column="fault_kinds") from None
+            if kinds.ndim != 1 or kinds.dtype.kind != "U":
+                raise self._error("fault_kinds must be a 1-D array of names", column="fault_kinds")
+            self._kind_names = kinds
+        self.has_kinds = "fault_kind" in self._layout or self._kind_names is not None
         self.ignored: list[str] = []
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -156,12 +178,22 @@ class NpzRecording:
                     else np.zeros(k, dtype=np.int64),
                     arrays["values"].astype(np.float64, copy=False),
                     arrays["label"].astype(np.int8) if "label" in arrays else None,
-                    arrays.get("fault_kind"),
+                    self._kinds_of(arrays),
                     np.arange(start, start + k, dtype=np.int64),
                 )
         finally:
             for s in streams.values():
                 s.close()
+
+    def _kinds_of(self, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+        if "fault_kind" in arrays:
+            return arrays["fault_kind"]
+        if self._kind_names is None:
+            return None
+        codes = arrays["fault_code"].astype(np.intp)
+        if codes.size and (codes.min() < 0 or codes.max() >= self._kind_names.size):
+            raise self._error("fault code outside fault_kinds", column="fault_code")
+        return self._kind_names[codes]
 
     def _read(self, stream: IO[bytes], key: str, k: int, start: int) -> np.ndarray:
         shape, dtype, _ = self._layout[key]

@@ -20,8 +20,6 @@ from pipeline.errors import InputError, SchemaError
 from pipeline.recordings.npzfile import FORMAT_VERSION
 from pipeline.recordings.spec import ID_COL, KIND_COL, LABEL_COL, TIME_COL, Chunk
 
-_KIND_WIDTH = 32
-
 
 def _fsync_rename(tmp: Path, target: Path) -> None:
     with open(tmp, "rb") as f:
@@ -63,13 +61,14 @@ class RecordingWriter:
         self.kinds = kinds
         self.sep = sep
         self.rows = 0
+        self._kind_names: list[str] = []
         self.binary = self.path.suffix.lower() == ".npz"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         if self.binary:
             self._parts = {
                 key: open(self._tmpdir / key, "wb")  # noqa: SIM115 (closed in close/abort)
-                for key in ("timestamp", "turbine_id", "values", "label", "fault_kind")
+                for key in ("timestamp", "turbine_id", "values", "label", "fault_code")
             }
         else:
             self._csv = open(self._tmpdir / "out.csv", "w", encoding="utf-8", newline="\n")  # noqa: SIM115
@@ -80,6 +79,21 @@ class RecordingWriter:
                 if sep in name:
                     raise SchemaError(f"column name {name!r} contains the separator {sep!r}")
             self._csv.write(sep.join(cols) + "\n")
+
+    def _codes(self, kinds: np.ndarray) -> np.ndarray:
+        """Fault kinds (n,) as int8 codes into ``fault_kinds`` (0 = normal), growing the list."""
+        uniq, inverse = np.unique(np.asarray(kinds), return_inverse=True)
+        lookup = np.empty(uniq.size, dtype=np.int8)
+        for i, name in enumerate(uniq.tolist()):  # a loop over distinct kinds
+            if name == "":
+                lookup[i] = 0
+                continue
+            if name not in self._kind_names:
+                if len(self._kind_names) >= 127:
+                    raise SchemaError("more than 127 distinct fault kinds")
+                self._kind_names.append(name)
+            lookup[i] = self._kind_names.index(name) + 1
+        return lookup[inverse]
 
     def write(self, chunk: Chunk) -> None:
         """Append a chunk of readings (values of shape (n, D))."""
@@ -92,14 +106,14 @@ class RecordingWriter:
         if n == 0:
             return
         labels = chunk.labels if chunk.labels is not None else np.zeros(n, dtype=np.int8)
-        kinds = chunk.kinds if chunk.kinds is not None else np.full(n, "", dtype=f"<U{_KIND_WIDTH}")
+        kinds = chunk.kinds if chunk.kinds is not None else np.full(n, "", dtype="<U1")
         if self.binary:
             p = self._parts
             p["timestamp"].write(np.ascontiguousarray(chunk.timestamps, "<f8").tobytes())
             p["turbine_id"].write(np.ascontiguousarray(chunk.turbine_ids, "<i8").tobytes())
             p["values"].write(np.ascontiguousarray(chunk.values, "<f8").tobytes())
             p["label"].write(np.ascontiguousarray(labels, "i1").tobytes())
-            p["fault_kind"].write(np.asarray(kinds, dtype=f"<U{_KIND_WIDTH}").tobytes())
+            p["fault_code"].write(self._codes(kinds).tobytes())
         else:
             numeric: list[np.ndarray] = [
                 chunk.timestamps[:, None],
@@ -151,7 +165,7 @@ class RecordingWriter:
         if self.labels:
             members.append(("label", (n,), "i1"))
         if self.kinds:
-            members.append(("fault_kind", (n,), f"<U{_KIND_WIDTH}"))
+            members.append(("fault_code", (n,), "i1"))
         out = self._tmpdir / "out.npz"
         with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for key, shape, dtype in members:
@@ -161,10 +175,13 @@ class RecordingWriter:
                     with open(self._tmpdir / key, "rb") as src:
                         while block := src.read(1 << 24):
                             dst.write(block)
-            for key, arr in (
+            small = [
                 ("sensors", np.array(self.sensors, dtype=np.str_)),
                 ("format_version", np.array(FORMAT_VERSION, dtype=np.int64)),
-            ):
+            ]
+            if self.kinds:
+                small.append(("fault_kinds", np.array(["", *self._kind_names], dtype=np.str_)))
+            for key, arr in small:
                 with zf.open(f"{key}.npy", "w") as dst:
                     np.lib.format.write_array(dst, arr, allow_pickle=False)
         return out
