@@ -1,0 +1,432 @@
+"""The report's HTML page, and ``write_report`` that puts everything together."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import DetectorConfig
+from pipeline.detector import Detector
+from pipeline.errors import ConfigError
+from pipeline.evaluation import Confusion
+from pipeline.recordings import RecordingSpec
+from pipeline.report.common import (
+    CONTRIBUTIONS,
+    CORRELATION,
+    F64,
+    HEATMAP,
+    TIMELINE,
+    ReportOptions,
+    iso,
+    worst,
+)
+from pipeline.report.data import (
+    FleetSummary,
+    load_model,
+    open_stores,
+    recorded_config,
+    rescore,
+    stored_series,
+    summarise,
+)
+from pipeline.report.figures import (
+    _save,
+    contributions_figure,
+    correlation_figure,
+    heatmap_figure,
+    timeline_figure,
+)
+from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport
+from pipeline.similarity import SeenBefore
+from pipeline.store import Anomalies, AnomalyStore
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote."""
+
+    index: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _table(header: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> str:
+    if header is None:
+        body = "".join(
+            f"<tr><th>{html.escape(str(row[0]))}</th>"
+            + "".join(f"<td>{html.escape(str(c))}</td>" for c in row[1:])
+            + "</tr>"
+            for row in rows
+        )
+        return f"<table><tbody>{body}</tbody></table>"
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# A figure that fails to load says so in the browser's console; one that loads is marked.
+_IMG_EVENTS = (
+    "onload=\"this.dataset.loaded='yes'\" "
+    "onerror=\"this.dataset.loaded='no'; console.error('figure failed to load: ' + this.src)\""
+)
+
+
+def _figure(name: str, alt: str, caption: str) -> str:
+    return (
+        f'<figure><img src="{html.escape(name)}" alt="{html.escape(alt)}" {_IMG_EVENTS}>'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _top_sensors(contrib: F64, sensors: tuple[str, ...], n: int = 2) -> str:
+    order = np.argsort(-contrib, kind="stable")[:n]
+    return ", ".join(f"{sensors[j]} {contrib[j]:.1f}" for j in order.tolist())
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def evaluation_rows(c: Confusion) -> list[tuple[str, str]]:
+    """The evaluation table's rows, as ``turbine evaluate`` prints them.
+
+    >>> evaluation_rows(Confusion(tp=8, fp=2, fn=2, tn=88))[:3]
+    [('precision', '0.800'), ('recall', '0.800'), ('F1 (SKAB)', '0.800')]
+    """
+    faults = len(c.delays) + c.missed_faults
+    return [
+        ("precision", _fmt(c.precision)),
+        ("recall", _fmt(c.recall)),
+        ("F1 (SKAB)", _fmt(c.f1)),
+        ("FAR (% of normal readings flagged)", _fmt(c.far, 2)),
+        ("MAR (% of faulty readings missed)", _fmt(c.mar, 2)),
+        ("mean detection delay (s)", _fmt(c.mean_delay, 1)),
+        ("faults detected", f"{faults - c.missed_faults} of {faults}"),
+        ("TP / FP / FN / TN", f"{c.tp:,} / {c.fp:,} / {c.fn:,} / {c.tn:,}"),
+    ]
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
+figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.9em; color: #555; }
+table { border-collapse: collapse; margin: 0.5em 0 1.2em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f0f0f0; } .note { color: #555; } .warn { color: #a00; font-weight: bold; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def write_report(
+    store: str | Path,
+    output: str | Path,
+    input_path: str | Path | None = None,
+    spec: RecordingSpec | None = None,
+    batch_steps: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    options: ReportOptions | None = None,
+) -> Report:
+    """Write ``OUTPUT/index.html`` and its PNG figures for the store under ``store``.
+
+    Parameters
+    ----------
+    store : path
+        One store, or a directory of ``partition-*`` stores.
+    output : path
+        Created if missing; the report's files are replaced.
+    input_path : path, optional
+        The recorded file the store was written from: re-scored to draw
+        every reading's distance (and labels, and the evaluation table).
+    spec : RecordingSpec, optional
+        How to read ``input_path``.
+    batch_steps : int, optional
+        Time steps per engine batch; default the manifest's, else 10.
+    checkpoint_dir : path, optional
+        The Kafka detectors' checkpoints (default ``STORE/checkpoints``).
+    """
+    opts = options or ReportOptions()
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    stores = open_stores(store)
+    summary = summarise(stores, opts)
+    model = load_model(store, checkpoint_dir)
+    report = Report(index=out / "index.html")
+    notes = report.notes
+    worst_ids = worst(summary.turbines, summary.counts, opts.worst_turbines)
+    count_of = dict(zip(summary.turbines.tolist(), summary.counts.tolist(), strict=True))
+    config: DetectorConfig | None = None
+    try:
+        config = recorded_config(stores, model)
+    except ConfigError:
+        if input_path is not None:
+            raise
+    statistic = statistic_name(config)
+    threshold = float(summary.thresholds.max()) if summary.thresholds.size else math.nan
+
+    # 1. timelines
+    run: RunReport | None = None
+    if input_path is not None and config is not None:
+        steps = batch_steps or next(
+            (s.batch_steps for s in stores if s.batch_steps), DEFAULT_BATCH_STEPS
+        )
+        train_rows = next((s.train_rows for s in stores if s.train_rows), 0)
+        run, series = rescore(
+            input_path,
+            spec or RecordingSpec(),
+            config,
+            steps,
+            worst_ids,
+            summary.sensors,
+            train_rows,
+        )
+        if math.isfinite(run.threshold):
+            threshold = run.threshold
+        if run.anomalies != summary.anomalies:
+            notes.append(
+                f"warning: re-scoring {input_path} gives {run.anomalies:,} anomalies, the "
+                f"store holds {summary.anomalies:,}: the input may not be the file the store "
+                "was written from (or not all of it, or a different batch size)."
+            )
+    else:
+        series = stored_series(stores, worst_ids)
+    if series:
+        fig = timeline_figure(
+            series,
+            count_of,
+            threshold,
+            run is not None,
+            statistic,
+            opts.max_points,
+            None if run is not None else (float(summary.edges[0]), float(summary.edges[-1])),
+        )
+        report.figures[TIMELINE] = _save(fig, out / TIMELINE, opts.dpi)
+
+    # 2. heatmap
+    if summary.anomalies:
+        fig = heatmap_figure(summary, opts.heatmap_turbines)
+        report.figures[HEATMAP] = _save(fig, out / HEATMAP, opts.dpi)
+
+    # 3. contributions and seen before
+    similar: list[tuple[Anomalies, F64]] = []
+    if len(summary.top):
+        fig = contributions_figure(summary.top)
+        report.figures[CONTRIBUTIONS] = _save(fig, out / CONTRIBUTIONS, opts.dpi)
+        seen = SeenBefore(summary.top.contributions, opts.similar, summary.top.timestamps)
+        latest = float(summary.top.timestamps.max())
+        for st in stores:
+            for chunk in st.iter_matrices(until=latest):
+                seen.update(chunk)
+        similar = [seen.matches(i) for i in range(len(summary.top))]
+
+    # 5. correlation
+    if model is not None:
+        fig_c = correlation_figure(model, opts.correlation_groups)
+        if fig_c is not None:
+            report.figures[CORRELATION] = _save(fig_c, out / CORRELATION, opts.dpi)
+
+    page = _page(store, input_path, stores, summary, config, run, report, similar, model, opts)
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, report.index)
+    return report
+
+
+def _page(
+    store: str | Path,
+    input_path: str | Path | None,
+    stores: Sequence[AnomalyStore],
+    summary: FleetSummary,
+    config: DetectorConfig | None,
+    run: RunReport | None,
+    report: Report,
+    similar: list[tuple[Anomalies, F64]],
+    model: Detector | None,
+    opts: ReportOptions,
+) -> str:
+    esc = html.escape
+    parts: list[str] = []
+    add = parts.append
+    add("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>")
+    add(f"<title>Anomaly report: {esc(str(store))}</title><style>{_CSS}</style></head><body>")
+    add("<h1>Anomaly report</h1>")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    add(f"<p class='note'>store <code>{esc(str(store))}</code>, generated {generated}</p>")
+    for note in report.notes:
+        add(f"<p class='warn'>{esc(note)}</p>")
+    t0, t1 = float(summary.edges[0]), float(summary.edges[-1])
+    facts: list[tuple[str, object]] = [
+        ("stores", f"{len(stores)} ({'partitioned' if len(stores) > 1 else 'one store'})"),
+        ("chunks", summary.chunks),
+        ("readings scored", f"{summary.readings:,}"),
+        ("anomalies", f"{summary.anomalies:,}"),
+        ("turbines with anomalies", f"{int(np.count_nonzero(summary.counts)):,}"),
+        ("sensors", ", ".join(summary.sensors)),
+    ]
+    if summary.anomalies:
+        facts.append(("time range of the anomalies", f"{iso(t0)} to {iso(t1)} UTC"))
+    if summary.thresholds.size:
+        facts.append(("threshold", ", ".join(f"{x:.3f}" for x in summary.thresholds.tolist())))
+    if config is not None:
+        shown = {
+            k: v
+            for k, v in json.loads(config.model_dump_json()).items()
+            if k
+            in (
+                "chart",
+                "mewma_lambda",
+                "false_alarm_rate",
+                "min_samples",
+                "key_groups",
+                "per_turbine",
+                "memory",
+            )
+        }
+        facts.append(
+            (
+                "detector configuration",
+                ", ".join(f"{k} {v}" for k, v in shown.items() if v is not None),
+            )
+        )
+    if input_path is not None and run is not None:
+        facts.append(
+            (
+                "input re-scored",
+                f"{input_path}: {run.readings:,} readings, {run.anomalies:,} anomalies",
+            )
+        )
+    add("<h2>Summary</h2>" + _table(None, facts))
+
+    add("<h2>1. Turbines with the most anomalies</h2>")
+    if TIMELINE in report.figures:
+        if run is not None:
+            caption = (
+                "Every scored reading's distance (line, log scale) against the threshold "
+                "(dashed); anomalies in red"
+                + (", labelled faults shaded" if run.confusion is not None else "")
+                + f". Re-scored from {input_path} with the store's configuration."
+            )
+        else:
+            caption = (
+                "The stored anomalies' distances (log scale) against the threshold (dashed). "
+                "Pass --input FILE to draw every reading and the labelled faults."
+            )
+        add(_figure(TIMELINE, "distance timelines of the worst turbines", caption))
+    else:
+        add("<p class='note'>No anomalies in the store.</p>")
+
+    add("<h2>2. Fleet heatmap</h2>")
+    if HEATMAP in report.figures:
+        add(
+            _figure(
+                HEATMAP,
+                "heatmap of anomaly counts per turbine and time bucket",
+                "Anomalies per turbine and time bucket; blank cells have none.",
+            )
+        )
+    else:
+        add("<p class='note'>No anomalies in the store.</p>")
+
+    add("<h2>3. Worst events and what they looked like before</h2>")
+    if CONTRIBUTIONS in report.figures:
+        add(
+            _figure(
+                CONTRIBUTIONS,
+                "per-sensor contributions of the worst events",
+                "The largest anomaly of each of the worst turbines: each sensor's share of its "
+                "squared distance (red adds, blue subtracts).",
+            )
+        )
+        top = summary.top
+        ids = top.event_ids()
+        rows = [
+            (
+                ids[i],
+                iso(float(top.timestamps[i])),
+                int(top.turbine_ids[i]),
+                f"{float(top.distances[i]):,.1f}",
+                _top_sensors(top.contributions[i], top.sensors),
+            )
+            for i in range(len(top))  # a few events
+        ]
+        add(_table(("event", "time (UTC)", "turbine", statistic_name(config), "top sensors"), rows))
+        add(
+            "<h3>Seen before</h3><p class='note'>For each event, the earlier anomalies "
+            "whose per-sensor contributions point the same way (cosine similarity; "
+            f"<code>turbine anomalies STORE --similar-to EVENT --top {opts.similar}</code>).</p>"
+        )
+        for i, (matches, sim) in enumerate(similar):
+            add(f"<h4>{esc(ids[i])} (turbine {int(top.turbine_ids[i])})</h4>")
+            if len(matches) == 0:
+                add("<p class='note'>Nothing earlier: the first of its kind.</p>")
+                continue
+            mids = matches.event_ids()
+            add(
+                _table(
+                    ("similarity", "event", "time (UTC)", "turbine", "d\u00b2", "top sensors"),
+                    [
+                        (
+                            f"{float(sim[j]):.4f}",
+                            mids[j],
+                            iso(float(matches.timestamps[j])),
+                            int(matches.turbine_ids[j]),
+                            f"{float(matches.distances[j]):,.1f}",
+                            _top_sensors(matches.contributions[j], matches.sensors),
+                        )
+                        for j in range(len(matches))  # at most k rows
+                    ],
+                )
+            )
+    else:
+        add("<p class='note'>No anomalies in the store.</p>")
+
+    add("<h2>4. Evaluation against the labels</h2>")
+    if run is not None and run.confusion is not None:
+        add(_table(("score", "value"), evaluation_rows(run.confusion)))
+        add(
+            "<p class='note'>Point-wise, as <code>turbine evaluate</code> (SKAB's "
+            "definitions), over the re-scored input.</p>"
+        )
+    elif run is not None:
+        add("<p class='note'>The input has no label column (set --label-col).</p>")
+    else:
+        add("<p class='note'>Pass --input FILE with labels to score the anomalies.</p>")
+
+    add("<h2>5. Model correlations per turbine group</h2>")
+    if CORRELATION in report.figures:
+        add(
+            _figure(
+                CORRELATION,
+                "correlation matrices of the key groups' fleet models",
+                "What each group's model has learned: a fault that breaks one of these "
+                "correlations is what a per-sensor threshold cannot see.",
+            )
+        )
+    elif model is None:
+        add(
+            "<p class='note'>No model state: neither STORE/model.npz (written by "
+            "<code>turbine detect --input</code>) nor Kafka checkpoints.</p>"
+        )
+    else:
+        add("<p class='note'>The models have not learned enough readings yet.</p>")
+    add("</body></html>\n")
+    return "\n".join(parts)
+
+
+def statistic_name(config: DetectorConfig | None) -> str:
+    """Column title of the anomaly statistic.
+
+    >>> statistic_name(None)
+    'd²'
+    """
+    return "MEWMA statistic" if config is not None and config.chart == "mewma" else "d\u00b2"
