@@ -9,12 +9,12 @@ scores that partition's first record, so state moves with the partition.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.durable import atomic_file
 from pipeline.store import Anomalies
 
 VERSION = 1
@@ -72,17 +72,8 @@ class CheckpointDir:
         }
         arrays["meta"] = np.asarray(json.dumps(meta))
         target = self.path(cp.partition)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_file(target) as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         return target
 
     def load(self, partition: int) -> Checkpoint | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -17,6 +16,7 @@ from numpy.typing import NDArray
 from pipeline.batching import iter_batches
 from pipeline.config import DetectorConfig, make_config
 from pipeline.detector import BatchResult, Detector
+from pipeline.durable import atomic_file
 from pipeline.errors import ConfigError, InputError, StoreError
 from pipeline.evaluation import Confusion, DelayTracker
 from pipeline.recordings import Chunk, Recording, RecordingSpec, read_recording
@@ -233,10 +233,8 @@ def run_file(
             report = run_recording(
                 rec, detector, store, batch_steps, train_rows, progress, id_col=spec.id_col
             )
-            with open(partial / MODEL, "wb") as f:
+            with atomic_file(partial / MODEL) as f:
                 np.savez(f, **detector.state())  # type: ignore[arg-type]
-                f.flush()
-                os.fsync(f.fileno())
             if target.exists():
                 target.rmdir()
             partial.rename(target)

@@ -34,7 +34,6 @@ saved in a checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from scipy import sparse
 
 from pipeline.config import DetectorConfig
 from pipeline.detector import BatchResult
+from pipeline.durable import atomic_file, fsync_path
 from pipeline.errors import StoreError
 
 STORE_VERSION = 1
@@ -53,30 +53,11 @@ MANIFEST = "manifest.json"
 MODEL = "model.npz"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _at(values: NDArray[np.int64] | int, index: NDArray[np.intp]) -> NDArray[np.int64]:
     """``values[index]``, where an int stands for the same value everywhere."""
     if np.ndim(values) == 0:
         return np.full(index.size, int(values), dtype=np.int64)
     return np.asarray(values, dtype=np.int64)[index]
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 @dataclass(frozen=True)
@@ -331,7 +312,8 @@ class AnomalyStore:
 
     def _write_manifest(self) -> None:
         data = json.dumps(self._manifest, indent=1, sort_keys=True).encode()
-        _atomic_write(self.directory / MANIFEST, data)
+        with atomic_file(self.directory / MANIFEST) as f:
+            f.write(data)
 
     @property
     def sensors(self) -> tuple[str, ...]:
@@ -481,7 +463,7 @@ class AnomalyStore:
             scored_by=t.scored_by,
         )
         for f in files.values():
-            _fsync_file(f)
+            fsync_path(f)
         self._manifest["chunks"].append(
             {
                 "name": stem,

@@ -8,7 +8,6 @@ leaves no half-written file under the target name.
 from __future__ import annotations
 
 import io
-import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -16,20 +15,10 @@ from types import TracebackType
 
 import numpy as np
 
+from pipeline.durable import publish
 from pipeline.errors import InputError, SchemaError
 from pipeline.recordings.npzfile import FORMAT_VERSION
 from pipeline.recordings.spec import ID_COL, KIND_COL, LABEL_COL, TIME_COL, Chunk
-
-
-def _fsync_rename(tmp: Path, target: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class RecordingWriter:
@@ -148,7 +137,7 @@ class RecordingWriter:
             else:
                 self._csv.close()
                 tmp = self._tmpdir / "out.csv"
-            _fsync_rename(tmp, self.path)
+            publish(tmp, self.path)
         finally:
             self.abort()
         return self.path

@@ -115,6 +115,7 @@ def heatmap_figure(summary: FleetSummary, max_turbines: int) -> Figure:
     Shows every turbine with anomalies, or the ``max_turbines`` with the
     most, in turbine order.
 
+    >>> from scipy import sparse
     >>> s = FleetSummary(("a",), 3, 10, 1, np.array([1, 2]), np.array([2, 1]),
     ...                  np.array([0.0, 5, 10]), sparse.csr_array(np.array([[1, 1], [0, 1]])),
     ...                  Anomalies.concat([], ("a",)), np.array([9.0]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ import numpy as np
 
 from pipeline.config import DetectorConfig
 from pipeline.detector import Detector
+from pipeline.durable import atomic_file
 from pipeline.errors import ConfigError
 from pipeline.evaluation import Confusion
 from pipeline.recordings import RecordingSpec
@@ -236,9 +236,8 @@ def write_report(
             report.figures[CORRELATION] = _save(fig_c, out / CORRELATION, opts.dpi)
 
     page = _page(store, input_path, stores, summary, config, run, report, similar, model, opts)
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, report.index)
+    with atomic_file(report.index) as f:
+        f.write(page.encode("utf-8"))
     return report
 
 
