@@ -11,48 +11,60 @@ consumer groups get fresh names.  Every ``turbine`` command runs as ``python
 -m pipeline.cli`` of this checkout, in its own process.  It prints a Markdown
 report and writes it to ``bench/results/kafka.md``.
 
-One run measures (D = 4 sensors, 100 turbines, 12 key groups, 6 partitions):
+One run measures (D = 4 sensors, 100 turbines, 12 key groups, 6 partitions) on
+two recorded fleets of ``turbine simulate``: one with the simulator's default
+faults (``--fault-fraction 0.02``: about 1.6 % of the readings labelled faulty,
+17 anomaly events per 1,000 readings) and one at a more realistic rate
+(``--fault-fraction 0.001``: about 0.09 % labelled, under 1 event per 1,000).
+The report gives each file's labelled share and each detector run's event rate.
 
-1. **Throughput.**  ``turbine simulate`` writes recorded files (.npz) and
-   ``turbine replay FILE --speed 0 --partitions 6`` fills a fresh topic, with
-   ``--batch-steps 100`` (2 M readings, about 830 per record) and 10 (0.3 M
-   readings, about 83 per record; the detector is slower there, so the file is
-   smaller: rates are per reading and steady).  On each full topic, in turn:
+1. **Throughput.**  ``turbine replay FILE --speed 0 --partitions 6`` fills a
+   fresh topic per scenario (fleet, ``--batch-steps`` B: B x 100 / 12 readings
+   per record):
+
+   * default faults, B = 100 (2 M readings, about 830 per record) and B = 10
+     (0.3 M readings, about 83 per record; the detector is slower there, so
+     the file is smaller: rates are per reading and steady);
+   * realistic faults, B = 100 and B = 1000 (4 M readings, about 830 and
+     8,300 per record: the detector is fastest there, the file larger, so its
+     window stays above a second or two).
+
+   On each full topic, in turn:
 
    * a bare kafka-python ``KafkaConsumer`` in this process (the ceiling): the
      detector's fetch settings (``make_consumer``, ``max_poll_records=2000``),
      a fresh group, records fetched and counted, their value bytes touched (one
      byte per 4 KiB page), nothing decoded; its rate in readings by the bytes
      it drained;
-   * one ``turbine detect`` (fresh group and store, ``--stop-after-idle 2``).
-     Its ``/metrics`` are scraped every 50 ms (only a few names, via
-     ``name[]=``): the window runs from the first scrape where it owns all
-     partitions to the first showing every reading scored, so start-up, group
-     join and the idle wait are left out, the first fetch is in;
-   * the same detector with the **tuned** deployment settings
-     (``TUNED_ENV``/``TUNED_ARGS``: one BLAS thread, checkpoints by time only);
-   * at batch-steps 100, once: the tuned detector publishing no anomaly
-     events (``TURBINE_PUBLISH_EVENTS=false``): not a fix, their cost.
+   * one ``turbine detect`` as shipped (fresh group and store,
+     ``--stop-after-idle 2``).  Its ``/metrics`` are scraped every 50 ms (only a
+     few names, via ``name[]=``): the window runs from the first scrape where
+     it owns all partitions to the first showing every reading scored, so
+     start-up, group join and the idle wait are left out, the first fetch is in;
+   * except at B = 10, once: the same detector publishing no anomaly events
+     (``TURBINE_PUBLISH_EVENTS=false``): not a fix, their cost.
 
    A bare consumer runs before each detector run, so a change of load on the
    shared machine hits both sides of a ratio alike.  The replay rate comes
    from its ``/metrics``: first reading sent to last record acknowledged.
-   Then the whole pipeline at once: the detector on fresh topics first, the
-   replay once it owns the partitions; rate = readings / (first reading sent
-   .. last reading scored).
+   Then the whole pipeline at once (default faults at B = 100, realistic
+   faults at B = 1000): the detector on fresh topics first, the replay once it
+   owns the partitions; rate = readings / (first reading sent .. last reading
+   scored).
 2. **Latency.**  The detector on fresh topics, then ``turbine simulate
-   --bootstrap-servers ... --speed S --batch-steps B`` (S = 1000: 100 turbines
-   x 1,000 steps/s = 100 k readings/s requested; the actual send rate is
-   measured) for a while, then SIGINT (it flushes and exits); the detector is
-   stopped (SIGTERM) once it has scored everything, or 5 s later.  A consumer
-   in this process reads the anomaly events; the anomalies topic is created
-   with ``message.timestamp.type=LogAppendTime``, so an event record's Kafka
-   timestamp is when the broker appended it.  Latency = that - ``produced_at``
-   (the input record's Kafka CreateTime: the producer's ``send`` call, so its
-   ``linger_ms`` counts), over the events whose input was produced after the
-   warm-up, split into ``detected_at - produced_at`` and the rest.  Runs: B = 1
-   as asked (12,000 records/s), B = 10 (1,200 records/s) as shipped and tuned,
-   and B = 10 at 50 k readings/s, tuned.
+   --bootstrap-servers ... --speed S --batch-steps B --fault-fraction F``
+   (S = 1000: 100 turbines x 1,000 steps/s = 100 k readings/s requested; the
+   actual send rate is measured) for a while, then SIGINT (it flushes and
+   exits); the detector is stopped (SIGTERM) once it has scored everything, or
+   5 s later.  A consumer in this process reads the anomaly events; the
+   anomalies topic is created with ``message.timestamp.type=LogAppendTime``,
+   so an event record's Kafka timestamp is when the broker appended it.
+   Latency = that - ``produced_at`` (the input record's Kafka CreateTime: the
+   producer's ``send`` call, so its ``linger_ms`` counts), over the events
+   whose input was produced after the warm-up, split into ``detected_at -
+   produced_at`` and the rest.  Runs (``LATENCY_RUNS``): default faults at
+   B = 1 as asked (12,000 records/s) and B = 10 (1,200 records/s); realistic
+   faults at B = 5 (2,400 records/s) and B = 10.
 
 CPU use over each window comes from ``/proc``: per process (producer, broker,
 detector, this benchmark) and for the whole machine, whose other jobs compete
@@ -100,12 +112,9 @@ IDLE_STOP = 2.0  # the detector's --stop-after-idle
 ASSIGN_TIMEOUT = 15.0  # seconds a detector may take to own its partitions
 LATENCY_SPEED = 1000.0  # simulated steps per second: 100 turbines -> 100 k readings/s
 
-# "tuned": deployment settings only, no code change (see the report): one BLAS thread, and
-# checkpoints by time only (every 10 s) instead of also every 500 engine batches.
-TUNED_ENV = {"OPENBLAS_NUM_THREADS": "1"}
-TUNED_ARGS = ("--checkpoint-every-batches=1000000",)
-TUNED_TEXT = "OPENBLAS_NUM_THREADS=1 and `--checkpoint-every-batches 1000000`"
-# Not a fix, a measure of their cost: the tuned detector publishing no anomaly events.
+DEFAULT_FAULTS = 0.02  # turbine simulate's default --fault-fraction: ~1.6 % labelled
+REALISTIC_FAULTS = 0.001  # ~0.09 % of the readings labelled faulty
+# Not a fix, a measure of their cost: the detector publishing no anomaly events.
 NO_EVENTS_ENV = {"TURBINE_PUBLISH_EVENTS": "false"}
 
 TARGET_RATE = 1e6  # readings/s end to end
@@ -115,10 +124,12 @@ TARGET_P99_MS = 100.0
 # The services' settings this benchmark runs with (their defaults), for the report.
 SETTINGS_NOTE = (
     "producers: acks=all, idempotent, linger_ms=5, batch_size=1 MiB; "
-    "detector: poll_timeout_ms=200, max_poll_records=2000, fetch_max_wait_ms=500 "
-    "(kafka-python default), max_partition_fetch_bytes=16 MiB, fetch_max_bytes=64 MiB, "
-    "checkpoint every 500 batches or 10 s, lag check every 2 s, event producer linger_ms=2, "
-    "one JSON event record per anomaly"
+    "detector: one BLAS thread (TURBINE_BLAS_THREADS=1), poll_timeout_ms=200, "
+    "max_poll_records=2000, fetch_max_wait_ms=500 (kafka-python default), "
+    "max_partition_fetch_bytes=16 MiB, fetch_max_bytes=64 MiB, checkpoint every 10 s "
+    "(or 100,000 engine batches), lag from the fetches' high-water marks (every 2 s; every poll "
+    "with --stop-after-idle), event "
+    "producer linger_ms=2, one JSON event record per anomaly (built per batch in NumPy)"
 )
 
 DETECTOR_METRICS = (
@@ -140,12 +151,9 @@ def progress(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- processes
-def child_env(tuned: bool = False, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a ``turbine`` child: no TURBINE_* or BLAS thread overrides.
-
-    ``tuned``: the BLAS libraries get one thread (OpenBLAS reads the
-    variable once, at load).
-    """
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``turbine`` child: no TURBINE_* or BLAS thread overrides
+    (the services' defaults), then ``extra``."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -153,8 +161,6 @@ def child_env(tuned: bool = False, extra: dict[str, str] | None = None) -> dict[
         and k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
     }
     env["PYTHONPATH"] = str(REPO)
-    if tuned:
-        env.update(TUNED_ENV)
     env.update(extra or {})
     return env
 
@@ -452,11 +458,31 @@ def create_topics(bootstrap: str, names: dict[str, dict[str, str]]) -> None:
 
 
 # --------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class DataFile:
+    """A recorded fleet (.npz) and its share of readings labelled faulty."""
+
+    path: Path
+    fault_fraction: float  # turbine simulate --fault-fraction
+    labelled: float
+
+    @property
+    def faults(self) -> str:
+        default = " (default)" if self.fault_fraction == DEFAULT_FAULTS else ""
+        return f"fault fraction {self.fault_fraction:g}{default}, {pct(self.labelled)} labelled"
+
+
 @dataclass
 class ProducerRun:
     readings: int
     records: int
     window: Window
+
+
+def scenario(data: DataFile, batch_steps: int, producer: ProducerRun) -> str:
+    """Record size and faults of a topic, for the report."""
+    per_record = producer.readings / producer.records
+    return f"batch-steps {batch_steps} ({per_record:,.0f} readings/record), {data.faults}"
 
 
 @dataclass
@@ -467,6 +493,38 @@ class DetectorRun:
 
     def count(self, name: str) -> int:
         return int(self.final.get(f"turbine_{name}_total", 0))
+
+    @property
+    def events_per_k(self) -> float:
+        """Anomaly events published per 1,000 readings (one per anomaly, when published)."""
+        return 1e3 * self.count("anomaly_events_published") / max(1.0, self.readings)
+
+
+@dataclass
+class Pipeline:
+    """Replay and detector at once, on fresh topics."""
+
+    data: DataFile
+    batch_steps: int
+    detector: DetectorRun
+    producer: ProducerRun
+    whole: Window  # first reading sent .. last reading scored
+
+    @property
+    def scenario(self) -> str:
+        return scenario(self.data, self.batch_steps, self.producer)
+
+    def cpu(self, of: str) -> Window:
+        """The ``of`` child's window ("producer" or "detector") with the other child's CPU
+        share (over its own window) added: both ran at once on the same cores."""
+        if of == "producer":
+            return with_cpu(self.producer.window, "detector", self.detector.window)
+        return with_cpu(self.detector.window, "producer", self.producer.window)
+
+
+def with_cpu(w: Window, name: str, other: Window) -> Window:
+    """``w`` with the CPU share of ``name`` from ``other`` (a process of another scraper)."""
+    return Window(w.t0, w.t1, w.n0, w.n1, {**w.cpu, name: other.cpu[name]})
 
 
 class Bench:
@@ -485,10 +543,12 @@ class Bench:
         return f"bench-{self.run_id}-{stem}-{self._count}"
 
     # ------------------------------------------------------------------ producers
-    def simulate_file(self, steps: int) -> Path:
+    def simulate_file(self, steps: int, fault_fraction: float) -> DataFile:
         """Write a recorded file of TURBINES x ``steps`` readings."""
-        path = self.workdir / f"fleet-{steps}.npz"
-        log = self.workdir / f"simulate-{steps}.log"
+        import numpy as np
+
+        path = self.workdir / f"fleet-{steps}-{fault_fraction:g}.npz"
+        log = self.workdir / f"simulate-{steps}-{fault_fraction:g}.log"
         proc = turbine(
             [
                 "simulate",
@@ -496,12 +556,15 @@ class Bench:
                 f"--sensors={SENSORS}",
                 f"--steps={steps}",
                 "--seed=7",
+                f"--fault-fraction={fault_fraction}",
                 f"--output={path}",
             ],
             log,
         )
         wait_ok(proc, log, 120)
-        return path
+        with np.load(path) as data:
+            labelled = float(np.mean(data["label"] != 0))
+        return DataFile(path, fault_fraction, labelled)
 
     def start_producer(
         self, args: Sequence[str], tag: str, interval: float = SCRAPE_INTERVAL
@@ -561,7 +624,6 @@ class Bench:
         self,
         topic: str,
         batch_steps: int,
-        tuned: bool = False,
         idle_stop: bool = True,
         interval: float = SCRAPE_INTERVAL,
         extra_env: dict[str, str] | None = None,
@@ -587,10 +649,9 @@ class Bench:
                 *([f"--stop-after-idle={IDLE_STOP}"] if idle_stop else []),
                 f"--batch-steps={batch_steps}",
                 f"--metrics-port={port}",
-                *(TUNED_ARGS if tuned else ()),
             ],
             log,
-            env=child_env(tuned, extra_env),
+            env=child_env(extra_env),
         )
         pids = {"detector": proc.pid, "broker": self.broker.pid, "machine": MACHINE}
         pids["bench"] = os.getpid()
@@ -623,7 +684,6 @@ class Bench:
         self,
         topic: str,
         batch_steps: int,
-        tuned: bool = False,
         idle_stop: bool = True,
         interval: float = SCRAPE_INTERVAL,
         extra_env: dict[str, str] | None = None,
@@ -636,9 +696,7 @@ class Bench:
         after ASSIGN_TIMEOUT s and replaced by one in a fresh group (counted).
         """
         for _attempt in range(3):
-            spawned = self._spawn_detector(
-                topic, batch_steps, tuned, idle_stop, interval, extra_env
-            )
+            spawned = self._spawn_detector(topic, batch_steps, idle_stop, interval, extra_env)
             proc, scraper, log = spawned
             try:
                 scraper.wait_for("turbine_partitions_owned", PARTITIONS, ASSIGN_TIMEOUT)
@@ -679,11 +737,10 @@ class Bench:
         self,
         topic: str,
         batch_steps: int,
-        tuned: bool = False,
         extra_env: dict[str, str] | None = None,
     ) -> DetectorRun:
         """One detector draining a full topic."""
-        proc, scraper, log = self.start_detector(topic, batch_steps, tuned, extra_env=extra_env)
+        proc, scraper, log = self.start_detector(topic, batch_steps, extra_env=extra_env)
         return self.finish_detector(proc, scraper, log, from_assignment=True)
 
     # ------------------------------------------------------------------ bare consumer
@@ -748,15 +805,16 @@ class Bench:
         return Window(t0, t1, 0.0, nbytes * per_byte, cpu)
 
     # ------------------------------------------------------------------ together
-    def concurrent(self, path: Path, batch_steps: int) -> tuple[DetectorRun, ProducerRun, Window]:
+    def concurrent(self, data: DataFile, batch_steps: int) -> Pipeline:
         """Detector first (on fresh topics), then replay: the whole pipeline at once."""
         topic = self.name(f"live-b{batch_steps}")
         create_topics(self.broker.bootstrap, {topic: {}, f"{topic}.anomalies": {}})
         det = self.start_detector(topic, batch_steps, idle_stop=False)
-        producer = self.finish_producer(*self.replay_start(path, topic, batch_steps), timeout=300)
+        replay = self.replay_start(data.path, topic, batch_steps)
+        producer = self.finish_producer(*replay, timeout=300)
         detector, _ = self.stop_detector(*det, readings=producer.readings, catch_up=120)
         whole = Window(producer.window.t0, detector.window.t1, 0, detector.readings)
-        return detector, producer, whole
+        return Pipeline(data, batch_steps, detector, producer, whole)
 
     def replay_start(
         self, path: Path, topic: str, batch_steps: int
@@ -779,11 +837,11 @@ class Bench:
         batch_steps: int,
         seconds: float,
         warmup: float,
-        tuned: bool = False,
+        fault_fraction: float = DEFAULT_FAULTS,
         speed: float = LATENCY_SPEED,
         catch_up: float = 5.0,
     ) -> LatencyRun:
-        """Stream a simulated fleet at LATENCY_SPEED; time each anomaly event."""
+        """Stream a simulated fleet at ``speed`` steps/s; time each anomaly event."""
         topic = self.name(f"lat-b{batch_steps}")
         events_topic = f"{topic}.anomalies"
         create_topics(
@@ -792,7 +850,7 @@ class Bench:
         )
         listener = EventListener(self.broker.bootstrap, events_topic)
         listener.start()
-        det = self.start_detector(topic, batch_steps, tuned, False, SLOW_SCRAPE_INTERVAL)
+        det = self.start_detector(topic, batch_steps, False, SLOW_SCRAPE_INTERVAL)
         steps = int(speed * (seconds + 30))  # more than it can send: stopped by time
         proc, scraper, log = self.start_producer(
             [
@@ -802,6 +860,7 @@ class Bench:
                 f"--sensors={SENSORS}",
                 f"--steps={steps}",
                 "--seed=11",
+                f"--fault-fraction={fault_fraction}",
                 f"--speed={speed}",
                 f"--batch-steps={batch_steps}",
                 f"--key-groups={KEY_GROUPS}",
@@ -824,7 +883,7 @@ class Bench:
         kept = [e for e in events if e.produced >= start_wall + warmup]
         return LatencyRun(
             batch_steps,
-            tuned,
+            fault_fraction,
             speed,
             seconds,
             sent,
@@ -900,7 +959,7 @@ def percentiles_ms(values: Sequence[float]) -> tuple[float, float, float]:
 @dataclass
 class LatencyRun:
     batch_steps: int
-    tuned: bool
+    fault_fraction: float  # turbine simulate --fault-fraction
     speed: float  # simulated steps per second
     seconds: float  # of sending
     sent: Window  # the whole send
@@ -910,10 +969,16 @@ class LatencyRun:
     events: list[Event]
     kept: list[Event]  # after the warm-up
 
+    @property
+    def input_note(self) -> str:
+        """Flags a producer that sent less than 95 % of the requested rate."""
+        return (
+            "" if self.send_rate >= 0.95 * self.speed * TURBINES else " (input below the request)"
+        )
+
     def cpu(self) -> Window:
         """The detector's window with the producer's CPU share added."""
-        w = self.detector.window
-        return Window(w.t0, w.t1, w.n0, w.n1, {**w.cpu, "producer": self.sent.cpu["producer"]})
+        return with_cpu(self.detector.window, "producer", self.sent)
 
     def split(self, part: str) -> tuple[float, float, float]:
         get = {
@@ -984,6 +1049,10 @@ def fmt_rate(rate: float) -> str:
     return f"{rate / 1e6:.2f} M/s" if rate >= 1e6 else f"{rate / 1e3:.0f} k/s"
 
 
+def pct(share: float) -> str:
+    return f"{100 * share:.2f} %"
+
+
 def mark(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -1015,42 +1084,60 @@ def cpu_text(windows: Sequence[Window]) -> str:
 
 @dataclass
 class Throughput:
+    data: DataFile
     batch_steps: int
     readings: int
     records: int
     replay: ProducerRun
     bare: list[Window]
-    detector: list[DetectorRun]
-    tuned: list[DetectorRun]  # TUNED_ENV, TUNED_ARGS
-    no_events: list[DetectorRun]  # tuned and NO_EVENTS_ENV
+    detector: list[DetectorRun]  # as shipped
+    no_events: list[DetectorRun]  # NO_EVENTS_ENV
 
-    def rates(self, runs: Sequence[DetectorRun]) -> list[float]:
-        return [r.window.rate for r in runs]
+    @property
+    def scenario(self) -> str:
+        return scenario(self.data, self.batch_steps, self.replay)
+
+    @property
+    def bare_rate(self) -> float:
+        return median([w.rate for w in self.bare])
 
 
 @dataclass
 class Results:
     facts: dict[str, str]
     throughput: list[Throughput]
-    live: tuple[DetectorRun, ProducerRun, Window] | None
+    pipelines: list[Pipeline]
     latency: list[LatencyRun]
     seconds: float = 0.0
 
 
-def spread(rates: Sequence[float]) -> str:
+def rates(runs: Sequence[DetectorRun]) -> list[float]:
+    return [r.window.rate for r in runs]
+
+
+def spread(values: Sequence[float]) -> str:
     """``min-max`` of several rates (empty for one)."""
-    if len(rates) < 2:
+    if len(values) < 2:
         return ""
-    return f"{min(rates) / 1e3:,.0f}-{max(rates) / 1e3:,.0f} k"
+    return f"{min(values) / 1e3:,.0f}-{max(values) / 1e3:,.0f} k"
 
 
 def detector_note(runs: Sequence[DetectorRun]) -> str:
     """What one detector run did: events published, engine batches, checkpoints."""
     r = runs[0]
-    per_k = 1e3 * r.count("anomaly_events_published") / max(1.0, r.readings)
     return (
-        f"{r.count('anomaly_events_published'):,} events ({per_k:.1f} per 1,000 readings), "
-        f"{r.count('batches'):,} engine calls, {r.count('checkpoints')} checkpoints"
+        f"{r.count('anomaly_events_published'):,} events ({r.events_per_k:.1f} per 1,000 "
+        f"readings), {r.count('batches'):,} engine calls, checkpoints: {r.count('checkpoints')}"
+    )
+
+
+def conditions(tp: Throughput, events: bool) -> str:
+    """The conditions of a throughput target: record size, anomaly rate, events."""
+    anomalies = f", {pct(tp.detector[0].events_per_k / 1e3)} anomalies" if tp.detector else ""
+    publish = "events published (as shipped)" if events else "**no events published**"
+    return (
+        f"{tp.readings / tp.records:,.0f} readings/record (batch-steps {tp.batch_steps}), "
+        f"{pct(tp.data.labelled)} labelled{anomalies}; {publish}"
     )
 
 
@@ -1058,14 +1145,14 @@ def throughput_rows(res: Results) -> list[list[object]]:
     """Rows of the throughput table."""
     rows: list[list[object]] = []
     for tp in res.throughput:
-        bare = median([w.rate for w in tp.bare])
-        label = f"batch-steps {tp.batch_steps} ({tp.readings / tp.records:.0f} readings/record)"
         rw = tp.replay.window
-        rows.append([f"replay (producer), {label}", fmt_rate(rw.rate), 1, "", cpu_text([rw]), ""])
+        rows.append(
+            [f"replay (producer), {tp.scenario}", fmt_rate(rw.rate), 1, "", cpu_text([rw]), ""]
+        )
         rows.append(
             [
-                f"bare KafkaConsumer (ceiling), {label}",
-                fmt_rate(bare),
+                f"bare KafkaConsumer (ceiling), {tp.scenario}",
+                fmt_rate(tp.bare_rate),
                 len(tp.bare),
                 spread([w.rate for w in tp.bare]),
                 cpu_text(tp.bare),
@@ -1074,45 +1161,52 @@ def throughput_rows(res: Results) -> list[list[object]]:
         )
         for runs, name in (
             (tp.detector, "**detector, as shipped**"),
-            (tp.tuned, "detector, tuned"),
-            (tp.no_events, "detector, tuned, *publishing no events* (their cost)"),
+            (tp.no_events, "detector, *publishing no events* (their cost)"),
         ):
             if not runs:
                 continue
-            rate = median(tp.rates(runs))
+            rate = median(rates(runs))
             rows.append(
                 [
-                    f"{name}, {label}",
+                    f"{name}, {tp.scenario}",
                     fmt_rate(rate),
                     len(runs),
-                    spread(tp.rates(runs)),
+                    spread(rates(runs)),
                     cpu_text([r.window for r in runs]),
-                    f"{rate / bare:.1%} of bare; {detector_note(runs)}",
+                    f"{rate / tp.bare_rate:.1%} of bare; {detector_note(runs)}",
                 ]
             )
-    if res.live is not None:
-        det, prod, whole = res.live
+    for pl in res.pipelines:
         rows.append(
             [
-                "replay while the detector runs, batch-steps 100",
-                fmt_rate(prod.window.rate),
+                f"replay while the detector runs, {pl.scenario}",
+                fmt_rate(pl.producer.window.rate),
                 1,
                 "",
-                cpu_text([prod.window]),
+                cpu_text([pl.cpu("producer")]),
                 "",
             ]
         )
         rows.append(
             [
-                "**whole pipeline: replay + detector at once**, batch-steps 100",
-                fmt_rate(whole.rate),
+                f"**whole pipeline: replay + detector at once**, {pl.scenario}",
+                fmt_rate(pl.whole.rate),
                 1,
                 "",
-                cpu_text([det.window]),
-                f"first reading sent to last scored; {detector_note([det])}",
+                cpu_text([pl.cpu("detector")]),
+                f"first reading sent to last scored; {detector_note([pl.detector])}",
             ]
         )
     return rows
+
+
+def latency_input(lr: LatencyRun) -> str:
+    records_per_s = lr.speed / lr.batch_steps * KEY_GROUPS
+    return (
+        f"batch-steps {lr.batch_steps} ({lr.batch_steps * TURBINES / KEY_GROUPS:,.0f} "
+        f"readings/record), fault fraction {lr.fault_fraction:g}: "
+        f"{fmt_rate(lr.speed * TURBINES)} ({records_per_s:,.0f} records/s) requested"
+    )
 
 
 def latency_rows(res: Results) -> list[list[object]]:
@@ -1120,16 +1214,12 @@ def latency_rows(res: Results) -> list[list[object]]:
     rows: list[list[object]] = []
     for lr in res.latency:
         p50, p99, mx = lr.split("append")
-        requested = lr.speed * TURBINES
-        records_per_s = lr.speed / lr.batch_steps * KEY_GROUPS
         row: list[object] = [
-            f"batch-steps {lr.batch_steps}{', **tuned**' if lr.tuned else ''}: "
-            f"{fmt_rate(requested)} ({records_per_s:,.0f} records/s) requested, "
-            f"{lr.seconds:.0f} s",
+            f"{latency_input(lr)}, {lr.seconds:.0f} s",
             fmt_rate(lr.send_rate),
             fmt_rate(lr.detector.window.rate),
             f"{lr.backlog:,}",
-            f"{len(lr.kept):,}",
+            f"{len(lr.kept):,} ({lr.detector.events_per_k:.1f} per 1,000 readings)",
             f"{p50:,.0f} / {p99:,.0f} / {mx:,.0f}",
         ]
         for part in ("detected", "event", "received"):
@@ -1137,48 +1227,80 @@ def latency_rows(res: Results) -> list[list[object]]:
             row.append(f"{x:,.0f} / {y:,.0f} / {z:,.0f}")
         row.append(cpu_text([lr.cpu()]))
         row.append(f"{lr.detector.count('checkpoints')}")
-        note = "" if lr.send_rate >= 0.95 * requested else " (input below the request)"
-        row.append(mark(p99 < TARGET_P99_MS) + note)
+        row.append(mark(p99 < TARGET_P99_MS) + lr.input_note)
         rows.append(row)
     return rows
 
 
 def target_rows(res: Results) -> list[list[object]]:
-    """The targets, as asked (settings as shipped), and with the tuned settings."""
-    rows: list[list[object]] = []
+    """The targets, each under its conditions (settings as shipped, unless stated)."""
+    speed_rows: list[list[object]] = []
+    ratio_rows: list[list[object]] = []
     for tp in res.throughput:
-        bare = median([w.rate for w in tp.bare])
-        for runs, how in ((tp.detector, "as shipped"), (tp.tuned, "tuned")):
+        for runs, events in ((tp.detector, True), (tp.no_events, False)):
             if not runs:
                 continue
-            rate = median(tp.rates(runs))
-            rows.append(
+            rate = median(rates(runs))
+            cond = conditions(tp, events)
+            speed_rows.append(
                 [
-                    f">= 1 M readings/s end to end, batch-steps {tp.batch_steps}, {how}",
+                    ">= 1 M readings/s, detector draining a full topic",
+                    cond,
                     fmt_rate(rate),
                     mark(rate >= TARGET_RATE),
                 ]
             )
-            rows.append(
+            ratio_rows.append(
                 [
-                    f"detector >= 70 % of the bare consumer, batch-steps {tp.batch_steps}, {how}",
-                    f"{rate / bare:.1%}",
-                    mark(rate / bare >= TARGET_RATIO),
+                    "detector >= 70 % of the bare consumer",
+                    cond,
+                    f"{rate / tp.bare_rate:.1%} (of {fmt_rate(tp.bare_rate)})",
+                    mark(rate / tp.bare_rate >= TARGET_RATIO),
                 ]
             )
-    if res.live is not None:
-        whole = res.live[2].rate
+    rows = speed_rows
+    for pl in res.pipelines:
         rows.append(
-            [">= 1 M readings/s, replay + detector at once", fmt_rate(whole), mark(whole >= 1e6)]
+            [
+                ">= 1 M readings/s, replay + detector at once",
+                f"{pl.producer.readings / pl.producer.records:,.0f} readings/record (batch-steps "
+                f"{pl.batch_steps}), {pct(pl.data.labelled)} labelled, "
+                f"{pct(pl.detector.events_per_k / 1e3)} anomalies; events published (as shipped)",
+                fmt_rate(pl.whole.rate),
+                mark(pl.whole.rate >= TARGET_RATE),
+            ]
         )
+    rows += ratio_rows
     for lr in res.latency:
         p99 = lr.split("append")[1]
         rows.append(
             [
-                f"p99 < 100 ms at {fmt_rate(lr.speed * TURBINES)}, batch-steps {lr.batch_steps}, "
-                f"{'tuned' if lr.tuned else 'as shipped'}",
+                f"p99 < 100 ms at {fmt_rate(lr.speed * TURBINES)}",
+                f"{latency_input(lr)}, {pct(lr.detector.events_per_k / 1e3)} anomalies; "
+                "events published (as shipped)",
                 f"{p99:,.0f} ms (input {fmt_rate(lr.send_rate)})",
-                mark(p99 < TARGET_P99_MS),
+                mark(p99 < TARGET_P99_MS) + lr.input_note,
+            ]
+        )
+    return rows
+
+
+def data_rows(res: Results) -> list[list[object]]:
+    """The recorded fleets: labelled share and the detector's anomaly (event) rate."""
+    rows: list[list[object]] = []
+    seen: set[Path] = set()
+    for tp in res.throughput:
+        if tp.data.path in seen or not tp.detector:
+            continue
+        seen.add(tp.data.path)
+        r = tp.detector[0]
+        rows.append(
+            [
+                f"`--fault-fraction {tp.data.fault_fraction:g}`"
+                + (" (default)" if tp.data.fault_fraction == DEFAULT_FAULTS else ""),
+                f"{tp.readings:,}",
+                pct(tp.data.labelled),
+                f"{r.events_per_k:.2f} ({pct(r.events_per_k / 1e3)})",
             ]
         )
     return rows
@@ -1192,19 +1314,21 @@ def report(res: Results) -> str:
     out += [
         "Written by `python -m bench.kafka_e2e` (see its docstring for the method). The "
         "producer, the broker, the detector and this benchmark run on the same machine: "
-        f"{os.cpu_count()} cores, shared with other jobs as well (`other jobs` in the CPU "
-        "columns: busy CPU no process of this benchmark used). Every figure is for that "
-        "crowded machine; rates move by tens of % from run to run. Rates are medians over "
-        "`n` runs (range beside); CPU is % of one core over the measured window.",
+        f"{os.cpu_count()} cores, which other jobs may share (`other jobs` in the CPU "
+        "columns: busy CPU no process of this benchmark used). Rates move by tens of % from "
+        "run to run. Rates are medians over `n` runs (range beside); CPU is % of one core "
+        "over the measured window.",
         "",
         "## Settings",
         "",
-        f"- data: `turbine simulate` fleet, {TURBINES} turbines, D = {SENSORS}, default "
-        f"faults; {KEY_GROUPS} key groups, {PARTITIONS} partitions, binary wire format",
+        f"- data: `turbine simulate` fleets, {TURBINES} turbines, D = {SENSORS}; "
+        f"{KEY_GROUPS} key groups, {PARTITIONS} partitions, binary wire format; "
+        "`batch-steps B`: the producer's records hold B steps of a key group "
+        f"(B x {TURBINES} / {KEY_GROUPS} readings)",
         f"- as shipped: {SETTINGS_NOTE}",
-        f"- **tuned**: as shipped plus {TUNED_TEXT} (deployment settings, no code change)",
-        "- *publishing no events*: tuned plus `TURBINE_PUBLISH_EVENTS=false`, to show what "
-        "the anomaly events cost (one JSON record and one kafka-python `send` per anomaly)",
+        "- *publishing no events*: as shipped plus `TURBINE_PUBLISH_EVENTS=false`, to show "
+        "what the anomaly events cost (one JSON record and one kafka-python `send` per "
+        "anomaly)",
         "- the detector's own `--batch-steps` has no effect in Kafka mode: its engine batch "
         "is the producer's (records with the same batch number in one poll of a partition "
         "are scored in one engine call)",
@@ -1213,22 +1337,30 @@ def report(res: Results) -> str:
         "wait excluded. Bare consumer: the same window. Replay: first reading sent to last "
         "record acknowledged",
         "",
-        "## Targets",
+        "Recorded fleets (anomalies: events published by the first detector run on the "
+        "file, one per anomaly):",
         "",
     ]
-    out += table(["target", "measured", "result"], target_rows(res))
+    out += table(
+        ["simulated with", "readings", "labelled faulty", "anomaly events per 1,000 readings"],
+        data_rows(res),
+    )
+    out += ["", "## Targets", ""]
+    out += table(["target", "conditions", "measured", "result"], target_rows(res))
     out += ["", "## Throughput", ""]
     out += table(["measurement", "readings/s", "n", "range", "CPU", "notes"], throughput_rows(res))
     out += ["", "## Latency: produce to anomaly event", ""]
     out += [
         f"`turbine simulate --bootstrap-servers ... --turbines {TURBINES} --speed S "
-        "--batch-steps B` (S = 1000: 100 k readings/s) with the detector started first on "
-        "fresh topics. Latency = the event record's LogAppendTime - `produced_at` (the input "
-        "record's CreateTime: the producer's `send` call), events whose input was produced "
-        "after the warm-up; `input -> detector send` = `detected_at - produced_at`; `event -> "
-        "broker` = LogAppendTime - `detected_at`; `received` = arrival at a consumer in this "
-        "process. `backlog`: readings not yet scored 5 s after the producer stopped (the "
-        "detector was slower than the input, so latency grows for as long as the run lasts).",
+        "--batch-steps B --fault-fraction F` (S = 1000: 100 k readings/s) with the detector "
+        "started first on fresh topics. Latency = the event record's LogAppendTime - "
+        "`produced_at` (the input record's CreateTime: the producer's `send` call), events "
+        "whose input was produced after the warm-up; `input -> detector send` = `detected_at "
+        "- produced_at`; `event -> broker` = LogAppendTime - `detected_at`; `received` = "
+        "arrival at a consumer in this process. `backlog`: readings not yet scored 5 s after "
+        "the producer stopped (the detector was slower than the input, so latency grows for "
+        "as long as the run lasts). One run per row: a p99 within about 15 % of 100 ms can "
+        "land on either side of it on a rerun.",
         "",
     ]
     out += table(
@@ -1253,50 +1385,37 @@ def report(res: Results) -> str:
 
 # --------------------------------------------------------------------------- main
 def measure_throughput(
-    bench: Bench,
-    path: Path,
-    batch_steps: int,
-    repeats: int,
-    tuned_repeats: int,
-    events_off_run: bool = False,
+    bench: Bench, data: DataFile, batch_steps: int, repeats: int, events_off_run: bool
 ) -> Throughput:
     """Replay a file, then bare consumer and detector runs interleaved on the full topic."""
     topic = bench.name(f"b{batch_steps}")
-    progress(f"batch-steps {batch_steps}: replay of {path.name} into {topic}")
-    replay = bench.replay(path, topic, batch_steps)
+    progress(f"batch-steps {batch_steps}: replay of {data.path.name} into {topic}")
+    replay = bench.replay(data.path, topic, batch_steps)
     progress(f"  replay {fmt_rate(replay.window.rate)} ({replay.records:,} records)")
     bare: list[Window] = []
     detector: list[DetectorRun] = []
-    tuned: list[DetectorRun] = []
-    for i in range(max(repeats, tuned_repeats)):  # a bare consumer before each detector
-        for runs, is_tuned, n in ((detector, False, repeats), (tuned, True, tuned_repeats)):
-            if i >= n:
-                continue
-            bare.append(bench.bare_consume(topic, replay.readings))
-            runs.append(bench.detect(topic, batch_steps, tuned=is_tuned))
-            progress(
-                f"  bare consumer {fmt_rate(bare[-1].rate)}, detector"
-                f"{' (tuned)' if is_tuned else ''} {fmt_rate(runs[-1].window.rate)}"
-            )
-    no_events = []
+    no_events: list[DetectorRun] = []
+    runs: list[tuple[list[DetectorRun], dict[str, str] | None]] = [(detector, None)] * repeats
     if events_off_run:
+        runs.append((no_events, NO_EVENTS_ENV))
+    for out, env in runs:  # a bare consumer before each detector
         bare.append(bench.bare_consume(topic, replay.readings))
-        no_events.append(bench.detect(topic, batch_steps, True, NO_EVENTS_ENV))
+        out.append(bench.detect(topic, batch_steps, env))
         progress(
-            f"  bare consumer {fmt_rate(bare[-1].rate)}, detector (tuned, no events) "
-            f"{fmt_rate(no_events[-1].window.rate)}"
+            f"  bare consumer {fmt_rate(bare[-1].rate)}, detector"
+            f"{' (no events)' if env else ''} {fmt_rate(out[-1].window.rate)}"
         )
     return Throughput(
-        batch_steps, replay.readings, replay.records, replay, bare, detector, tuned, no_events
+        data, batch_steps, replay.readings, replay.records, replay, bare, detector, no_events
     )
 
 
-# (batch steps, steps per second, tuned detector, share of --latency-seconds)
+# (batch steps, --fault-fraction, share of --latency-seconds), all at LATENCY_SPEED
 LATENCY_RUNS = (
-    (1, LATENCY_SPEED, False, 0.35),  # as asked: 12,000 records/s, beyond the producer
-    (10, LATENCY_SPEED, False, 0.4),  # 1,200 records/s: the producer keeps up
-    (10, LATENCY_SPEED, True, 1.0),  # the same, deployment settings tuned
-    (10, LATENCY_SPEED / 2, True, 0.7),  # 50 k readings/s: a detector with headroom
+    (1, DEFAULT_FAULTS, 0.35),  # as asked: 12,000 records/s, beyond the producer
+    (10, DEFAULT_FAULTS, 0.5),  # 1,200 records/s: the producer keeps up
+    (5, REALISTIC_FAULTS, 1.0),  # 2,400 records/s
+    (10, REALISTIC_FAULTS, 1.0),
 )
 
 
@@ -1314,20 +1433,32 @@ def measure_all(args: argparse.Namespace, b: Broker, workdir: Path, start: float
     """The measurements, on a running broker."""
     bench = Bench(b, workdir)
     facts = machine_facts(b)
-    progress(f"simulating {TURBINES} x {args.steps:,} and {TURBINES} x {args.small_steps:,}")
-    big, small = bench.simulate_file(args.steps), bench.simulate_file(args.small_steps)
+    progress(
+        f"simulating {TURBINES} x {args.steps:,} and x {args.small_steps:,} (default faults), "
+        f"{TURBINES} x {args.realistic_steps:,} (fault fraction {args.fault_fraction:g})"
+    )
+    default = bench.simulate_file(args.steps, DEFAULT_FAULTS)
+    realistic = bench.simulate_file(args.realistic_steps, args.fault_fraction)
+    small = bench.simulate_file(args.small_steps, DEFAULT_FAULTS)
+    small_repeats = max(1, args.repeats - 1)
     throughput = [
-        measure_throughput(bench, big, 100, args.repeats, args.tuned_repeats, True),
-        measure_throughput(bench, small, 10, max(1, args.repeats - 1), min(1, args.tuned_repeats)),
+        measure_throughput(bench, default, 100, args.repeats, True),
+        measure_throughput(bench, small, 10, small_repeats, False),
+        measure_throughput(bench, realistic, 100, args.repeats, True),
+        measure_throughput(bench, realistic, 1000, args.repeats, True),
     ]
-    progress("whole pipeline: detector, then replay, at the same time")
-    live = bench.concurrent(big, 100)
-    progress(f"  pipeline {fmt_rate(live[2].rate)}")
+    pipelines = []
+    for data, batch_steps in ((default, 100), (realistic, 1000)):
+        progress(f"whole pipeline, batch-steps {batch_steps}: detector, then replay, at once")
+        pipelines.append(bench.concurrent(data, batch_steps))
+        progress(f"  pipeline {fmt_rate(pipelines[-1].whole.rate)}")
     latency = []
-    for batch_steps, speed, tuned, share in LATENCY_RUNS:
+    for batch_steps, faults, share in LATENCY_RUNS:
+        if faults == REALISTIC_FAULTS:
+            faults = args.fault_fraction
         seconds = max(args.warmup_seconds + 5, share * args.latency_seconds)
-        progress(f"latency: batch-steps {batch_steps}, speed {speed:.0f}, {seconds:.0f} s")
-        lr = bench.latency(batch_steps, seconds, args.warmup_seconds, tuned, speed)
+        progress(f"latency: batch-steps {batch_steps}, fault fraction {faults:g}, {seconds:.0f} s")
+        lr = bench.latency(batch_steps, seconds, args.warmup_seconds, faults)
         p50, p99, mx = lr.split("append")
         progress(
             f"  send {fmt_rate(lr.send_rate)}, detector {fmt_rate(lr.detector.window.rate)}, "
@@ -1338,15 +1469,23 @@ def measure_all(args: argparse.Namespace, b: Broker, workdir: Path, start: float
     facts[f"detectors replaced (no partitions {ASSIGN_TIMEOUT:.0f} s after start)"] = str(
         bench.stuck_starts
     )
-    return Results(facts, throughput, live, latency, time.monotonic() - start)
+    return Results(facts, throughput, pipelines, latency, time.monotonic() - start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--steps", type=int, default=20_000, help="steps of the batch-100 file")
+    parser.add_argument("--steps", type=int, default=20_000, help="steps, default-fault file")
     parser.add_argument("--small-steps", type=int, default=3_000, help="steps, batch-10 file")
-    parser.add_argument("--repeats", type=int, default=3, help="detector runs per batch size")
-    parser.add_argument("--tuned-repeats", type=int, default=2, help="tuned detector runs")
+    parser.add_argument(
+        "--realistic-steps", type=int, default=40_000, help="steps, realistic-fault file"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="detector runs per scenario")
+    parser.add_argument(
+        "--fault-fraction",
+        type=float,
+        default=REALISTIC_FAULTS,
+        help="the realistic files' --fault-fraction",
+    )
     parser.add_argument(
         "--latency-seconds", type=float, default=30.0, help="send time of the longest run"
     )
