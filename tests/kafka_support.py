@@ -154,7 +154,10 @@ def container_broker() -> Iterator[str]:
         "KAFKA_MESSAGE_MAX_BYTES": "16777216",
         "KAFKA_NUM_PARTITIONS": "6",
     }
-    container = DockerContainer(kafka_image()).with_bind_ports(29092, port)
+    container = DockerContainer(kafka_image())
+    # Published on 127.0.0.1 only (with_bind_ports would bind every address): the
+    # docker SDK takes an (address, port) pair.
+    container.ports["29092/tcp"] = ("127.0.0.1", port)  # type: ignore[assignment]
     for key, value in env.items():
         container = container.with_env(key, value)
     try:
