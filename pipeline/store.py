@@ -430,11 +430,12 @@ class AnomalyStore:
         self._write_manifest()
 
     def _write_chunk(self, table: Anomalies) -> None:
-        new = [t for t in np.unique(table.turbine_ids).tolist() if t not in self._columns]
-        for t in new:
-            self._columns[t] = len(self._manifest["turbines"])
-            self._manifest["turbines"].append(t)
-        cols = np.array([self._columns[t] for t in table.turbine_ids.tolist()], dtype=np.int64)
+        present, inverse = np.unique(table.turbine_ids, return_inverse=True)
+        for t in present.tolist():  # a loop over the chunk's distinct turbines
+            if t not in self._columns:
+                self._columns[t] = len(self._manifest["turbines"])
+                self._manifest["turbines"].append(t)
+        cols = np.array([self._columns[t] for t in present.tolist()], dtype=np.int64)[inverse]
         steps, row_of = np.unique(table.timestamps, return_inverse=True)
         order = np.lexsort((cols, row_of))
         t = table.select(order)
