@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+from pydantic import ValidationError
 
 from pipeline.config import DetectorConfig, load_config, make_config
 from pipeline.errors import ConfigError, InputError, TurbineError
@@ -67,17 +68,24 @@ def add_recording_options(p: argparse.ArgumentParser) -> None:
 
 
 def recording_spec(args: argparse.Namespace) -> RecordingSpec:
+    """The recorded-file options; ``--sep '\\t'`` is a tab."""
+    try:
+        sep = args.sep.encode().decode("unicode_escape")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--sep {args.sep!r}: not a separator") from None
     try:
         return RecordingSpec(
-            sep=args.sep.encode().decode("unicode_escape"),
+            sep=sep,
             time_col=args.time_col,
             id_col=args.id_col,
             label_col=args.label_col,
             drop_cols=tuple(args.drop_col),
             chunk_rows=args.chunk_rows,
         )
-    except ValueError as exc:
-        raise ConfigError(f"recording options: {exc.errors()[0]['msg']}") from None  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"recording options: {loc}: {first['msg']}") from None
 
 
 def add_detector_options(p: argparse.ArgumentParser) -> None:

@@ -213,3 +213,19 @@ def test_detect_refuses_a_non_empty_store(tmp_path, simulated):
     )
     assert proc.returncode == 2 and "exists and is not empty" in proc.stderr
     assert (tmp_path / "st" / "x").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("sep", [";;", "\\x"])
+def test_bad_separator_is_one_line(tmp_path, simulated, sep):
+    proc = turbine(
+        "detect",
+        "--input",
+        simulated / "f.npz",
+        "--store",
+        tmp_path / "st",
+        "--sep",
+        sep,
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "sep" in proc.stderr
