@@ -430,6 +430,11 @@ class AnomalyStore:
         self._write_manifest()
 
     def _write_chunk(self, table: Anomalies) -> None:
+        d = table.contributions.shape[1]
+        if len(self._manifest["sensors"]) != d:
+            if self._manifest["sensors"]:
+                raise StoreError(f"a chunk of {d} sensors for a store of {len(self.sensors)}")
+            self._manifest["sensors"] = list(table.sensors) or [f"sensor_{j}" for j in range(d)]
         present, inverse = np.unique(table.turbine_ids, return_inverse=True)
         for t in present.tolist():  # a loop over the chunk's distinct turbines
             if t not in self._columns:
@@ -485,6 +490,9 @@ class AnomalyStore:
         """Put back the pending anomalies saved in a checkpoint (after :meth:`truncate`)."""
         self._pending = [table] if table is not None and len(table) else []
         self._pending_count = len(table) if table is not None else 0
+        if self._pending and not self._manifest["sensors"]:
+            # A run killed before its first chunk never wrote the sensors down.
+            self._manifest["sensors"] = list(table.sensors)  # type: ignore[union-attr]
 
     def position(self) -> dict[str, object]:
         """What a checkpoint needs to roll the store back: flushed chunks and offsets."""

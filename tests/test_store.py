@@ -125,3 +125,19 @@ def test_store_refuses_other_sensors_and_foreign_directories(tmp_path):
     (tmp_path / "s" / "manifest.json").write_text("{broken")
     with pytest.raises(StoreError, match="unreadable manifest"):
         AnomalyStore(tmp_path / "s")
+
+
+def test_pending_restored_into_a_fresh_manifest_keeps_the_sensors(tmp_path, rng):
+    """A run killed before its first chunk: the checkpoint's pending anomalies carry the names."""
+    results = noisy_results(rng, batches=5)
+    first = AnomalyStore(tmp_path / "s")  # as the service opens it: sensors not known yet
+    for k, r in enumerate(results):
+        first.append(r, partitions=0, offsets=k)
+    pending = first.pending()
+    assert len(pending) and pending.sensors
+    reopened = AnomalyStore(tmp_path / "s")  # the manifest on disk never got the sensors
+    reopened.truncate({"chunks": 0, "positions": {}, "readings": 0, "turbines": 0})
+    reopened.restore_pending(pending)
+    reopened.flush()
+    assert AnomalyStore(tmp_path / "s").sensors == pending.sensors
+    assert len(AnomalyStore(tmp_path / "s").query()) == len(pending)
