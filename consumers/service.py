@@ -195,8 +195,9 @@ class DetectorService:
         # Subscribe only once the topic's partitions are known: a group joined
         # before that can be assigned nothing and stay so.
         deadline = time.monotonic() + self.settings.connect_timeout_s
-        while not consumer.partitions_for_topic(self.settings.topic):
+        while not consumer.partitions_for_topic(self.settings.topic) and not self._stop:
             if time.monotonic() > deadline:
+                consumer.close()
                 raise KafkaIOError("no partition metadata", topic=self.settings.topic)
             time.sleep(0.5)
         consumer.subscribe([self.settings.topic], listener=Listener())

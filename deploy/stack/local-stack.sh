@@ -34,7 +34,7 @@ stop_all() {
   # Producers first, then the detector (it checkpoints and commits), then the rest.
   for pid in "${pids[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$pid" 2>/dev/null || true
   done
   env "${kafka_env[@]}" bash deploy/kafka/kafka.sh down >/dev/null 2>&1 || true
