@@ -144,6 +144,12 @@ class Detector:
         self.min_samples, self.fleet_min_samples = cfg.warmup(d)
         self._offsets = cfg.offsets_array(d)
         self._gains = cfg.gains_array(d)
+        # No calibration configured: the readings only need transposing.
+        self._identity = (
+            cfg.region_factors is None
+            and not self._offsets.any()
+            and bool(np.all(self._gains == 1.0))
+        )
         g = cfg.key_groups
         self._groups = GroupedCovariance(g, d, memory=cfg.memory)
         self._group_chol = np.broadcast_to(np.eye(d), (g, d, d)).copy()
@@ -220,7 +226,10 @@ class Detector:
         """Dense turbine indices (n,) and calibrated readings, transposed: (D, n)."""
         idx = self.turbines.lookup(ids)
         self._sync_turbines()
-        x_t = calibrate(x, self._offsets, self._gains, np.take(self._factor, idx)).T
+        if self._identity:
+            x_t = np.ascontiguousarray(x.T)  # (D, n): what calibrate() would return, unscaled
+        else:
+            x_t = calibrate(x, self._offsets, self._gains, np.take(self._factor, idx)).T
         if self.config.chart == "mewma" and idx.size:
             x_t = self._smooth(idx, x_t)
         return idx, x_t
