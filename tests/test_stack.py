@@ -73,7 +73,11 @@ def test_local_stack_runs_and_stops_cleanly(tmp_path):
             f"http://127.0.0.1:{ports['ALERTMANAGER_PORT']}/api/v2/alerts"
         ]
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        # Ctrl-C is SIGINT; a process started in the background (nohup, CI runners) inherits
+        # SIGINT ignored, and bash cannot trap a signal ignored on entry: then send SIGTERM,
+        # which the script handles the same way.
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        proc.send_signal(signal.SIGTERM if ignored else signal.SIGINT)
         try:
             _, err = proc.communicate(timeout=200)
         except subprocess.TimeoutExpired:
