@@ -67,10 +67,13 @@ def batch_moments(x: F64) -> tuple[float, F64, F64]:
     n, d = x.shape
     if n == 0:
         return 0.0, np.zeros(d), np.zeros((d, d))
-    mean = (np.ones(n) @ x) / n
     if d <= _WIDE:
+        mean = (np.ones(n) @ x) / n  # a BLAS product: axis-0 sums of narrow rows are slow
         xc = x - mean
         return float(n), mean, xc.T @ xc
+    # Wide: NumPy's own sum, not NumPy's BLAS: its idle threads would spin against
+    # SciPy's BLAS threads doing the syrk below (measured: 186 ms instead of 138 ms).
+    mean = x.mean(axis=0)
     rows = max(1, _CHUNK_BYTES // (8 * d))
     acc = np.zeros((d, d), order="F")
     for start in range(0, n, rows):

@@ -312,7 +312,8 @@ class Detector:
         Returns the statistic (n,), the model kind (n,), the deviations and
         whitened deviations (D, n), and each reading's model as an index into
         the returned stack of Cholesky factors: turbine factors first, then
-        the key groups' fleet factors.
+        the key groups' fleet factors (the fleet's alone for the fleet-only
+        model).
         """
         d, n = x_t.shape
         stat = np.zeros(n)
@@ -327,13 +328,14 @@ class Detector:
             diff_t = x_t - gather_rows(self._models.means, idx)
         else:
             groups, group_chol = self._fleet_view()
-            chol = np.concatenate((self._chol, group_chol))
-            if fleet_only:
+            if fleet_only:  # one model: the factors are just the fleet's
+                chol = group_chol
                 ok = groups.counts[0] >= self.fleet_min_samples
                 by = np.full(n, FLEET if ok else WARMUP, dtype=np.int8)
-                model = np.full(n, self._chol.shape[0], dtype=np.intp)
+                model = np.zeros(n, dtype=np.intp)
                 diff_t = x_t - groups.means[0][:, None]
             else:
+                chol = np.concatenate((self._chol, group_chol))
                 g = np.take(self._group_of, idx)
                 fleet = ~warm & (np.take(groups.counts, g) >= self.fleet_min_samples)
                 by = np.where(warm, TURBINE, np.where(fleet, FLEET, WARMUP)).astype(np.int8)
