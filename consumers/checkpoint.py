@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.durable import atomic_file
-from pipeline.store import Anomalies
+from pipeline.store import ARRAY_FIELDS, Anomalies
 
 VERSION = 1
 _DET = "det__"
@@ -49,17 +49,7 @@ class CheckpointDir:
     def save(self, cp: Checkpoint) -> Path:
         arrays: dict[str, np.ndarray] = {f"{_DET}{k}": v for k, v in cp.detector_state.items()}
         if cp.pending is not None and len(cp.pending):
-            for name in (
-                "timestamps",
-                "turbine_ids",
-                "distances",
-                "thresholds",
-                "contributions",
-                "partitions",
-                "offsets",
-                "rows",
-                "scored_by",
-            ):
+            for name in ARRAY_FIELDS:
                 arrays[f"{_PENDING}{name}"] = getattr(cp.pending, name)
         meta = {
             "version": VERSION,

@@ -123,11 +123,12 @@ class Anomalies:
             z = np.zeros(0)
             zi = np.zeros(0, dtype=np.int64)
             return Anomalies(z, zi, z, z, np.zeros((0, d)), zi, zi, zi, zi.astype(np.int8), sensors)
-        arrays = {f: np.concatenate([getattr(p, f) for p in parts]) for f in _ARRAY_FIELDS}
+        arrays = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ARRAY_FIELDS}
         return Anomalies(**arrays, sensors=sensors)
 
 
-_ARRAY_FIELDS = (
+# The per-anomaly arrays of an Anomalies table (checkpoints save exactly these).
+ARRAY_FIELDS = (
     "timestamps",
     "turbine_ids",
     "distances",

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from pipeline.store import AnomalyStore
+from tests.cli_support import turbine
 
 SKAB_OPTS = [
     "--sep",
@@ -21,15 +20,6 @@ SKAB_OPTS = [
     "--drop-col",
     "changepoint",
 ]
-
-
-def turbine(*args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")

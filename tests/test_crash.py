@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from pipeline import Detector, load_config
 from pipeline.recordings import RecordingSpec
 from pipeline.runner import run_file
 from pipeline.store import read_anomalies
+from tests.cli_support import spawn, turbine
 from tests.kafka_support import LocalBroker, NoBroker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -36,28 +35,6 @@ def broker():
         pytest.skip(str(exc))
     yield b
     b.purge()
-
-
-def cli(*args: object, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=kw.pop("timeout", 600),
-        **kw,
-    )
-    assert proc.returncode == 0, f"turbine {args[0]}: {proc.stderr[-3000:]}"
-    return proc
-
-
-def spawn(*args: object, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def detector_args(servers: str, topic: str, store: Path, config: Path) -> list[object]:
@@ -113,7 +90,7 @@ def assert_same_as_reference(store: Path, topic: str, path: Path, config: Path) 
 
 def simulate(tmp_path: Path, turbines: int, steps: int) -> tuple[Path, Path]:
     path, config = tmp_path / "fleet.npz", tmp_path / "cal.json"
-    cli(
+    turbine(
         "simulate",
         "--turbines",
         turbines,
@@ -132,7 +109,7 @@ def simulate(tmp_path: Path, turbines: int, steps: int) -> tuple[Path, Path]:
 def test_kill_9_ten_times_loses_and_doubles_nothing(broker, tmp_path):
     path, config = simulate(tmp_path, 100, 10_000)  # 1,000,000 readings
     topic = "crash"
-    cli(
+    turbine(
         "replay",
         path,
         "--bootstrap-servers",

@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.store import read_anomalies
 from pipeline.wire import BINARY_TYPE, JSON_TYPE, BatchMeta, encode_batch
+from tests.cli_support import spawn, turbine
 from tests.conftest import IN_CI, REPO
 
 pytestmark = pytest.mark.kafka
@@ -28,23 +29,6 @@ SKAB_OPTS = [
     "--drop-col",
     "changepoint",
 ]
-
-
-def turbine(
-    *args: object, timeout: float = 300, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"turbine {' '.join(map(str, args))}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
-        )
-    return proc
 
 
 def detect(
@@ -433,21 +417,12 @@ def test_detector_waits_for_a_broker_that_is_not_there_yet(tmp_path):
     assert time.monotonic() - start >= 5
 
 
-def _spawn(*args: object) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_producer_flushes_and_exits_cleanly_on_sigterm(kafka_servers, topic_factory, tmp_path):
     topic = topic_factory("sig", partitions=3)
     turbine(
         "simulate", "--turbines", 10, "--steps", 600, "--seed", 2, "--output", tmp_path / "f.npz"
     )
-    proc = _spawn(
+    proc = spawn(
         "replay",
         tmp_path / "f.npz",
         "--bootstrap-servers",
@@ -494,7 +469,7 @@ def test_detector_sigterm_checkpoints_commits_and_exits_0(
         "--quiet",
     )
     store = tmp_path / "st"
-    proc = _spawn(
+    proc = spawn(
         "detect",
         "--bootstrap-servers",
         kafka_servers,

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,24 +23,13 @@ from pipeline.report import FIGURES, ReportOptions, write_report
 from pipeline.runner import config_for
 from pipeline.similarity import SeenBefore, cosine_similarities, normalise_rows
 from pipeline.store import MODEL, AnomalyStore, find_event, parse_event_id
+from tests.cli_support import turbine
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")  # as tests/conftest.py
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SKAB_OPTS = ["--sep", ";", "--time-col", "datetime", "--label-col", "anomaly"]
 SKAB_OPTS += ["--drop-col", "changepoint"]
-
-
-def turbine(*args: object, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"turbine {args}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 class Images(HTMLParser):

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.test_crash import assert_same_as_reference, broker, cli, detector_args, simulate, spawn  # noqa: F401
+from tests.cli_support import spawn, turbine
+from tests.test_crash import assert_same_as_reference, broker, detector_args, simulate  # noqa: F401
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -17,7 +18,7 @@ def test_three_detectors_over_six_partitions(broker, tmp_path):  # noqa: F811
     path, config = simulate(tmp_path, 60, 3_000)
     topic = "scale"
     store = tmp_path / "store"
-    cli(
+    turbine(
         "replay",
         path,
         "--bootstrap-servers",
