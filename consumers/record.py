@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -105,7 +104,3 @@ def record_topic(
             writer.write(Chunk(ts[order], ids[order], vals, labels, kinds, np.arange(order.size)))
             written += order.size
     return written, refused
-
-
-def default_output_name() -> Path:
-    return Path(f"recording-{uuid.uuid4().hex[:8]}.npz")

@@ -230,25 +230,3 @@ def contributions_from_whitened(diff_t: F64, z_t: F64, groups: NDArray[np.intp],
     else:
         w = unwhiten_transposed_grouped(np.ascontiguousarray(z_t), groups, chol)
     return (diff_t * w).T
-
-
-def contributions_grouped(diff: F64, groups: NDArray[np.intp], chol: F64) -> F64:
-    """Each sensor's share of the squared distance: ``diff * (S^-1 diff)``.
-
-    The shares of one reading sum to its squared distance (a share can be
-    negative when correlated sensors offset each other).  ``S^-1 diff`` comes
-    from two triangular solves, no inverse.
-
-    Parameters
-    ----------
-    diff : ndarray of shape (k, D)
-        Deviations from the model means.
-    groups : ndarray of shape (k,)
-    chol : ndarray of shape (G, D, D)
-
-    Returns
-    -------
-    ndarray of shape (k, D)
-    """
-    diff_t = np.ascontiguousarray(diff.T)
-    return contributions_from_whitened(diff_t, whiten_grouped(diff_t, groups, chol), groups, chol)
