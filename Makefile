@@ -81,3 +81,10 @@ compose-up: $(STAMP) ## the docker-compose stack (2 detectors); builds local sta
 
 compose-down: ## stop the docker-compose stack and remove its containers, network and volumes
 	bash deploy/docker/compose.sh down
+
+.PHONY: bench-compose soak
+bench-compose: $(STAMP) ## readings/s through the compose stack beside the same stack from local processes (needs Docker; make compose-up builds the images)
+	$(PY) -m bench.compose --steps 40000
+
+soak: $(STAMP) ## 30 minutes at a steady 20,000 readings/s: RSS, store growth and lag per minute (bench/results/soak.md)
+	$(PY) -m bench.soak --minutes 30
