@@ -20,7 +20,6 @@ with deterministic ids (``topic:partition:offset:row``) for de-duplication.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import time
@@ -30,10 +29,12 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
+from kafka.partitioner.default import murmur2
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
 from consumers.checkpoint import Checkpoint, CheckpointDir
+from consumers.events import render_events
 from pipeline.config import DetectorConfig
 from pipeline.detector import BatchResult, Detector
 from pipeline.errors import SchemaError, TurbineError
@@ -80,6 +81,13 @@ class ServiceSettings(KafkaSettings):
     max_poll_records: int = Field(2000, ge=1)
     partitions: int = Field(6, ge=1, description="Partitions of topics this service creates.")
     publish_events: bool = True
+    events_linger_ms: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="The event producer's linger: fewer, fuller produce requests; "
+        "it adds at most this much to the event latency.",
+    )
     store_flush_seconds: float = Field(
         60.0, gt=0, description="Write pending anomalies as a store chunk at least this often."
     )
@@ -124,10 +132,6 @@ def _header(record: Any, name: str) -> str | None:
     return None
 
 
-def _iso(ts: float) -> str:
-    return str(np.datetime64(int(round(ts * 1000)), "ms")) + "Z"
-
-
 class DetectorService:
     """Consume, score, store, publish; checkpoint and commit.
 
@@ -157,6 +161,7 @@ class DetectorService:
         self.states: dict[int, PartitionState] = {}
         self._consumer: Any = None
         self._producer: Any = None
+        self._partition_memo: dict[bytes, int] = {}
         self._stop = False
         self._batches_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -168,7 +173,7 @@ class DetectorService:
     @property
     def producer(self) -> Any:
         if self._producer is None:
-            self._producer = make_producer(self.settings, linger_ms=2)
+            self._producer = make_producer(self.settings, linger_ms=self.settings.events_linger_ms)
         return self._producer
 
     def _make_consumer(self) -> Any:
@@ -398,57 +403,54 @@ class DetectorService:
         """One JSON event per anomaly, keyed by turbine, with a deterministic id."""
         if not self.settings.publish_events or result.n_anomalies == 0:
             return
-        hit = result.anomaly_index
-        k = hit.size
-        # Everything per batch in NumPy, then one dict and one send per anomaly.
-        top = np.argsort(-result.contributions, axis=1)[:, :3]
-        top_values = np.take_along_axis(result.contributions, top, axis=1).tolist()
-        sensor_names = np.asarray(state.sensors, dtype=object)[top].tolist()
-        stamps = result.timestamps[hit]
-        times = np.datetime_as_string(np.round(stamps * 1000).astype("datetime64[ms]"), unit="ms")
-        prefix = f"{self.settings.topic}:{state.partition}:"
-        ids = [
-            f"{prefix}{o}:{r}"
-            for o, r in zip(offsets[hit].tolist(), rows[hit].tolist(), strict=True)
-        ]
-        turbines = result.turbine_ids[hit].tolist()
-        distances = result.distances[hit].tolist()
-        models = np.where(result.scored_by[hit] == 1, "turbine", "fleet").tolist()
-        fault = [None] * k if kinds is None else [str(x) or None for x in kinds[hit].tolist()]
-        produced_at = produced[hit].tolist()
-        detected_at = time.time()
+        keys, values, ids = render_events(
+            result,
+            sensors=state.sensors,
+            topic=self.settings.topic,
+            partition=state.partition,
+            offsets=offsets,
+            rows=rows,
+            produced=produced,
+            kinds=kinds,
+            producer_id=first.meta.producer_id,
+            site=first.meta.site,
+            detected_at=time.time(),
+        )
         send = self.producer.send
         topic = self.settings.anomalies_topic
+        partitions = self._event_partitions(keys)
         content_type = ("content-type", JSON_TYPE.encode())
         on_error = self._event_failed
-        for j in range(k):  # one event per anomaly (the wire contract)
-            event = {
-                "event_id": ids[j],
-                "turbine_id": turbines[j],
-                "timestamp": float(stamps[j]),
-                "time": f"{times[j]}Z",
-                "distance2": distances[j],
-                "threshold": result.threshold,
-                "model": models[j],
-                "top_sensors": [
-                    {"sensor": n, "contribution": v}
-                    for n, v in zip(sensor_names[j], top_values[j], strict=True)
-                ],
-                "fault_kind": fault[j],
-                "producer_id": first.meta.producer_id,
-                "site": first.meta.site,
-                # Kafka timestamp of the record that carried the reading: latency tracing.
-                "produced_at": produced_at[j],
-                "detected_at": detected_at,
-            }
-            future = send(
+        for key, value, event_id, partition in zip(keys, values, ids, partitions, strict=True):
+            # One record per anomaly (the wire contract): kafka-python's send is
+            # most of what an event costs.
+            send(
                 topic,
-                key=str(turbines[j]).encode(),
-                value=json.dumps(event, separators=(",", ":")).encode(),
-                headers=[("event-id", ids[j].encode()), content_type],
-            )
-            future.add_errback(on_error)
+                key=key,
+                value=value,
+                headers=[("event-id", event_id), content_type],
+                partition=partition,
+            ).add_errback(on_error)
         self.metrics.events_published.inc(result.n_anomalies)
+
+    def _event_partitions(self, keys: list[bytes]) -> list[int]:
+        """The anomalies topic's partition of each key, as kafka-python's default partitioner.
+
+        Memoised per key: its pure-Python murmur2 on every send was a fifth of
+        what a send costs.  Recomputed when the topic's partition count changes.
+        """
+        partitions = sorted(self.producer.partitions_for(self.settings.anomalies_topic))
+        memo = self._partition_memo
+        if memo.get(b"") != len(partitions):
+            memo.clear()
+            memo[b""] = len(partitions)  # b"" is never a turbine key
+        out = []
+        for key in keys:
+            p = memo.get(key)
+            if p is None:
+                p = memo[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            out.append(p)
+        return out
 
     def _event_failed(self, exc: BaseException) -> None:
         self.metrics.publish_errors.inc()

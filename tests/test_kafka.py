@@ -109,6 +109,24 @@ def test_simulate_through_kafka_stores_what_the_embedded_run_stores(
     assert len(events) == len(kafka)
     ids = {json.loads(e.value)["event_id"] for e in events}
     assert len(ids) == len(events)  # deterministic, unique ids
+    # Events are keyed by turbine, in the partition kafka-python's own
+    # partitioner picks for that key (the detector memoises it).
+    assert all(e.key == str(json.loads(e.value)["turbine_id"]).encode() for e in events)
+    assert_default_partitions(kafka_servers, f"{topic}.anomalies", events)
+
+
+def assert_default_partitions(servers: str, topic: str, events: list) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=servers)
+    try:
+        keys = sorted({e.key for e in events})
+        futures = {key: producer.send(topic, key=key, value=b"probe") for key in keys}
+        expected = {key: f.get(timeout=30).partition for key, f in futures.items()}
+    finally:
+        producer.close()
+    assert len(set(expected.values())) > 1
+    assert {(e.key, e.partition) for e in events} == set(expected.items())
 
 
 def test_skab_replay_gives_the_embedded_evaluation(
