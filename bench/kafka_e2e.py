@@ -129,7 +129,8 @@ SETTINGS_NOTE = (
     "max_partition_fetch_bytes=16 MiB, fetch_max_bytes=64 MiB, checkpoint every 10 s "
     "(or 100,000 engine batches), lag from the fetches' high-water marks (every 2 s; every poll "
     "with --stop-after-idle), event "
-    "producer linger_ms=2, one JSON event record per anomaly (built per batch in NumPy)"
+    "producer linger_ms=10 (events_linger_ms), one JSON event record per anomaly (rendered "
+    "per batch from columns, consumers/events.py; partitions memoised per turbine key)"
 )
 
 DETECTOR_METRICS = (
