@@ -206,6 +206,11 @@ class DetectorService:
                 raise KafkaIOError("no partition metadata", topic=self.settings.topic)
             time.sleep(0.5)
         consumer.subscribe([self.settings.topic], listener=Listener())
+        # A metadata refresh before the first poll: kafka-python 3.0 otherwise
+        # joins with an empty metadata snapshot and, once the topic's metadata
+        # arrives, rebalances a second time (revoke, checkpoint, assign again);
+        # once, under load, that second join never completed.
+        consumer.topics()
         return consumer
 
     # ------------------------------------------------------------------ partitions
@@ -216,6 +221,7 @@ class DetectorService:
         )
 
     def _assign(self, assigned: list[Any]) -> None:
+        self.metrics.rebalances.inc()
         for tp in assigned:
             if tp.partition in self.states:
                 continue

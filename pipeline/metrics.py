@@ -185,6 +185,12 @@ class DetectorMetrics:
         self.partitions = Gauge(
             "partitions_owned", "Partitions this detector owns", namespace=ns, registry=registry
         )
+        self.rebalances = Counter(
+            "consumer_rebalances",
+            "Partition assignments this detector received from its consumer group",
+            namespace=ns,
+            registry=registry,
+        )
         self.up_since = Gauge(
             "start_time_seconds", "When this detector started", namespace=ns, registry=registry
         )

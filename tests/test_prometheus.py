@@ -246,6 +246,9 @@ def test_real_prometheus_scrapes_the_detector(kafka_servers, topic_factory, grou
             float(v) for v in re.findall(r"^turbine_anomalies_total\{[^}]*\} (\S+)$", text, re.M)
         )
         assert own > 0
+        # Alone in its group, on a topic that existed before it: one assignment,
+        # no second rebalance at start.
+        assert re.search(r"^turbine_consumer_rebalances_total 1\.0$", text, re.M), text[-3000:]
         # promtool check metrics on the real output
         check = subprocess.run(
             [tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True
