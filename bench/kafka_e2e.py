@@ -93,6 +93,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 if not __package__:  # run as ``python bench/kafka_e2e.py``: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -535,7 +536,7 @@ class Bench:
         self.broker = broker
         self.workdir = workdir
         self.run_id = datetime.now(UTC).strftime("%H%M%S") + f"-{os.getpid()}"
-        self.stuck_starts = 0  # detectors replaced: no partitions after their group join
+        self.stuck_starts = 0  # consumers replaced: no partitions after their group join
         self._count = 0
 
     def name(self, stem: str) -> str:
@@ -691,10 +692,12 @@ class Bench:
     ) -> tuple[subprocess.Popen[bytes], Scraper, Path]:
         """A detector that owns every partition of ``topic``.
 
-        kafka-python's first group join can see no partition metadata for the
-        topic and assign nothing; now and then no rejoin follows and the
-        detector idles forever (see the report).  Such a detector is stopped
-        after ASSIGN_TIMEOUT s and replaced by one in a fresh group (counted).
+        kafka-python 3.0's first group join could see no partition metadata for
+        the topic and assign nothing; now and then no rejoin followed and the
+        consumer idled forever.  The detector (and the bare consumer here) now
+        refresh the metadata before their first poll; should a consumer still
+        own nothing after ASSIGN_TIMEOUT s, it is replaced by one in a fresh
+        group (counted in the report).
         """
         for _attempt in range(3):
             spawned = self._spawn_detector(topic, batch_steps, idle_stop, interval, extra_env)
@@ -772,21 +775,34 @@ class Bench:
             def on_partitions_assigned(self, partitions: object) -> None:
                 assigned.append((time.monotonic(), cpu_now()))
 
-        consumer = make_consumer(
-            KafkaSettings(bootstrap_servers=self.broker.bootstrap),
-            group_id=self.name("bare"),
-            max_poll_records=2000,  # the detector's
-        )
+        for _attempt in range(3):
+            consumer = make_consumer(
+                KafkaSettings(bootstrap_servers=self.broker.bootstrap),
+                group_id=self.name("bare"),
+                max_poll_records=2000,  # the detector's
+            )
+            consumer.subscribe([topic], listener=Listener())
+            consumer.topics()  # as the detector does: one join, with the topic's metadata
+            deadline = time.monotonic() + ASSIGN_TIMEOUT
+            first: dict[Any, list[Any]] = {}
+            while not consumer.assignment() and time.monotonic() < deadline:
+                first = consumer.poll(timeout_ms=200)
+            if consumer.assignment():
+                break
+            self.stuck_starts += 1
+            progress(f"  bare consumer got no partitions in {ASSIGN_TIMEOUT:.0f} s")
+            consumer.close()
+        else:
+            raise RuntimeError(f"three bare consumers in a row got no partitions of {topic}")
         try:
             ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
             expected = sum(ends.values())
-            consumer.subscribe([topic], listener=Listener())
             records = nbytes = touched = 0
             deadline = time.monotonic() + 120
             while records < expected:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"bare consumer: {records} of {expected} records")
-                polled = consumer.poll(timeout_ms=200)
+                polled, first = first or consumer.poll(timeout_ms=200), {}
                 for batch in polled.values():
                     for record in batch:
                         value = record.value
@@ -1467,7 +1483,7 @@ def measure_all(args: argparse.Namespace, b: Broker, workdir: Path, start: float
         )
         latency.append(lr)
     facts["load average at end (1, 5, 15 min)"] = load_average()
-    facts[f"detectors replaced (no partitions {ASSIGN_TIMEOUT:.0f} s after start)"] = str(
+    facts[f"consumers replaced (no partitions {ASSIGN_TIMEOUT:.0f} s after their start)"] = str(
         bench.stuck_starts
     )
     return Results(facts, throughput, pipelines, latency, time.monotonic() - start)
