@@ -11,6 +11,14 @@ An event (the anomalies topic's value, content type ``application/json``)::
 
 ``event_id`` is ``topic:partition:offset:row`` of the reading: deterministic,
 so a consumer drops the duplicates an at-least-once replay may publish.
+``distance2`` is the squared Mahalanobis distance (or MEWMA statistic) and
+``threshold`` its alarm level; ``model`` says which model scored the reading
+(``turbine``, or ``fleet``: its key group's model, for a turbine still
+warming up or with per-turbine models turned off);
+``top_sensors`` holds the (up to) three largest per-sensor shares of
+``distance2``; ``fault_kind`` is the producer's label (``null``: none).
+``produced_at`` is the Kafka timestamp of the record that carried the
+reading and ``detected_at`` when its batch was scored (latency tracing).
 Numbers that are not finite are written as ``null`` (strict JSON).
 
 Why not ``json.dumps`` of a dict per event: at the simulator's default fault

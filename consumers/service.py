@@ -161,7 +161,8 @@ class DetectorService:
         self.states: dict[int, PartitionState] = {}
         self._consumer: Any = None
         self._producer: Any = None
-        self._partition_memo: dict[bytes, int] = {}
+        self._partition_memo: dict[bytes, int] = {}  # event key -> partition
+        self._memo_partitions = 0  # the anomalies topic's partition count behind the memo
         self._stop = False
         self._batches_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -447,9 +448,9 @@ class DetectorService:
         """
         partitions = sorted(self.producer.partitions_for(self.settings.anomalies_topic))
         memo = self._partition_memo
-        if memo.get(b"") != len(partitions):
+        if self._memo_partitions != len(partitions):
             memo.clear()
-            memo[b""] = len(partitions)  # b"" is never a turbine key
+            self._memo_partitions = len(partitions)
         out = []
         for key in keys:
             p = memo.get(key)
