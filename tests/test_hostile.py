@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -16,6 +14,7 @@ from hypothesis import strategies as st
 from pipeline.errors import InputError
 from pipeline.recordings import RecordingSpec, read_recording
 from pipeline.wire import BINARY_TYPE, JSON_TYPE, BatchMeta, WireError, decode_batch, encode_batch
+from tests.cli_support import spawn
 from tests.test_kafka import consume_all
 
 BIN = [("content-type", BINARY_TYPE.encode())]
@@ -128,36 +127,28 @@ def test_ten_thousand_malformed_records(kafka_servers, topic_factory, group_id, 
     producer.flush()
     producer.close()
     n_valid = sum(len(v) for v in sent_valid.values())
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "detect",
-            "--bootstrap-servers",
-            kafka_servers,
-            "--topic",
-            topic,
-            "--group",
-            group_id,
-            "--store",
-            str(tmp_path / "st"),
-            "--anomalies-topic",
-            f"{topic}.a",
-            "--dlq-topic",
-            f"{topic}.dlq",
-            "--stop-after-idle",
-            "4",
-            "--max-record-bytes",
-            str(MAX_RECORD),
-            "--key-groups",
-            "4",
-            "--min-samples",
-            "10",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = spawn(
+        "detect",
+        "--bootstrap-servers",
+        kafka_servers,
+        "--topic",
+        topic,
+        "--group",
+        group_id,
+        "--store",
+        str(tmp_path / "st"),
+        "--anomalies-topic",
+        f"{topic}.a",
+        "--dlq-topic",
+        f"{topic}.dlq",
+        "--stop-after-idle",
+        "4",
+        "--max-record-bytes",
+        str(MAX_RECORD),
+        "--key-groups",
+        "4",
+        "--min-samples",
+        "10",
     )
     _, err = proc.communicate(timeout=900)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

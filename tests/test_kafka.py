@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -411,23 +410,17 @@ def test_detector_waits_for_a_broker_that_is_not_there_yet(tmp_path):
 
     port = free_port()
     start = time.monotonic()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "detect",
-            "--bootstrap-servers",
-            f"127.0.0.1:{port}",
-            "--store",
-            tmp_path / "st",
-            "--stop-after-idle",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    proc = turbine(
+        "detect",
+        "--bootstrap-servers",
+        f"127.0.0.1:{port}",
+        "--store",
+        tmp_path / "st",
+        "--stop-after-idle",
+        1,
+        check=False,
         timeout=120,
-        env={**os.environ, "TURBINE_CONNECT_TIMEOUT_S": "6"},
+        env={"TURBINE_CONNECT_TIMEOUT_S": "6"},
     )
     assert proc.returncode == 2
     assert "broker_unreachable" in proc.stderr and "no Kafka broker answered" in proc.stderr

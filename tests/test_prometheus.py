@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -17,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.metrics import DetectorMetrics, ProducerMetrics
 from pipeline.store import read_anomalies
+from tests.cli_support import spawn, turbine
 from tests.conftest import IN_CI, REPO
 
 DEPLOY = REPO / "deploy"
@@ -188,53 +188,38 @@ def test_real_prometheus_scrapes_the_detector(kafka_servers, topic_factory, grou
 
     tool("prometheus")
     topic = topic_factory("prom", partitions=3)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "simulate",
-            "--turbines",
-            "20",
-            "--steps",
-            "800",
-            "--seed",
-            "8",
-            "--bootstrap-servers",
-            kafka_servers,
-            "--topic",
-            topic,
-            "--quiet",
-        ],
-        check=True,
-        capture_output=True,
+    turbine(
+        "simulate",
+        "--turbines",
+        20,
+        "--steps",
+        800,
+        "--seed",
+        8,
+        "--bootstrap-servers",
+        kafka_servers,
+        "--topic",
+        topic,
+        "--quiet",
         timeout=120,
     )
     metrics_port = free_port()
-    detector = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "detect",
-            "--bootstrap-servers",
-            kafka_servers,
-            "--topic",
-            topic,
-            "--group",
-            group_id,
-            "--store",
-            tmp_path / "st",
-            "--anomalies-topic",
-            f"{topic}.a",
-            "--dlq-topic",
-            f"{topic}.d",
-            "--metrics-port",
-            str(metrics_port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    detector = spawn(
+        "detect",
+        "--bootstrap-servers",
+        kafka_servers,
+        "--topic",
+        topic,
+        "--group",
+        group_id,
+        "--store",
+        tmp_path / "st",
+        "--anomalies-topic",
+        f"{topic}.a",
+        "--dlq-topic",
+        f"{topic}.d",
+        "--metrics-port",
+        metrics_port,
     )
     try:
         url = f"http://127.0.0.1:{metrics_port}/metrics"
