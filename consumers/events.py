@@ -127,13 +127,8 @@ def render_events(
         faults = [quoted[kind] for kind in kinds[hit].tolist()]
     prefix = json.dumps(f"{topic}:{partition}:")[:-1]  # the opening quote, no closing one
     id_tails = [f"{o}:{r}" for o, r in zip(offsets[hit].tolist(), rows[hit].tolist(), strict=True)]
-    fixed = (
-        json_numbers(np.array([result.threshold]))[0],
-        json.dumps(producer_id),
-        json.dumps(site),
-        json_numbers(np.array([detected_at]))[0],
-    )
-    threshold, producer, site_json, detected = fixed
+    threshold, detected = json_numbers(np.array([result.threshold, detected_at]))
+    producer, site_json = json.dumps(producer_id), json.dumps(site)
     values = [
         (
             _TEMPLATE
