@@ -47,6 +47,7 @@ from pipeline.mahalanobis import (
     squared_norms,
     whiten_grouped,
 )
+from pipeline.names import TurbineNames
 from pipeline.turbines import TurbineIndex
 
 SKIPPED, WARMUP, TURBINE, FLEET = -1, 0, 1, 2
@@ -126,6 +127,8 @@ class Detector:
     def __init__(self, config: DetectorConfig | None = None, n_features: int | None = None) -> None:
         self.config = config if config is not None else DetectorConfig()
         self.turbines = TurbineIndex(self.config.turbines, self.config.max_turbines)
+        # The names behind hashed turbine ids (pipeline/names.py), kept for display.
+        self.names = TurbineNames()
         self.n_features: int | None = None
         self.readings = 0
         self.skipped = 0
@@ -493,9 +496,10 @@ class Detector:
     def state(self) -> dict[str, np.ndarray]:
         """All learned state as plain arrays (``np.savez``-able, no pickle)."""
         if self.n_features is None:
-            return {"config": np.asarray(self.config.model_dump_json())}
+            return {"config": np.asarray(self.config.model_dump_json()), **self.names.state()}
         return {
             "config": np.asarray(self.config.model_dump_json()),
+            **self.names.state(),
             "turbine_ids": self.turbines.ids.copy(),
             "turbine_counts": self._models.counts.copy(),
             "turbine_means": self._models.means.copy(),
@@ -518,6 +522,7 @@ class Detector:
         if config is None:
             config = DetectorConfig.model_validate(json.loads(str(state["config"])))
         det = cls(config)
+        det.names = TurbineNames.from_state(state)
         if "turbine_means" not in state:
             return det
         means = np.asarray(state["turbine_means"], dtype=np.float64)
@@ -562,6 +567,7 @@ class Detector:
 
     def merge(self, other: Detector) -> Detector:
         """Combine another detector's learned state into this one, exactly (Chan)."""
+        self.names.merge(other.names)
         if other.n_features is None:
             return self
         if self.n_features is None:
