@@ -149,6 +149,12 @@ class DetectorConfig(BaseModel):
         description="Sensors scored as their deviation from the fleet's median at the same "
         "time (in the same batch), e.g. an outdoor temperature that all turbines share.",
     )
+    sensor_floor: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-sensor noise floor (a standard deviation in the sensor's units) "
+        "added to every model's variance: deviations below a sensor's meaningful tolerance "
+        "are not anomalies (a pitch of -1 deg +- 0.01 would otherwise make 0.2 deg a fault).",
+    )
     regime: Regime | None = Field(None, description="Models per (turbine, bin of a sensor).")
     learn_when: tuple[LearnRule, ...] = Field(
         (), description="Conditions (all of them) a reading must meet to be learned."
@@ -206,6 +212,8 @@ class DetectorConfig(BaseModel):
                 f"learn_gate {self.learn_gate} is above false_alarm_rate "
                 f"{self.false_alarm_rate}: the gate must be at or beyond the alarm threshold"
             )
+        if any(not (v >= 0 and np.isfinite(v)) for v in self.sensor_floor.values()):
+            raise ConfigError("sensor_floor values must be finite and >= 0")
         if len(set(self.conditions)) != len(self.conditions):
             raise ConfigError("conditions lists the same sensor twice")
         if set(self.conditions) & set(self.fleet_relative):
@@ -221,6 +229,7 @@ class DetectorConfig(BaseModel):
         if self.regime is not None:
             named.append(("regime", self.regime.sensor))
         named += [("learn_when", r.sensor) for r in self.learn_when]
+        named += [("sensor_floor", name) for name in self.sensor_floor]
         for role, name in named:
             if name not in sensors:
                 raise ConfigError(

@@ -179,7 +179,9 @@ class Detector:
     def _init_models(self, d: int) -> None:
         cfg = self.config
         cfg.check_features(d)
-        roles = bool(cfg.conditions or cfg.regime or cfg.learn_when or cfg.fleet_relative)
+        roles = bool(
+            cfg.conditions or cfg.regime or cfg.learn_when or cfg.fleet_relative or cfg.sensor_floor
+        )
         if roles:
             if cfg.sensors is None:
                 raise SchemaError(
@@ -208,6 +210,11 @@ class Detector:
             )
         else:
             self._perm = None
+        if cfg.sensor_floor:
+            floor = np.array([cfg.sensor_floor.get(name, 0.0) for name in sensors]) ** 2
+            self._floor: F64 | None = floor[self._perm] if self._perm is not None else floor
+        else:
+            self._floor = None
         self._bins = cfg.regime.n_bins if cfg.regime is not None else 1
         self._regime_col = sensors.index(cfg.regime.sensor) if cfg.regime is not None else -1
         self._rule_cols = [sensors.index(r.sensor) for r in cfg.learn_when]
@@ -616,6 +623,13 @@ class Detector:
             self.config.ridge,
         )
 
+    def _factors(self, counts: F64, m2: F64) -> F64:
+        """Cholesky factors (G, D, D) of the models' covariances plus the sensor floors."""
+        cov = covariance_of(counts, m2)
+        if self._floor is not None:
+            cov = cov + np.diag(self._floor)
+        return regularised_cholesky(cov, self.config.ridge)[0]
+
     def _fleet_view(self) -> tuple[GroupedCovariance, F64]:
         """The key groups' fleet models and their Cholesky factors, up to date.
 
@@ -635,7 +649,7 @@ class Detector:
                 self.config.key_groups * b,
             )
             self._groups.counts, self._groups.means, self._groups.m2 = gc, gm, gm2
-            self._group_chol, _ = regularised_cholesky(covariance_of(gc, gm2), self.config.ridge)
+            self._group_chol = self._factors(gc, gm2)
             self._groups_dirty = False
         return self._groups, self._group_chol
 
@@ -701,14 +715,13 @@ class Detector:
         if x_t.shape[1] == 0:
             return
         x = x_t.T  # (n, D) view; the moment functions read it column by column
-        ridge = self.config.ridge
         if self.config.per_turbine:
             n_models = self._models.n_groups
             counts, means, m2 = grouped_moments(x, model, n_models)
             decay = self._decay(model, ts, self._models.counts) if self._track_time else None
             changed = self._models.merge_moments(counts, means, m2, decay)
-            self._chol[changed], _ = regularised_cholesky(
-                covariance_of(self._models.counts[changed], self._models.m2[changed]), ridge
+            self._chol[changed] = self._factors(
+                self._models.counts[changed], self._models.m2[changed]
             )
             self._groups_dirty = True
             return
@@ -719,8 +732,8 @@ class Detector:
         else:
             gc, gm, gm2 = grouped_moments(x, self._fleet_of(model), n_groups)
         changed_g = self._groups.merge_moments(gc, gm, gm2)
-        self._group_chol[changed_g], _ = regularised_cholesky(
-            covariance_of(self._groups.counts[changed_g], self._groups.m2[changed_g]), ridge
+        self._group_chol[changed_g] = self._factors(
+            self._groups.counts[changed_g], self._groups.m2[changed_g]
         )
 
     def _decay(self, model: NDArray[np.intp], ts: F64, counts: F64) -> F64 | None:
@@ -755,7 +768,7 @@ class Detector:
         self._models.m2[accepted] = m2
         self._first_time[accepted] = since
         self._last_time[accepted] = now[accepted]
-        self._chol[accepted], _ = regularised_cholesky(covariance_of(n, m2), self.config.ridge)
+        self._chol[accepted] = self._factors(n, m2)
         turbines = np.unique(accepted // self._bins)
         self._chart_s[turbines] = 0.0
         self._groups_dirty = True
@@ -913,13 +926,13 @@ class Detector:
     def _refactor(self) -> None:
         ridge = self.config.ridge
         if self._models.n_groups:
-            self._chol, _ = regularised_cholesky(self._models.covariance, ridge)
+            self._chol = self._factors(self._models.counts, self._models.m2)
         if self._chart_models.n_groups:
             self._chart_chol, _ = regularised_cholesky(self._chart_models.covariance, ridge)
         if self.config.per_turbine:
             self._groups_dirty = True
         else:
-            self._group_chol, _ = regularised_cholesky(self._groups.covariance, ridge)
+            self._group_chol = self._factors(self._groups.counts, self._groups.m2)
 
     def merge(self, other: Detector) -> Detector:
         """Combine another detector's learned state into this one, exactly (Chan).
