@@ -312,6 +312,14 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebaseline(args: argparse.Namespace) -> int:
+    from pipeline.statefiles import rebaseline_files
+
+    for path, names in rebaseline_files(args.path, args.turbine):
+        print(f"{path}: re-baselined {', '.join(names)}")
+    return 0
+
+
 def similar_anomalies(
     args: argparse.Namespace, stores: list[AnomalyStore], sensors: tuple[str, ...]
 ) -> int:
@@ -533,6 +541,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top", type=int, default=5, help="with --similar-to: how many (default 5)")
     p.set_defaults(func=cmd_anomalies)
+
+    p = sub.add_parser(
+        "rebaseline",
+        help="forget turbines' models after maintenance (a store or state file of a stopped "
+        "detector; the running service takes the control topic)",
+    )
+    p.add_argument("path", type=Path, help="store directory, model.npz or a checkpoint file")
+    p.add_argument(
+        "--turbine", action="append", required=True, help="turbine name or id (repeatable)"
+    )
+    p.set_defaults(func=cmd_rebaseline)
 
     p = sub.add_parser(
         "report", help="write an HTML anomaly report with figures (timelines, heatmap, ...)"
