@@ -123,6 +123,8 @@ def print_summary(report: RunReport, out=sys.stdout) -> None:
     if report.learned_only:
         w(f" (+{report.learned_only:,} learned only)")
     w(f", {report.skipped:,} skipped (NaN/inf), {report.anomalies:,} anomalies")
+    if report.states:
+        w(" (not scored: " + ", ".join(f"{n} {c:,}" for n, c in report.states.items()) + ")")
     w(f" in {report.seconds:.2f} s")
     if report.seconds > 0:
         w(f" ({(report.readings + report.learned_only) / report.seconds / 1e6:.2f} M readings/s)")
@@ -137,6 +139,8 @@ def print_summary(report: RunReport, out=sys.stdout) -> None:
             order = np.argsort(contrib)[::-1][:2]
             top = ", ".join(f"{report.sensors[j]} {contrib[j]:.1f}" for j in order)
             w(f"  {iso(ts)}  turbine {turbine:>5}  distance^2 {dist:10.1f}  ({top})\n")
+    if report.rebaselined:
+        w(f"re-baselined: {len(report.rebaselined)} model restarts after persistent alarms\n")
     if report.confusion is not None:
         c = report.confusion
         w(

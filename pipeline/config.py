@@ -233,8 +233,7 @@ class DetectorConfig(BaseModel):
         for role, name in named:
             if name not in sensors:
                 raise ConfigError(
-                    f"{role} names sensor {name!r}, which is not one of the sensors "
-                    f"{list(sensors)}"
+                    f"{role} names sensor {name!r}, which is not one of the sensors {list(sensors)}"
                 )
         if len(self.conditions) >= len(sensors):
             raise ConfigError(

@@ -759,7 +759,7 @@ class Detector:
         if self._runs is None or ts.size == 0:
             return np.zeros(0, dtype=np.int64)
         now = np.full(self._models.n_groups, float(ts.max()))
-        accepted = self._runs.settle(now, self.config.ridge)
+        accepted = self._runs.settle(now, self._chol)
         if accepted.size == 0:
             return np.zeros(0, dtype=np.int64)
         n, mean, m2, since = self._runs.take(accepted)

@@ -9,9 +9,9 @@ accepted if
 
 * alarms make up at least ``share`` of its readings (the alarm persisted),
 * the two halves' means differ by at most ``steady`` standard deviations of
-  the readings (Mahalanobis distance of the shift of the scored sensors given
-  the conditions, pooled within-half covariance): the level is steady, not a
-  drift still under way,
+  the model's normal scatter (Mahalanobis distance of the shift, of the
+  scored sensors given the conditions, under the model's covariance): the
+  level is steady, not a drift still under way,
 
 and the model restarts from the run's readings.  A run whose alarms stop for
 longer than ``(1 - share) * after`` is abandoned.  All state is plain arrays.
@@ -24,8 +24,8 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.covariance import GroupedCovariance, combine, covariance_of, grouped_moments
-from pipeline.mahalanobis import regularised_cholesky, whiten_grouped
+from pipeline.covariance import GroupedCovariance, combine, grouped_moments
+from pipeline.mahalanobis import whiten_grouped
 
 F64 = NDArray[np.float64]
 
@@ -122,8 +122,11 @@ class RebaselineRuns:
                 self.last_alarm, np.where(np.isfinite(latest), latest, np.nan)
             )
 
-    def settle(self, now: F64, ridge: float) -> NDArray[np.intp]:
+    def settle(self, now: F64, chol: F64) -> NDArray[np.intp]:
         """Accept or abandon runs as of ``now`` (shape (M,), each model's latest time).
+
+        ``chol`` (shape (M, D, D)) holds the models' Cholesky factors, the
+        yardstick of steadiness.
 
         Returns the models whose run is accepted (their moments are then taken
         with :meth:`take`); abandoned runs are reset.
@@ -141,17 +144,15 @@ class RebaselineRuns:
             return idx
         total = self.first.counts[idx] + self.second.counts[idx]
         persistent = (self.alarms[idx] >= self.share * total) & (self.second.counts[idx] > self.d)
-        steady = self._steady(idx, ridge)
+        steady = self._steady(idx, chol)
         accept = idx[persistent & steady]
         self.reset(idx[~(persistent & steady)])
         return accept
 
-    def _steady(self, idx: NDArray[np.intp], ridge: float) -> NDArray[np.bool_]:
+    def _steady(self, idx: NDArray[np.intp], chol: F64) -> NDArray[np.bool_]:
         a, b = self.first, self.second
-        within = covariance_of(a.counts[idx] + b.counts[idx] - 1.0, a.m2[idx] + b.m2[idx])
-        chol, _ = regularised_cholesky(within, ridge)
         shift = np.ascontiguousarray((b.means[idx] - a.means[idx]).T)
-        z = whiten_grouped(shift, np.arange(idx.size), chol)
+        z = whiten_grouped(shift, idx, chol)
         d2 = np.sum(z[self.k :] ** 2, axis=0)
         return (d2 <= self.steady**2) & (a.counts[idx] > 1) & (b.counts[idx] > 1)
 
