@@ -49,6 +49,16 @@ class Regime(BaseModel):
         return len(self.edges) + 1
 
 
+class SensorRange(BaseModel):
+    """A range on one sensor's raw value (``above`` < value < ``below``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sensor: str
+    above: float | None = None
+    below: float | None = None
+
+
 class LearnRule(BaseModel):
     """One condition a reading must meet to be learned (``learn_when``).
 
@@ -70,6 +80,11 @@ class LearnRule(BaseModel):
         None, min_length=1, description="Status codes that mean normal operation."
     )
     state: str = Field("not_learning", min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")
+    where: SensorRange | None = Field(
+        None,
+        description="The rule applies only to readings in this range of another sensor "
+        "(e.g. pitch below 5 deg only where the wind is below rated: curtailment).",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> LearnRule:
@@ -229,6 +244,7 @@ class DetectorConfig(BaseModel):
         if self.regime is not None:
             named.append(("regime", self.regime.sensor))
         named += [("learn_when", r.sensor) for r in self.learn_when]
+        named += [("learn_when", r.where.sensor) for r in self.learn_when if r.where]
         named += [("sensor_floor", name) for name in self.sensor_floor]
         for role, name in named:
             if name not in sensors:

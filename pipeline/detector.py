@@ -218,6 +218,9 @@ class Detector:
         self._bins = cfg.regime.n_bins if cfg.regime is not None else 1
         self._regime_col = sensors.index(cfg.regime.sensor) if cfg.regime is not None else -1
         self._rule_cols = [sensors.index(r.sensor) for r in cfg.learn_when]
+        self._where_cols = [
+            sensors.index(r.where.sensor) if r.where is not None else -1 for r in cfg.learn_when
+        ]
         self._relative_cols = [sensors.index(s) for s in cfg.fleet_relative]
         self._track_time = (
             cfg.warmup_span is not None
@@ -363,7 +366,9 @@ class Detector:
             return (np.arange(valid.size) if valid.all() else np.flatnonzero(valid)), None
         states = np.zeros(valid.size, dtype=np.int8)
         pos = np.flatnonzero(valid)
-        states[pos] = learning_states(raw[pos], self.config.learn_when, self._rule_cols)
+        states[pos] = learning_states(
+            raw[pos], self.config.learn_when, self._rule_cols, self._where_cols
+        )
         return pos[states[pos] == 0], states
 
     # ------------------------------------------------------------------ public API

@@ -39,7 +39,10 @@ def regime_bins(values: F64, edges: Sequence[float]) -> NDArray[np.intp]:
 
 
 def learning_states(
-    raw: F64, rules: Sequence[LearnRule], columns: Sequence[int]
+    raw: F64,
+    rules: Sequence[LearnRule],
+    columns: Sequence[int],
+    where_columns: Sequence[int] | None = None,
 ) -> NDArray[np.int8]:
     """Which rule each reading fails first: 0 for none (learnable), k for rule k - 1.
 
@@ -50,6 +53,8 @@ def learning_states(
     rules : sequence of LearnRule
     columns : sequence of int
         The column of each rule's sensor.
+    where_columns : sequence of int, optional
+        The column of each rule's ``where`` sensor (-1 for none).
 
     Returns
     -------
@@ -69,6 +74,14 @@ def learning_states(
             ok &= v < rule.below
         if rule.normal is not None:
             ok &= np.isin(v, np.asarray(rule.normal, dtype=np.float64))
+        if rule.where is not None and where_columns is not None:
+            w = raw[:, where_columns[k]]
+            applies = np.ones(w.shape, dtype=bool)
+            if rule.where.above is not None:
+                applies &= w > rule.where.above
+            if rule.where.below is not None:
+                applies &= w < rule.where.below
+            ok |= ~applies
         out[~ok] = k + 1
     return out
 
