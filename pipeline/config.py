@@ -191,6 +191,13 @@ class DetectorConfig(BaseModel):
         None,
         description="MEWMA with a time constant instead of a fixed lambda (irregular steps).",
     )
+    chart_false_alarm_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Tail probability of the residual chart's threshold (default: half the "
+        "false_alarm_rate); the chart statistic is reported scaled to the alarm threshold.",
+    )
     rebaseline_after: Duration | None = Field(
         None,
         description="An alarm persisting at a steady level this long is accepted as the new "
@@ -326,6 +333,13 @@ class DetectorConfig(BaseModel):
         # The residual chart and the point score each get half the false-alarm rate.
         rate = self.false_alarm_rate / (2.0 if self.chart == "residual" else 1.0)
         return chi2_threshold(rate, self.degrees_of_freedom(d))
+
+    def chart_threshold(self, n_features: int) -> float:
+        """The residual chart's own threshold on its squared distance."""
+        from pipeline.mahalanobis import chi2_threshold
+
+        rate = self.chart_false_alarm_rate or self.false_alarm_rate / 2.0
+        return chi2_threshold(rate, self.degrees_of_freedom(n_features))
 
     def gate(self, n_features: int) -> float:
         """The learning gate on squared distances (the alarm threshold when not set)."""

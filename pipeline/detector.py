@@ -62,6 +62,7 @@ from pipeline.rebaseline import RebaselineRuns
 from pipeline.turbines import TurbineIndex
 
 FILTERED, SKIPPED, WARMUP, TURBINE, FLEET = -2, -1, 0, 1, 2
+_CHART_CLIP = 5.0  # whitened residuals beyond +-5 sd enter the residual chart as +-5
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,8 @@ class Detector:
         self.n_features = d
         self.threshold = cfg.threshold(d)
         self.gate = cfg.gate(d)
+        # The residual chart's statistic, scaled so that the alarm threshold applies to it.
+        self._chart_scale = self.threshold / cfg.chart_threshold(d)
         self.min_samples, self.fleet_min_samples = cfg.warmup(d)
         self._offsets = cfg.offsets_array(d)
         self._gains = cfg.gains_array(d)
@@ -244,6 +247,7 @@ class Detector:
         r = d - self._k
         self._chart_s = np.zeros((t, r))
         self._chart_time = np.full(t, np.nan)
+        self._chart_since = np.full(t, np.nan)  # when each chart model began to learn
         self._chart_models = GroupedCovariance(t, r)
         self._chart_chol = np.broadcast_to(np.eye(r), (t, r, r)).copy()
         self._runs = (
@@ -279,6 +283,7 @@ class Detector:
             self._ewma_started = np.concatenate((self._ewma_started, np.zeros(extra_t, bool)))
             self._chart_s = np.concatenate((self._chart_s, np.zeros((extra_t, r))))
             self._chart_time = np.concatenate((self._chart_time, np.full(extra_t, np.nan)))
+            self._chart_since = np.concatenate((self._chart_since, np.full(extra_t, np.nan)))
             self._chart_models.grow(t)
             self._chart_chol = np.concatenate(
                 (self._chart_chol, np.broadcast_to(np.eye(r), (extra_t, r, r)))
@@ -400,14 +405,19 @@ class Detector:
         chart = None
         if self.config.chart == "residual":
             chart = self._chart(idx, ts_l, z_t, scored_by)
+        point = stat
+        if chart is not None:
             stat = np.maximum(stat, chart[0])
         flags = stat > self.threshold
         hit = np.flatnonzero(flags)
         contrib = self._contributions(diff_t, z_t, model, chol, hit, chart, idx)
+        # The learning gate applies to each reading's own score: a reading that is
+        # normal on its own is learned even while the residual chart alarms (else
+        # the chart would lock its turbine out until a re-baseline).
         if self.config.learn_anomalies:
             learn = None
-        elif self.gate > self.threshold:
-            learn = np.flatnonzero(stat <= self.gate)
+        elif self.gate > self.threshold or chart is not None:
+            learn = np.flatnonzero(point <= self.gate)
         else:
             learn = None if hit.size == 0 else np.flatnonzero(~flags)
         if self._runs is not None:
@@ -493,6 +503,10 @@ class Detector:
         self._ewma_started[pos] = False
         self._chart_s[pos] = 0.0
         self._chart_time[pos] = np.nan
+        self._chart_since[pos] = np.nan
+        self._chart_models.counts[pos] = 0.0
+        self._chart_models.means[pos] = 0.0
+        self._chart_models.m2[pos] = 0.0
         if self._runs is not None:
             self._runs.reset(rows)
         self._groups_dirty = True
@@ -581,6 +595,9 @@ class Detector:
         statistic is the squared distance of the smoothed value from its own
         learned distribution (per turbine: the EWMA of autocorrelated
         residuals is wider than the textbook ``lambda / (2 - lambda)``).
+        Residuals are clipped at +-``_CHART_CLIP`` first, so one gross reading
+        (which the point score flags anyway) does not swamp the chart, and a
+        chart scores only once its model has learned over 10 spans.
         """
         span = self.config.chart_span or 86400.0
         k = self._k
@@ -595,15 +612,17 @@ class Detector:
         s = ewma_by_time(
             who,
             ts[scored],
-            np.ascontiguousarray(z_t[k:, scored]),
+            np.clip(z_t[k:, scored], -_CHART_CLIP, _CHART_CLIP),
             span,
             self._chart_s,
             self._chart_time,
         )
         warm = np.take(self._chart_models.counts, who) >= self.min_samples
+        learned = ts[scored] - np.take(self._chart_since, who)
+        warm &= np.nan_to_num(learned, nan=-1.0) >= 10.0 * span
         cdiff = s - gather_rows(self._chart_models.means, who)
         cz = whiten_grouped(cdiff, who, self._chart_chol)
-        t2 = np.where(warm, squared_norms(cz), 0.0)
+        t2 = np.where(warm, squared_norms(cz) * self._chart_scale, 0.0)
         stat[scored] = t2
         s_t[:, scored] = cdiff
         cz_t[:, scored] = cz
@@ -620,6 +639,8 @@ class Detector:
         if sel.size == 0:
             return
         who = idx[sel]
+        fresh = np.isnan(self._chart_since[who])
+        self._chart_since[who[fresh]] = self._chart_time[who[fresh]]
         s = np.take(cdiff, sel, axis=1) + gather_rows(self._chart_models.means, who)
         c, mu, m2 = grouped_moments(np.ascontiguousarray(s.T), who, self._chart_models.n_groups)
         changed = self._chart_models.merge_moments(c, mu, m2)
@@ -702,7 +723,7 @@ class Detector:
             if use.any():
                 u = np.flatnonzero(use)
                 turb = idx[hit[u]]
-                shares[u] = contributions_from_whitened(
+                shares[u] = self._chart_scale * contributions_from_whitened(
                     np.take(chart[1], hit[u], axis=1),
                     np.take(chart[2], hit[u], axis=1),
                     turb,
@@ -848,6 +869,7 @@ class Detector:
             "model_last_time": self._last_time.copy(),
             "chart_s": self._chart_s.copy(),
             "chart_time": self._chart_time.copy(),
+            "chart_since": self._chart_since.copy(),
             "chart_counts": self._chart_models.counts.copy(),
             "chart_means": self._chart_models.means.copy(),
             "chart_m2": self._chart_models.m2.copy(),
@@ -913,6 +935,7 @@ class Detector:
         if "chart_s" in state and np.asarray(state["chart_s"]).shape[1:] == det._chart_s.shape[1:]:
             det._chart_s[pos] = state["chart_s"]
             det._chart_time[pos] = state["chart_time"]
+            det._chart_since[pos] = state["chart_since"]
             det._chart_models.counts[pos] = state["chart_counts"]
             det._chart_models.means[pos] = state["chart_means"]
             det._chart_models.m2[pos] = state["chart_m2"]
@@ -983,6 +1006,7 @@ class Detector:
         new = pos[~known]
         self._chart_s[new] = other._chart_s[~known]
         self._chart_time[new] = other._chart_time[~known]
+        self._chart_since[pos] = np.fmin(self._chart_since[pos], other._chart_since)
         if self._runs is not None and other._runs is not None:
             new_rows = (new[:, None] * b + np.arange(b)[None, :]).reshape(-1)
             other_rows = (np.flatnonzero(~known)[:, None] * b + np.arange(b)[None, :]).reshape(-1)
