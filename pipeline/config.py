@@ -191,6 +191,12 @@ class DetectorConfig(BaseModel):
         None,
         description="MEWMA with a time constant instead of a fixed lambda (irregular steps).",
     )
+    chart_floor: float = Field(
+        1.0,
+        ge=0,
+        description="The residual chart's variance floor, in units of the EWMA variance of "
+        "white noise (lambda / (2 - lambda)), added to every chart model.",
+    )
     chart_false_alarm_rate: float | None = Field(
         None,
         gt=0,

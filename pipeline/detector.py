@@ -62,7 +62,7 @@ from pipeline.rebaseline import RebaselineRuns
 from pipeline.turbines import TurbineIndex
 
 FILTERED, SKIPPED, WARMUP, TURBINE, FLEET = -2, -1, 0, 1, 2
-_CHART_CLIP = 5.0  # whitened residuals beyond +-5 sd enter the residual chart as +-5
+_CHART_CLIP = 3.0  # whitened residuals beyond +-3 sd enter the residual chart as +-3
 
 
 @dataclass(frozen=True)
@@ -248,6 +248,7 @@ class Detector:
         self._chart_s = np.zeros((t, r))
         self._chart_time = np.full(t, np.nan)
         self._chart_since = np.full(t, np.nan)  # when each chart model began to learn
+        self._chart_step = 0.0  # the stream's time step, for the chart's variance floor
         self._chart_models = GroupedCovariance(t, r)
         self._chart_chol = np.broadcast_to(np.eye(r), (t, r, r)).copy()
         self._runs = (
@@ -433,7 +434,7 @@ class Detector:
             learned = np.zeros(idx.size, dtype=bool)
             learned[learn] = True
         if chart is not None:
-            self._learn_chart(idx, chart, learned & (scored_by > 0) & (chart[0] <= self.gate))
+            self._learn_chart(idx, chart, learned & (scored_by > 0) & (chart[0] <= self.threshold))
         rebaselined = self._settle_runs(ts_l) if self._runs is not None else np.zeros(0, np.int64)
 
         if everything:
@@ -620,6 +621,7 @@ class Detector:
         warm = np.take(self._chart_models.counts, who) >= self.min_samples
         learned = ts[scored] - np.take(self._chart_since, who)
         warm &= np.nan_to_num(learned, nan=-1.0) >= 10.0 * span
+        self._chart_factors(ts[scored])
         cdiff = s - gather_rows(self._chart_models.means, who)
         cz = whiten_grouped(cdiff, who, self._chart_chol)
         t2 = np.where(warm, squared_norms(cz) * self._chart_scale, 0.0)
@@ -627,6 +629,26 @@ class Detector:
         s_t[:, scored] = cdiff
         cz_t[:, scored] = cz
         return stat, s_t, cz_t, scored
+
+    def _chart_factors(self, ts: F64) -> None:
+        """The chart models' factors, their variance floored at ``chart_floor`` white noise.
+
+        An EWMA of white noise of unit variance with weight ``lambda`` per step
+        has variance ``lambda / (2 - lambda)``; ``chart_floor`` times that is
+        added to every chart model's diagonal, so a residual that hardly ever
+        moves (a pitch at -1 deg below rated) cannot make a chart of itself.
+        The step is the batch's median time step (the last one seen when a
+        batch holds a single time).
+        """
+        uts = np.unique(ts)
+        if uts.size > 1:
+            self._chart_step = float(np.median(np.diff(uts)))
+        span = self.config.chart_span or 86400.0
+        lam = -np.expm1(-self._chart_step / span) if self._chart_step > 0 else 1.0
+        r = self._chart_models.n_features
+        cov = covariance_of(self._chart_models.counts, self._chart_models.m2)
+        cov = cov + np.eye(r) * (self.config.chart_floor * lam / (2.0 - lam))
+        self._chart_chol, _ = regularised_cholesky(cov, self.config.ridge)
 
     def _learn_chart(
         self,
@@ -643,11 +665,7 @@ class Detector:
         self._chart_since[who[fresh]] = self._chart_time[who[fresh]]
         s = np.take(cdiff, sel, axis=1) + gather_rows(self._chart_models.means, who)
         c, mu, m2 = grouped_moments(np.ascontiguousarray(s.T), who, self._chart_models.n_groups)
-        changed = self._chart_models.merge_moments(c, mu, m2)
-        self._chart_chol[changed], _ = regularised_cholesky(
-            covariance_of(self._chart_models.counts[changed], self._chart_models.m2[changed]),
-            self.config.ridge,
-        )
+        self._chart_models.merge_moments(c, mu, m2)
 
     def _factors(self, counts: F64, m2: F64) -> F64:
         """Cholesky factors (G, D, D) of the models' covariances plus the sensor floors."""
@@ -870,6 +888,7 @@ class Detector:
             "chart_s": self._chart_s.copy(),
             "chart_time": self._chart_time.copy(),
             "chart_since": self._chart_since.copy(),
+            "chart_step": np.asarray(self._chart_step),
             "chart_counts": self._chart_models.counts.copy(),
             "chart_means": self._chart_models.means.copy(),
             "chart_m2": self._chart_models.m2.copy(),
@@ -936,6 +955,7 @@ class Detector:
             det._chart_s[pos] = state["chart_s"]
             det._chart_time[pos] = state["chart_time"]
             det._chart_since[pos] = state["chart_since"]
+            det._chart_step = float(state["chart_step"])
             det._chart_models.counts[pos] = state["chart_counts"]
             det._chart_models.means[pos] = state["chart_means"]
             det._chart_models.m2[pos] = state["chart_m2"]
@@ -952,11 +972,8 @@ class Detector:
         return det
 
     def _refactor(self) -> None:
-        ridge = self.config.ridge
         if self._models.n_groups:
             self._chol = self._factors(self._models.counts, self._models.m2)
-        if self._chart_models.n_groups:
-            self._chart_chol, _ = regularised_cholesky(self._chart_models.covariance, ridge)
         if self.config.per_turbine:
             self._groups_dirty = True
         else:

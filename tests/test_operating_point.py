@@ -331,3 +331,23 @@ def test_bad_roles_are_one_line_errors_naming_the_sensor(settings, message):
     with pytest.raises(ConfigError, match=message) as info:
         make_config({"sensors": SENSORS, **settings})
     assert "\n" not in str(info.value)
+
+
+def test_residual_chart_variance_is_floored_at_white_noise(rng):
+    n = 30 * 144
+    ts = np.arange(n) * 600.0
+    x = np.column_stack((rng.normal(8, 1, n), np.full(n, -1.0)))  # a response that never moves
+    config = make_config(
+        {
+            "sensors": ("wind", "pitch"),
+            "conditions": ["wind"],
+            "key_groups": 1,
+            "chart": "residual",
+            "chart_span": "12h",
+            "chart_floor": 4.0,
+        }
+    )
+    det = Detector(config)
+    run_daily(det, ts, x)
+    lam = -np.expm1(-600.0 / 43200.0)
+    assert det._chart_chol[0, 0, 0] ** 2 >= 4.0 * lam / (2 - lam)
