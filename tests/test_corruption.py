@@ -11,6 +11,8 @@ broker (so its metrics can be read), with a fresh topic and group per test.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,3 +125,249 @@ def test_replayed_readings_below_the_floor_are_counted_once(tmp_path, rng):
     store.flush()
     assert store.readings == before
     assert len(read_anomalies(tmp_path / "s")) == anomalies
+
+
+# ---------------------------------------------------------------------- the detector service
+# Each case: data through a real broker, one detector run to idle (checkpoints,
+# commits, store), a state file of partition 0 damaged, more data, a second run.
+# Partition 0 is the first of every assignment: before the fix, its failure
+# left it *and every partition after it* without a state, their records dropped.
+
+TOPIC_PARTITIONS = 3
+VICTIM = 0
+RUN_TIMEOUT_S = 90.0
+
+
+def simulate_into(servers: str, topic: str, seed: int) -> None:
+    turbine(
+        "simulate",
+        "--turbines",
+        18,
+        "--steps",
+        300,
+        "--seed",
+        seed,
+        "--bootstrap-servers",
+        servers,
+        "--topic",
+        topic,
+        "--quiet",
+    )
+
+
+def service_run(servers: str, topic: str, group: str, store: Path):
+    """One detector run to idle, in this process: (service, exception raised or None)."""
+    from prometheus_client import CollectorRegistry
+
+    from consumers.service import DetectorService, ServiceSettings
+
+    settings = ServiceSettings(
+        bootstrap_servers=servers,
+        topic=topic,
+        group=group,
+        store=store,
+        anomalies_topic=f"{topic}.anomalies",
+        dlq_topic=f"{topic}.dlq",
+        partitions=TOPIC_PARTITIONS,
+        stop_after_idle=2,
+        checkpoint_every_seconds=1,
+        publish_events=False,
+    )
+    service = DetectorService(settings, DetectorConfig(min_samples=30), CollectorRegistry())
+    # A run that never comes to idle (a partition without a state never catches
+    # up) is stopped, and fails the test rather than hanging it.
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        service.stop()
+
+    watchdog = threading.Timer(RUN_TIMEOUT_S, stop)
+    watchdog.start()
+    try:
+        service.run()
+    except StoreError as exc:
+        return service, exc
+    finally:
+        watchdog.cancel()
+        assert not timed_out.is_set(), f"the detector did not come to idle in {RUN_TIMEOUT_S} s"
+    return service, None
+
+
+def metric(service, name: str) -> float:
+    value = service.registry.get_sample_value(name)
+    return 0.0 if value is None else value
+
+
+def stored_rows(store: Path) -> list[tuple[int, int, int, float]]:
+    """Every stored anomaly of a partition store: (partition, offset, row, distance)."""
+    a = read_anomalies(store)
+    return sorted(
+        zip(
+            a.partitions.tolist(),
+            a.offsets.tolist(),
+            a.rows.tolist(),
+            a.distances.tolist(),
+            strict=True,
+        )
+    )
+
+
+def committed(servers: str, topic: str, group: str) -> dict[int, int | None]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(TOPIC_PARTITIONS)}
+    finally:
+        consumer.close()
+
+
+def end_offsets(servers: str, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=servers)
+    try:
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(TOPIC_PARTITIONS)])
+    finally:
+        consumer.close()
+    return {tp.partition: off for tp, off in ends.items()}
+
+
+def partition_store(store: Path, p: int) -> Path:
+    return store / f"partition-{p:04d}"
+
+
+def checkpoint_file(store: Path, topic: str, p: int) -> Path:
+    return store / "checkpoints" / f"{topic}-{p:04d}.npz"
+
+
+def reference_store(servers: str, topic: str, group: str, tmp_path: Path) -> Path:
+    """The store of one uninterrupted run over everything in the topic."""
+    ref = tmp_path / "reference"
+    service, error = service_run(servers, topic, f"{group}-ref", ref)
+    assert error is None
+    return ref
+
+
+@pytest.fixture
+def first_run(kafka_servers, topic_factory, group_id, tmp_path):
+    topic = topic_factory("corrupt", partitions=TOPIC_PARTITIONS)
+    simulate_into(kafka_servers, topic, seed=1)
+    store = tmp_path / "store"
+    service, error = service_run(kafka_servers, topic, group_id, store)
+    assert error is None and metric(service, "turbine_partition_state_errors_total") == 0
+    assert all(checkpoint_file(store, topic, p).exists() for p in range(TOPIC_PARTITIONS))
+    before = {p: stored_rows(partition_store(store, p)) for p in range(TOPIC_PARTITIONS)}
+    assert before[VICTIM], "the victim partition must hold anomalies to lose"
+    return kafka_servers, topic, group_id, store, before
+
+
+UNRESTORABLE = [
+    ("checkpoint", "truncated"),
+    ("checkpoint", "garbled"),
+    ("manifest", "truncated"),
+    ("manifest", "garbled"),
+    ("manifest", "deleted"),
+]
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize(("target", "how"), UNRESTORABLE)
+def test_unrestorable_state_pauses_that_partition_only(first_run, tmp_path, caplog, target, how):
+    servers, topic, group, store, before = first_run
+    victim = (
+        checkpoint_file(store, topic, VICTIM)
+        if target == "checkpoint"
+        else partition_store(store, VICTIM) / MANIFEST
+    )
+    original = victim.read_bytes()
+    CORRUPTIONS[how](victim)
+    damaged = victim.read_bytes() if victim.exists() else None
+    commits_before = committed(servers, topic, group)
+    simulate_into(servers, topic, seed=2)  # more records, in every partition
+    caplog.set_level(logging.INFO, logger="consumers.service")
+
+    service, error = service_run(servers, topic, group, store)
+
+    # Not consumed, and said so: an error naming the file, a metric, a non-zero exit.
+    assert error is not None and str(victim) in str(error) and "\n" not in str(error)
+    assert metric(service, "turbine_partition_state_errors_total") == 1
+    logged = [r.getMessage() for r in caplog.records if "partition_state_error" in r.getMessage()]
+    assert logged and f"file={victim}" in logged[0]
+    # The victim: not a record consumed, not a byte of its state touched.
+    assert committed(servers, topic, group)[VICTIM] == commits_before[VICTIM]
+    assert (victim.read_bytes() if victim.exists() else None) == damaged
+    if target == "checkpoint":
+        assert stored_rows(partition_store(store, VICTIM)) == before[VICTIM]
+    # The other partitions carried on to the end of the new records (none skipped).
+    ends = end_offsets(servers, topic)
+    for p in range(TOPIC_PARTITIONS):
+        if p != VICTIM:
+            assert committed(servers, topic, group)[p] == ends[p] > commits_before[p]
+            assert stored_rows(partition_store(store, p))[: len(before[p])] == before[p]
+
+    # Repaired (the file put back), the next run consumes the victim too: the
+    # store is then exactly an uninterrupted run's: nothing skipped, nothing lost.
+    victim.write_bytes(original)
+    service, error = service_run(servers, topic, group, store)
+    assert error is None and metric(service, "turbine_partition_state_errors_total") == 0
+    assert committed(servers, topic, group) == ends
+    ref = reference_store(servers, topic, group, tmp_path)
+    for p in range(TOPIC_PARTITIONS):
+        assert stored_rows(partition_store(store, p)) == stored_rows(partition_store(ref, p))
+
+
+@pytest.mark.kafka
+def test_a_lost_checkpoint_keeps_the_store_and_rebuilds_from_the_earliest_offset(
+    first_run, tmp_path, caplog
+):
+    servers, topic, group, store, before = first_run
+    delete(checkpoint_file(store, topic, VICTIM))  # its offsets stay committed
+    simulate_into(servers, topic, seed=2)
+    caplog.set_level(logging.INFO, logger="consumers.service")
+
+    service, error = service_run(servers, topic, group, store)
+
+    assert error is None
+    assert metric(service, "turbine_partition_rebuilds_total") == 1
+    assert metric(service, "turbine_partition_state_errors_total") == 0
+    logged = [r.getMessage() for r in caplog.records if "state_rebuild" in r.getMessage()]
+    assert len(logged) == 1 and "reason=checkpoint_lost" in logged[0]
+    assert "from=earliest" in logged[0]
+    after = stored_rows(partition_store(store, VICTIM))
+    assert set(before[VICTIM]) <= set(after)  # no stored anomaly lost
+    assert len(after) == len(set(after))  # none stored twice
+    assert committed(servers, topic, group) == end_offsets(servers, topic)
+    # The topic still holds the whole partition: the rebuilt models are the
+    # lost ones, so the store and the new checkpoint are an uninterrupted run's.
+    ref = reference_store(servers, topic, group, tmp_path)
+    for p in range(TOPIC_PARTITIONS):
+        assert stored_rows(partition_store(store, p)) == stored_rows(partition_store(ref, p))
+    for p in range(TOPIC_PARTITIONS):
+        with (
+            np.load(checkpoint_file(store, topic, p)) as got,
+            np.load(checkpoint_file(ref, topic, p)) as want,
+        ):
+            for key in ("det__turbine_counts", "det__turbine_m2", "det__group_m2"):
+                np.testing.assert_array_equal(got[key], want[key])
+    readings = [
+        json.loads((partition_store(d, p) / MANIFEST).read_text())["readings"]
+        for d in (store, ref)
+        for p in range(TOPIC_PARTITIONS)
+    ]
+    assert readings[:TOPIC_PARTITIONS] == readings[TOPIC_PARTITIONS:]  # counted once
+
+
+@pytest.mark.kafka
+def test_a_store_never_checkpointed_is_started_afresh(first_run, tmp_path, caplog):
+    """No checkpoint and no committed offset (a new group on an old store): reset is right."""
+    servers, topic, group, store, before = first_run
+    for p in range(TOPIC_PARTITIONS):
+        delete(checkpoint_file(store, topic, p))
+    caplog.set_level(logging.INFO, logger="consumers.service")
+    service, error = service_run(servers, topic, f"{group}-new", store)
+    assert error is None and metric(service, "turbine_partition_rebuilds_total") == 0
+    assert any("reason=never_checkpointed" in r.getMessage() for r in caplog.records)
+    for p in range(TOPIC_PARTITIONS):
+        assert stored_rows(partition_store(store, p)) == before[p]  # rebuilt, not doubled
