@@ -15,11 +15,29 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.durable import atomic_file
-from pipeline.store import ARRAY_FIELDS, Anomalies
+from pipeline.errors import StoreError
+from pipeline.store import ARRAY_FIELDS, CORRUPT_NPZ_ERRORS, Anomalies
 
 VERSION = 1
 _DET = "det__"
 _PENDING = "pending__"
+
+
+class StateError(StoreError):
+    """A partition's saved state (its checkpoint, or its store) that cannot be restored.
+
+    >>> str(StateError("cp/t-0000.npz", "unreadable checkpoint (BadZipFile)"))
+    'cp/t-0000.npz: unreadable checkpoint (BadZipFile)'
+    """
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{path}: {message}")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its class and its message."""
+    return f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}"
 
 
 @dataclass
@@ -67,14 +85,31 @@ class CheckpointDir:
         return target
 
     def load(self, partition: int) -> Checkpoint | None:
+        """The partition's checkpoint; None when there is none (never written, or lost).
+
+        A file that exists but does not load (cut, garbled, another version)
+        raises :class:`StateError` naming it: it is never taken for "no
+        checkpoint".
+        """
         path = self.path(partition)
         if not path.exists():
             return None
+        try:
+            cp = self._parse(path)
+        except StateError:
+            raise
+        except (*CORRUPT_NPZ_ERRORS, TypeError, AttributeError) as exc:
+            raise StateError(path, f"unreadable checkpoint ({one_line(exc)})") from None
+        if cp.partition != partition:
+            raise StateError(path, f"holds the checkpoint of partition {cp.partition}")
+        return cp
+
+    def _parse(self, path: Path) -> Checkpoint:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
         meta = json.loads(str(data.pop("meta")))
         if meta.get("version") != VERSION:
-            raise ValueError(f"{path}: checkpoint version {meta.get('version')!r}")
+            raise StateError(path, f"checkpoint version {meta.get('version')!r}")
         det = {k[len(_DET) :]: v for k, v in data.items() if k.startswith(_DET)}
         pend = {k[len(_PENDING) :]: v for k, v in data.items() if k.startswith(_PENDING)}
         sensors = tuple(meta["sensors"])

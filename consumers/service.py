@@ -33,14 +33,14 @@ from kafka.partitioner.default import murmur2
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
-from consumers.checkpoint import Checkpoint, CheckpointDir
+from consumers.checkpoint import Checkpoint, CheckpointDir, StateError, one_line
 from consumers.events import render_events
 from pipeline.config import DetectorConfig
 from pipeline.detector import BatchResult, Detector
-from pipeline.errors import SchemaError, TurbineError
+from pipeline.errors import SchemaError, StoreError, TurbineError
 from pipeline.metrics import DetectorMetrics, serve_metrics
 from pipeline.runner import config_for
-from pipeline.store import AnomalyStore
+from pipeline.store import MANIFEST, AnomalyStore
 from pipeline.wire import JSON_TYPE, SensorBatch, WireError, decode_batch
 from producers.kafka_client import (
     ANOMALIES_TOPIC,
@@ -159,6 +159,10 @@ class DetectorService:
             settings.checkpoint_dir or settings.store / "checkpoints", settings.topic
         )
         self.states: dict[int, PartitionState] = {}
+        # Partitions owned but paused: their state does not load (partition -> error).
+        self.unrestored: dict[int, str] = {}
+        # Partitions assigned without a checkpoint, paused until settle_partitions().
+        self._undecided: dict[int, tuple[Any, PartitionState]] = {}
         self._consumer: Any = None
         self._producer: Any = None
         self._partition_memo: dict[bytes, int] = {}  # event key -> partition
@@ -216,48 +220,168 @@ class DetectorService:
 
     # ------------------------------------------------------------------ partitions
     def _state_for(self, partition: int) -> PartitionState:
-        store_dir = self.settings.store / f"partition-{partition:04d}"
         return PartitionState(
-            partition=partition, store=AnomalyStore(store_dir, config=self.config)
+            partition=partition, store=AnomalyStore(self._store_dir(partition), config=self.config)
         )
 
     def _assign(self, assigned: list[Any]) -> None:
+        """Restore each newly assigned partition, each on its own.
+
+        Runs inside kafka-python's rebalance callback, where no broker call can
+        be made (the consumer's IO thread is blocked) and an exception would be
+        swallowed: so every partition's failure is caught here, and that
+        partition alone is paused (see :meth:`_not_restored`).  A partition
+        without a checkpoint is paused too until :meth:`settle_partitions`,
+        outside the callback, has asked the broker for its committed offset.
+        """
         self.metrics.rebalances.inc()
         for tp in assigned:
             if tp.partition in self.states:
                 continue
-            state = self._state_for(tp.partition)
-            cp = self.checkpoints.load(tp.partition)
-            if cp is not None:
-                state.store.truncate(cp.store_position)
-                state.store.restore_pending(cp.pending)
-                state.sensors = cp.sensors
-                if "turbine_means" in cp.detector_state or cp.sensors:
-                    state.detector = Detector.from_state(
-                        cp.detector_state, config_for(self.config, cp.sensors, "checkpoint")
-                    )
-                state.next_offset = cp.offset
-                state.last_batch = dict(cp.last_batch)
-                self._consumer.seek(tp, cp.offset)
-                log.info("partition_restored partition=%d offset=%d", tp.partition, cp.offset)
-            else:
-                # Nothing of this partition was ever checkpointed: whatever its store
-                # holds came from a run that died before its first checkpoint, and the
-                # records behind it will be consumed again. Start the store afresh.
-                if state.store.chunks or state.store.readings:
-                    log.warning(
-                        "store_reset partition=%d reason=no_checkpoint chunks=%d",
-                        tp.partition,
-                        len(state.store.chunks),
-                    )
-                    state.store.truncate(
-                        {"chunks": 0, "positions": {}, "readings": 0, "turbines": 0}
-                    )
-                log.info("partition_assigned partition=%d checkpoint=none", tp.partition)
-            self.states[tp.partition] = state
+            self.unrestored.pop(tp.partition, None)  # tried again on every assignment
+            try:
+                self._restore(tp)
+            except StateError as exc:
+                self._not_restored(tp, exc.path, exc)
+            except StoreError as exc:
+                self._not_restored(tp, self._store_dir(tp.partition) / MANIFEST, exc)
+            except Exception as exc:  # one partition must never stop the others
+                self._not_restored(tp, self.checkpoints.path(tp.partition), exc)
+        self._update_partition_gauges()
+
+    def _store_dir(self, partition: int) -> Path:
+        return self.settings.store / f"partition-{partition:04d}"
+
+    def _restore(self, tp: Any) -> None:
+        cp = self.checkpoints.load(tp.partition)  # StateError naming a damaged file
+        state = self._state_for(tp.partition)  # StoreError naming a damaged manifest
+        if cp is None:
+            # Never checkpointed, or the checkpoint was lost: only the committed
+            # offset tells which, and the broker cannot be asked from here.
+            self._undecided[tp.partition] = (tp, state)
+            self._consumer.pause(tp)
+            return
+        self._apply_checkpoint(tp, state, cp)
+        self.states[tp.partition] = state
+        log.info("partition_restored partition=%d offset=%d", tp.partition, cp.offset)
+
+    def _apply_checkpoint(self, tp: Any, state: PartitionState, cp: Checkpoint) -> None:
+        path = self.checkpoints.path(tp.partition)
+        try:
+            stored = len(state.store.chunks)
+            expected = int(cp.store_position["chunks"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(path, f"unreadable store position ({one_line(exc)})") from None
+        if expected > stored:
+            # The manifest lost chunks the checkpoint counts: truncating to the
+            # checkpoint would write that loss down for good.
+            raise StateError(
+                state.store.directory / MANIFEST,
+                f"lists {stored} chunks but the checkpoint {path} was taken with {expected}",
+            )
+        try:
+            detector = None
+            if "turbine_means" in cp.detector_state or cp.sensors:
+                detector = Detector.from_state(
+                    cp.detector_state, config_for(self.config, cp.sensors, "checkpoint")
+                )
+            state.store.truncate(cp.store_position)
+            state.store.restore_pending(cp.pending)
+        except StoreError:
+            raise
+        except Exception as exc:  # arrays of the wrong shape, dtype, keys...
+            raise StateError(path, f"checkpoint does not restore ({one_line(exc)})") from None
+        state.detector = detector
+        state.sensors = cp.sensors
+        state.next_offset = cp.offset
+        state.last_batch = dict(cp.last_batch)
+        self._consumer.seek(tp, cp.offset)
+
+    def _not_restored(self, tp: Any, path: Path, exc: BaseException) -> None:
+        """Pause a partition whose state does not load: never consume it without its state."""
+        self._undecided.pop(tp.partition, None)
+        self.unrestored[tp.partition] = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        self.metrics.state_errors.inc()
+        try:
+            self._consumer.pause(tp)
+        finally:
+            log.error(
+                "partition_state_error partition=%d file=%s error=%s "
+                "(partition paused: fix or remove the file, then restart or rebalance)",
+                tp.partition,
+                path,
+                one_line(exc),
+            )
+
+    def settle_partitions(self) -> None:
+        """Decide the partitions assigned without a checkpoint (outside the callback).
+
+        No committed offset: nothing of the partition was ever checkpointed, its
+        store (if any) is from a run that died before its first checkpoint and
+        the records behind it are consumed again: the store starts afresh.
+
+        A committed offset: the checkpoint was lost.  The store is kept whole,
+        its floor raised past every stored anomaly, and the partition is read
+        again from the earliest retained offset with fresh models: the models
+        are rebuilt from the retained records (exactly, when the topic still
+        holds the whole partition), replayed anomalies already stored are
+        dropped by the store, and the batch numbers seen (duplicate detection)
+        come back with them.
+        """
+        for p, (tp, state) in list(self._undecided.items()):
+            try:
+                committed = self._consumer.committed(tp)
+            except Exception as exc:  # broker away: stay paused, try again next poll
+                log.warning("committed_offset_failed partition=%d error=%s", p, one_line(exc))
+                continue
+            del self._undecided[p]
+            try:
+                if committed is None:
+                    self._start_afresh(state)
+                else:
+                    self._rebuild(tp, state, int(committed))
+            except StoreError as exc:
+                self._not_restored(tp, getattr(exc, "path", state.store.directory / MANIFEST), exc)
+                continue
+            self.states[p] = state
+            self._consumer.resume(tp)
+        self._update_partition_gauges()
+
+    def _start_afresh(self, state: PartitionState) -> None:
+        if state.store.chunks or state.store.readings:
+            log.warning(
+                "store_reset partition=%d reason=never_checkpointed chunks=%d",
+                state.partition,
+                len(state.store.chunks),
+            )
+            state.store.truncate({"chunks": 0, "positions": {}, "readings": 0, "turbines": 0})
+        log.info("partition_assigned partition=%d checkpoint=none", state.partition)
+
+    def _rebuild(self, tp: Any, state: PartitionState, committed: int) -> None:
+        store = state.store
+        floor = max(store.positions.get(state.partition, 0), _after_last_stored(store))
+        store.advance({state.partition: floor})
+        self._consumer.seek_to_beginning(tp)
+        self.metrics.partition_rebuilds.inc()
+        log.warning(
+            "state_rebuild partition=%d reason=checkpoint_lost file=%s committed=%d "
+            "store_floor=%d from=earliest (store kept: %d chunks; models rebuilt from the "
+            "earliest retained offset)",
+            state.partition,
+            self.checkpoints.path(state.partition),
+            committed,
+            floor,
+            len(store.chunks),
+        )
+
+    def _update_partition_gauges(self) -> None:
         self.metrics.partitions.set(len(self.states))
+        self.metrics.partitions_paused.set(len(self.unrestored))
 
     def _revoke(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self._undecided.pop(p, None)
+            self.unrestored.pop(p, None)
         owned = [p for p in partitions if p in self.states]
         if owned:
             # Inside kafka-python's IO thread a commit would block it: write the
@@ -273,7 +397,7 @@ class DetectorService:
                 self.metrics.consumer_lag.remove(str(p))
             except KeyError:
                 pass
-        self.metrics.partitions.set(len(self.states))
+        self._update_partition_gauges()
 
     # ------------------------------------------------------------------ records
     def _check(self, state: PartitionState, record: Any) -> SensorBatch:
@@ -330,7 +454,8 @@ class DetectorService:
     def handle(self, partition: int, records: list[Any]) -> None:
         """Process the records polled from one partition, in offset order."""
         state = self.states.get(partition)
-        if state is None:  # revoked while polling
+        if state is None:
+            self._without_state(partition, records)
             return
         run: list[Accepted] = []
         for record in records:
@@ -351,6 +476,19 @@ class DetectorService:
         if run:
             self._score(state, run)
         state.store.advance({partition: state.next_offset or 0})
+
+    def _without_state(self, partition: int, records: list[Any]) -> None:
+        """Records of a partition with no state: read again later, never dropped silently."""
+        from kafka import TopicPartition
+
+        tp = TopicPartition(self.settings.topic, partition)
+        if not records or tp not in self._consumer.assignment():
+            return  # revoked while polling: its next owner reads them from its checkpoint
+        self._consumer.seek(tp, records[0].offset)  # rewound: nothing is skipped
+        if partition in self.unrestored or partition in self._undecided:
+            return  # paused; these were fetched before the pause took effect
+        log.warning("partition_without_state partition=%d offset=%d", partition, records[0].offset)
+        self._assign([tp])
 
     def _score(self, state: PartitionState, run: list[Accepted]) -> None:
         """Score records of one engine batch together (one engine call)."""
@@ -578,7 +716,7 @@ class DetectorService:
                 continue
             lag = max(0, end - self._consumer.position(tp))
             self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(lag)
-            caught_up &= lag == 0
+            caught_up &= lag == 0 or tp.partition in self.unrestored  # paused: not consumed
         return caught_up
 
     # ------------------------------------------------------------------ main loop
@@ -603,6 +741,7 @@ class DetectorService:
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                     continue
+                self.settle_partitions()
                 if polled:
                     self._idle_since = None
                     for tp, records in polled.items():
@@ -614,7 +753,7 @@ class DetectorService:
                 caught_up = self._update_lag(force=s.stop_after_idle is not None)
                 if s.stop_after_idle is None:
                     continue
-                if caught_up and self.states:
+                if caught_up and (self.states or self.unrestored) and not self._undecided:
                     self._idle_since = self._idle_since or time.monotonic()
                     if time.monotonic() - self._idle_since >= s.stop_after_idle:
                         log.info("idle_stop seconds=%.1f", s.stop_after_idle)
@@ -622,7 +761,14 @@ class DetectorService:
                 else:
                     self._idle_since = None
         finally:
+            unrestored = dict(self.unrestored)
             self.close()
+        if unrestored and not self._stop:
+            # Idle stop with partitions never consumed: not a success (exit 2).
+            raise StoreError(
+                f"{len(unrestored)} partition(s) not consumed, their state does not load: "
+                + "; ".join(f"partition {p}: {e}" for p, e in sorted(unrestored.items()))
+            )
         return 0
 
     def close(self) -> None:
@@ -643,6 +789,18 @@ class DetectorService:
             if self._producer is not None:
                 self._producer.close(timeout=10)
                 self._producer = None
+
+
+def _after_last_stored(store: AnomalyStore) -> int:
+    """One past the highest source offset of the store's last chunk (0 when empty).
+
+    A chunk can be written in the middle of a poll, before the store's floor
+    is raised: a store's floor alone may be below anomalies it holds.
+    """
+    if not store.chunks:
+        return 0
+    offsets = store.load_chunk(store.chunks[-1]).offsets
+    return int(offsets.max()) + 1 if offsets.size else 0
 
 
 def run_service(settings: ServiceSettings, config: DetectorConfig) -> int:

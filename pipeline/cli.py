@@ -65,6 +65,7 @@ def add_recording_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-col", default=None, help="label column (default 'label' if present)")
     g.add_argument("--drop-col", action="append", default=[], help="column to ignore (repeat)")
     g.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
+    g.add_argument("--max-sensors", type=int, default=4096, help="most sensor columns accepted")
 
 
 def recording_spec(args: argparse.Namespace) -> RecordingSpec:
@@ -81,6 +82,7 @@ def recording_spec(args: argparse.Namespace) -> RecordingSpec:
             label_col=args.label_col,
             drop_cols=tuple(args.drop_col),
             chunk_rows=args.chunk_rows,
+            max_sensors=args.max_sensors,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -235,6 +235,13 @@ class DetectorConfig(BaseModel):
             )
         if self.turbines is not None and len(set(self.turbines)) != len(self.turbines):
             raise ConfigError("turbines lists the same id twice")
+        rf = self.region_factors
+        if isinstance(rf, tuple) and self.turbines is not None and len(rf) != len(self.turbines):
+            raise ConfigError(
+                f"region_factors has shape ({len(rf)},) but turbines has shape "
+                f"({len(self.turbines)},): one factor per turbine, or a {{id: factor}} map "
+                "for some of them"
+            )
         if self.learn_gate is not None and self.learn_gate > self.false_alarm_rate:
             raise ConfigError(
                 f"learn_gate {self.learn_gate} is above false_alarm_rate "
@@ -305,7 +312,19 @@ class DetectorConfig(BaseModel):
             return np.array([rf.get(int(t), 1.0) for t in turbine_ids], dtype=np.float64)
         ids = np.asarray(self.turbines if self.turbines is not None else range(len(rf)))
         lookup = dict(zip(ids.tolist(), rf, strict=True))
-        return np.array([lookup.get(int(t), 1.0) for t in turbine_ids], dtype=np.float64)
+        unknown = [int(t) for t in turbine_ids if int(t) not in lookup]
+        if unknown:
+            # A (T,) vector is the whole fleet: a turbine it does not cover is the
+            # broadcasting mistake, not a turbine of factor 1.
+            if self.turbines is not None:
+                fleet = f"it is not in turbines, shape ({len(self.turbines)},)"
+            else:
+                fleet = f"ids 0..{len(rf) - 1}; the fleet needs shape ({max(unknown) + 1},) or more"
+            raise ConfigError(
+                f"region_factors has shape ({len(rf)},) but turbine {unknown[0]} was seen "
+                f"({fleet}): give one factor per turbine, or a {{id: factor}} map for some"
+            )
+        return np.array([lookup[int(t)] for t in turbine_ids], dtype=np.float64)
 
     def check_features(self, n_features: int) -> None:
         """Raise when readings of D = ``n_features`` sensors cannot use this configuration."""

@@ -191,6 +191,25 @@ class DetectorMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.state_errors = Counter(
+            "partition_state_errors",
+            "Partition assignments whose checkpoint or store did not load (partition paused)",
+            namespace=ns,
+            registry=registry,
+        )
+        self.partitions_paused = Gauge(
+            "partitions_paused",
+            "Partitions owned but not consumed: their checkpoint or store does not load",
+            namespace=ns,
+            registry=registry,
+        )
+        self.partition_rebuilds = Counter(
+            "partition_rebuilds",
+            "Partitions whose checkpoint was lost while offsets were committed: store kept, "
+            "models rebuilt from the earliest retained offset",
+            namespace=ns,
+            registry=registry,
+        )
         self.up_since = Gauge(
             "start_time_seconds", "When this detector started", namespace=ns, registry=registry
         )

@@ -34,6 +34,8 @@ saved in a checkpoint.
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,11 @@ from pipeline.errors import StoreError
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL = "model.npz"
+# What a damaged .npz raises while it is opened or read: a cut zip directory
+# (BadZipFile), a CRC mismatch (BadZipFile), a cut member (EOFError), garbage
+# in a header or a pickled member (ValueError), a garbled deflate stream.
+CORRUPT_NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+_MANIFEST_KEYS = {"version": int, "sensors": list, "turbines": list, "chunks": list}
 
 
 def _at(values: NDArray[np.int64] | int, index: NDArray[np.intp]) -> NDArray[np.int64]:
@@ -126,6 +133,9 @@ class Anomalies:
         arrays = {f: np.concatenate([getattr(p, f) for p in parts]) for f in ARRAY_FIELDS}
         return Anomalies(**arrays, sensors=sensors)
 
+
+# The per-anomaly arrays of a chunk's meta file.
+_PER_ANOMALY = ("thresholds", "partitions", "offsets", "rows", "scored_by")
 
 # The per-anomaly arrays of an Anomalies table (checkpoints save exactly these).
 ARRAY_FIELDS = (
@@ -292,8 +302,14 @@ class AnomalyStore:
     def _load_manifest(self, path: Path) -> dict:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON, bad UTF-8
             raise StoreError(f"{path}: unreadable manifest ({exc})") from None
+        if not isinstance(manifest, dict) or any(
+            not isinstance(manifest.get(k), t) for k, t in _MANIFEST_KEYS.items()
+        ):
+            raise StoreError(f"{path}: unreadable manifest (not a store manifest)")
+        if not isinstance(manifest.get("positions", {}), dict):
+            raise StoreError(f"{path}: unreadable manifest (positions is not a mapping)")
         if manifest.get("version") != STORE_VERSION:
             raise StoreError(
                 f"{path}: store version {manifest.get('version')!r}, "
@@ -373,6 +389,15 @@ class AnomalyStore:
         if not self._manifest["sensors"] and result.sensors:
             self._manifest["sensors"] = list(result.sensors)
         n = result.n_readings
+        if self._positions and n:
+            # Readings below a partition's floor were counted when first stored (a
+            # partition rebuilding its models replays them): count each once.
+            every = np.arange(n)
+            old = np.zeros(n, dtype=bool)
+            part_all, off_all = _at(partitions, every), _at(offsets, every)
+            for p, floor in self._positions.items():  # a loop over source partitions
+                old |= (part_all == p) & (off_all < floor)
+            n -= int(np.count_nonzero(old))
         self._readings += n
         hit = result.anomaly_index
         if hit.size == 0:
@@ -545,13 +570,29 @@ class AnomalyStore:
         }
 
     def load_chunk(self, chunk: Mapping[str, object]) -> ChunkMatrices:
-        """One chunk's matrices as stored (files read with ``allow_pickle=False``)."""
+        """One chunk's matrices as stored (files read with ``allow_pickle=False``).
+
+        A chunk whose files are missing, cut, garbled or inconsistent with each
+        other or with the manifest raises :class:`StoreError` naming it.
+        """
         stem = str(chunk["name"])
+        part = "distance"
         try:
             dist = sparse.csr_array(sparse.load_npz(self.directory / f"{stem}-distance.npz"))
+            part = "contrib"
             contrib = sparse.csr_array(sparse.load_npz(self.directory / f"{stem}-contrib.npz"))
+            part = "meta"
             with np.load(self.directory / f"{stem}-meta.npz", allow_pickle=False) as meta:
                 m = {k: meta[k] for k in meta.files}
+            k = int(dist.nnz)
+            if (
+                dist.shape != (m["step_timestamps"].size, dist.shape[1])
+                or dist.shape[1] > len(self._manifest["turbines"])
+                or contrib.shape[0] != k
+                or any(m[f].shape != (k,) for f in _PER_ANOMALY)
+                or k != int(chunk.get("anomalies", k))  # type: ignore[call-overload]
+            ):
+                raise ValueError("its matrices disagree with each other or with the manifest")
             return ChunkMatrices(
                 dist,
                 contrib,
@@ -564,8 +605,12 @@ class AnomalyStore:
                 m["scored_by"],
                 self.sensors,
             )
-        except (OSError, ValueError, KeyError) as exc:
-            raise StoreError(f"{self.directory}: chunk {stem} unreadable ({exc})") from None
+        except CORRUPT_NPZ_ERRORS as exc:
+            detail = " ".join(str(exc).split())[:200]  # one line, whatever the library said
+            raise StoreError(
+                f"{self.directory / stem}-{part}.npz: chunk {stem} unreadable "
+                f"({exc.__class__.__name__}: {detail})"
+            ) from None
 
     def read_chunk(self, chunk: Mapping[str, object]) -> Anomalies:
         """All anomalies of one chunk as a table."""

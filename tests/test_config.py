@@ -77,3 +77,47 @@ def test_factor_vector_against_readings_named_at_first_batch(tmp_path):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read configuration"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_a_factor_vector_shorter_than_the_declared_fleet_fails_at_load(tmp_path):
+    """(T,) factors against a declared fleet, with no sensors given: checked at load."""
+    (tmp_path / "c.json").write_text('{"turbines": [1, 2, 3], "region_factors": [1, 2]}')
+    with pytest.raises(
+        ConfigError, match=r"region_factors has shape \(2,\) but turbines has shape \(3,\)"
+    ):
+        load_config(tmp_path / "c.json")
+
+
+def test_a_factor_vector_that_does_not_cover_a_turbine_seen_is_an_error(tmp_path):
+    """3 factors, no fleet declared, 20 turbines: turbine 3 must not silently get 1.0."""
+    (tmp_path / "c.json").write_text('{"region_factors": [1, 2, 3]}')
+    det = Detector(load_config(tmp_path / "c.json"))
+    ids = np.arange(20)
+    with pytest.raises(
+        ConfigError, match=r"shape \(3,\) but turbine 3 was seen .*shape \(20,\) or more"
+    ) as info:
+        det.process(np.zeros(20), ids, np.zeros((20, 4)))
+    assert "{id: factor}" in str(info.value)
+    covered = Detector(load_config(tmp_path / "c.json"))
+    covered.process(np.zeros(3), np.arange(3), np.zeros((3, 4)))  # ids 0..2: fine
+
+
+def test_an_embedded_run_with_too_few_factors_is_one_line_exit_2(tmp_path):
+    from tests.cli_support import turbine
+
+    turbine(
+        "simulate", "--turbines", 20, "--steps", 30, "--seed", 3, "--output", tmp_path / "f.npz"
+    )
+    (tmp_path / "c.json").write_text('{"region_factors": [1, 2, 3]}')
+    proc = turbine(
+        "detect",
+        "--input",
+        tmp_path / "f.npz",
+        "--config",
+        tmp_path / "c.json",
+        "--store",
+        tmp_path / "st",
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "region_factors has shape (3,)" in proc.stderr

@@ -177,3 +177,81 @@ def test_writer_failure_leaves_no_output(tmp_path, rng):
         w.write(sample_chunk(rng))
         raise RuntimeError("interrupted")
     assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def rewrite_member_header(path, member: str, old: bytes, new: bytes) -> None:
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    assert old in members[member]
+    members[member] = members[member].replace(old, new, 1)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, blob in members.items():
+            zf.writestr(name, blob)
+
+
+def test_npz_sensors_declaring_a_trillion_names_is_refused_before_reading(tmp_path, rng):
+    """Today's MemoryError: the sensors member was read whole on its header's word."""
+    path = write_npz(tmp_path, rng)
+    rewrite_member_header(path, "sensors.npy", b"(3,)", b"(1000000000000,)")
+    with pytest.raises(InputError, match=r"column 'sensors': declares shape \(1000000000000,\)"):
+        read_all(path)
+
+
+def test_npz_fault_kinds_and_names_are_bounded_before_reading(tmp_path):
+    path = tmp_path / "kinds.npz"
+    np.savez(
+        path,
+        timestamp=np.zeros(2),
+        values=np.zeros((2, 1)),
+        sensors=np.array(["a"]),
+        fault_code=np.zeros(2, dtype=np.int8),
+        fault_kinds=np.array(["", "spike"]),
+    )
+    rewrite_member_header(path, "fault_kinds.npy", b"(2,)", b"(99999999999,)")
+    with pytest.raises(InputError, match="column 'fault_kinds': declares shape"):
+        read_all(path)
+    long_names = tmp_path / "long.npz"
+    np.savez(
+        long_names, timestamp=np.zeros(2), values=np.zeros((2, 1)), sensors=np.array(["a" * 2000])
+    )
+    with pytest.raises(InputError, match="column 'sensors': dtype <U2000: strings longer"):
+        read_all(long_names)
+
+
+def wide_csv(path, sensors: int) -> None:
+    header = ",".join(["timestamp", "turbine_id", *(f"s{j}" for j in range(sensors))])
+    rows = [",".join([str(1000 + t), "0", *["1.5"] * sensors]) for t in range(3)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz"])
+def test_more_sensors_than_max_sensors_is_a_one_line_error(tmp_path, suffix):
+    """A 59 KB CSV of 5,000 sensor columns reached 5.4 GB RSS: bounded at 4,096 by default."""
+    path = tmp_path / f"wide{suffix}"
+    if suffix == ".csv":
+        wide_csv(path, 5000)
+        message = r"wide.csv:1: 5000 sensor columns, more than max_sensors \(4096\)"
+    else:
+        np.savez(
+            path,
+            timestamp=np.arange(2.0),
+            values=np.zeros((2, 5000)),
+            sensors=np.array([f"s{j}" for j in range(5000)]),
+        )
+        message = r"column 'sensors': declares 5000 sensors, more than max_sensors \(4096\)"
+    with pytest.raises(InputError, match=message):
+        read_all(path)
+    with read_recording(path, RecordingSpec(max_sensors=5000)) as rec:
+        assert len(rec.sensors) == 5000
+
+
+def test_detect_on_a_file_too_wide_exits_2_with_one_line(tmp_path):
+    from tests.cli_support import turbine
+
+    wide_csv(tmp_path / "wide.csv", 5000)
+    proc = turbine(
+        "detect", "--input", tmp_path / "wide.csv", "--store", tmp_path / "st", check=False
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "more than max_sensors (4096)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -139,6 +139,12 @@ class CsvRecording:
         self.time_is_number = _is_number(cells[self.time_index])
         self.has_labels = self.label_index is not None
         self.has_kinds = self.kind_index is not None
+        if len(self.sensors) > spec.max_sensors:
+            raise self._error(
+                f"{len(self.sensors)} sensor columns, more than max_sensors "
+                f"({spec.max_sensors}); raise --max-sensors to read it",
+                self._header_line,
+            )
 
     # ------------------------------------------------------------------ chunks
     def __iter__(self) -> Iterator[Chunk]:

@@ -24,6 +24,7 @@ the chunk size however large the file; files written by ``np.savez`` or
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,8 @@ from pipeline.errors import InputError
 from pipeline.recordings.spec import Chunk, RecordingSpec
 
 FORMAT_VERSION = 1
+_NAME_CHARS = 1024  # longest sensor or fault-kind name accepted
+_MAX_KINDS = 1 << 16  # most fault kinds a fault_kinds member may name
 _ROW_MEMBERS = ("timestamp", "turbine_id", "values", "label", "fault_kind", "fault_code")
 _KINDS = {
     "timestamp": "f",
@@ -85,38 +88,20 @@ class NpzRecording:
         self._members = names
         self._layout: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}
         for key in _ROW_MEMBERS:
-            if key not in names:
-                continue
-            info = self._zip.getinfo(names[key])
-            with self._zip.open(info) as f:
-                try:
-                    shape, fortran, dtype = read_npy_header(f)
-                except ValueError as exc:
-                    raise self._error(f"bad .npy header: {exc}", column=key) from None
-                header_len = f.tell()
-            if dtype.hasobject:
-                raise self._error("object arrays (pickle) are not accepted", column=key)
-            if dtype.kind not in _KINDS[key]:
-                raise self._error(f"dtype {dtype} not accepted", column=key)
-            if fortran and len(shape) > 1:
-                raise self._error(
-                    "Fortran-ordered arrays are not accepted; save C order", column=key
-                )
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if header_len + nbytes != info.file_size:
-                raise self._error(
-                    f"declares shape {shape} ({nbytes} bytes) but holds "
-                    f"{info.file_size - header_len} bytes (truncated or corrupt)",
-                    column=key,
-                )
-            self._layout[key] = (shape, dtype, header_len)
-        with self._zip.open(names["sensors"]) as f:
-            try:
-                sensors = np.lib.format.read_array(f, allow_pickle=False)
-            except ValueError as exc:
-                raise self._error(f"bad sensors array: {exc}", column="sensors") from None
-        if sensors.ndim != 1 or sensors.dtype.kind != "U":
-            raise self._error("sensors must be a 1-D array of names", column="sensors")
+            if key in names:
+                self._layout[key] = self._header(key, _KINDS[key])
+        # Every member's declared shape and dtype is checked before a byte of it
+        # is read: a header may declare 10**12 names in a file of a few bytes.
+        shape, _, _ = self._header("sensors", "U")
+        if len(shape) != 1:
+            raise self._error(f"has shape {shape}: sensors must be (D,) names", column="sensors")
+        if shape[0] > self.spec.max_sensors:
+            raise self._error(
+                f"declares {shape[0]} sensors, more than max_sensors ({self.spec.max_sensors}); "
+                "raise --max-sensors to read it",
+                column="sensors",
+            )
+        sensors = self._read_small("sensors")
         self.sensors = tuple(str(s) for s in sensors)
         n = self._layout["timestamp"][0]
         if len(n) != 1:
@@ -143,16 +128,59 @@ class NpzRecording:
         if "fault_code" in self._layout:
             if "fault_kinds" not in names:
                 raise self._error("fault_code without fault_kinds", column="fault_code")
-            with self._zip.open(names["fault_kinds"]) as f:
-                try:
-                    kinds = np.lib.format.read_array(f, allow_pickle=False)
-                except ValueError as exc:
-                    raise self._error(f"bad fault_kinds: {exc}", column="fault_kinds") from None
+            shape, _, _ = self._header("fault_kinds", "U")
+            if len(shape) != 1 or shape[0] > _MAX_KINDS:
+                raise self._error(
+                    f"has shape {shape}: fault_kinds must be (K,) names, K <= {_MAX_KINDS}",
+                    column="fault_kinds",
+                )
+            kinds = self._read_small("fault_kinds")
             if kinds.ndim != 1 or kinds.dtype.kind != "U":
                 raise self._error("fault_kinds must be a 1-D array of names", column="fault_kinds")
             self._kind_names = kinds
         self.has_kinds = "fault_kind" in self._layout or self._kind_names is not None
         self.ignored: list[str] = []
+
+    def _header(self, key: str, kinds: str) -> tuple[tuple[int, ...], np.dtype, int]:
+        """Declared shape, dtype and header length of member ``key``, read and checked.
+
+        The dtype must be of one of ``kinds`` (never object), strings at most
+        ``_NAME_CHARS`` characters, C order, and the declared size must be the
+        size the zip directory gives the member: nothing is read on trust.
+        """
+        info = self._zip.getinfo(self._members[key])
+        with self._zip.open(info) as f:
+            try:
+                shape, fortran, dtype = read_npy_header(f)
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+                raise self._error(f"bad .npy header: {exc}", column=key) from None
+            header_len = f.tell()
+        if dtype.hasobject:
+            raise self._error("object arrays (pickle) are not accepted", column=key)
+        if dtype.kind not in kinds:
+            raise self._error(f"dtype {dtype} not accepted", column=key)
+        if dtype.kind == "U" and dtype.itemsize > 4 * _NAME_CHARS:
+            raise self._error(
+                f"dtype {dtype}: strings longer than {_NAME_CHARS} characters", column=key
+            )
+        if fortran and len(shape) > 1:
+            raise self._error("Fortran-ordered arrays are not accepted; save C order", column=key)
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+        if header_len + nbytes != info.file_size:
+            raise self._error(
+                f"declares shape {shape} ({nbytes} bytes) but holds "
+                f"{info.file_size - header_len} bytes (truncated or corrupt)",
+                column=key,
+            )
+        return shape, dtype, header_len
+
+    def _read_small(self, key: str) -> np.ndarray:
+        """A member whose header :meth:`_header` has bounded, read whole."""
+        with self._zip.open(self._members[key]) as f:
+            try:
+                return np.lib.format.read_array(f, allow_pickle=False)
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+                raise self._error(f"bad {key} array: {exc}", column=key) from None
 
     def __iter__(self) -> Iterator[Chunk]:
         streams = {}

@@ -35,6 +35,12 @@ class RecordingSpec(BaseModel):
     kind_col: str = Field(KIND_COL, description="Fault-kind column, used when present.")
     drop_cols: tuple[str, ...] = Field((), description="Columns to ignore.")
     chunk_rows: int = Field(65_536, ge=1, le=10_000_000, description="Rows per chunk read.")
+    max_sensors: int = Field(
+        4096,
+        ge=1,
+        description="Most sensor columns accepted: the models hold (D, D) arrays per turbine, "
+        "so a file of thousands of columns would exhaust memory long before it is scored.",
+    )
     max_line_bytes: int = Field(
         1 << 20, ge=64, description="Longest CSV line accepted (a guard against garbage)."
     )
