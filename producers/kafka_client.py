@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +66,11 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile: str | None = None
     ssl_password: SecretStr | None = None
     connect_timeout_s: float = Field(60.0, description="How long to wait for a broker at start.")
+    compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
+        "none",
+        description="Codec of the records this client produces; every codec is read whatever "
+        "this says (their Python packages are dependencies).",
+    )
 
     def client_config(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python clients (secrets revealed only here)."""
@@ -134,6 +139,9 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> Any:
         "max_request_size": 16 << 20,
         "request_timeout_ms": 30_000,
         "delivery_timeout_ms": 300_000,  # rides out a broker restart
+        "compression_type": None
+        if settings.compression_type == "none"
+        else settings.compression_type,
         **overrides,
     }
     return retry_until_connected(lambda: KafkaProducer(**cfg), settings, "producer")
