@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 from collections import Counter
@@ -255,3 +256,26 @@ def test_container_runs_as_non_root():
     lines = (REPO / "Dockerfile").read_text().splitlines()
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
+
+
+@pytest.mark.parametrize("bad", [1e300, -1e300, float("nan"), float("inf")])
+def test_a_store_holding_a_bad_timestamp_still_lists(tmp_path, rng, bad):
+    """Stores written before timestamps were validated: the bad row is flagged, not fatal."""
+    from pipeline import Detector, DetectorConfig
+    from pipeline.store import AnomalyStore
+    from tests.cli_support import turbine
+
+    cfg = DetectorConfig(min_samples=10, key_groups=1, per_turbine=False)
+    det = Detector(cfg)
+    det.learn(np.zeros(200), np.zeros(200, dtype=np.int64), rng.normal(size=(200, 2)))
+    result = det.process(
+        np.array([1.767e9, 1.767e9]), np.zeros(2, dtype=np.int64), np.full((2, 2), 50.0)
+    )
+    assert result.n_anomalies == 2
+    result = dataclasses.replace(result, timestamps=np.array([1.767e9, bad]))
+    store = AnomalyStore(tmp_path / "st", config=cfg)
+    store.append(result)
+    store.flush()
+    for fmt in ("csv", "json"):
+        out = turbine("anomalies", tmp_path / "st", "--format", fmt).stdout
+        assert "invalid:" in out and str(np.datetime64(1_767_000_000, "s")) in out
