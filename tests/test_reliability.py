@@ -198,7 +198,9 @@ def test_pending_anomalies_reach_the_store_while_idle(
         f"{topic}.d",
         "--config",
         tmp_path / "c.json",
-        env={"TURBINE_STORE_FLUSH_SECONDS": "2"},
+        "--checkpoint-every-seconds",
+        1,  # the burst's checkpoints come before the store's flush is due
+        env={"TURBINE_STORE_FLUSH_SECONDS": "8"},
     )
     try:
         deadline = time.monotonic() + 60
