@@ -211,7 +211,7 @@ class DetectorService:
         # Subscribe only once the topic's partitions are known: a group joined
         # before that can be assigned nothing and stay so.
         deadline = time.monotonic() + self.settings.connect_timeout_s
-        while not consumer.partitions_for_topic(self.settings.topic) and not self._stop:
+        while not self._partitions_known(consumer) and not self._stop:
             if time.monotonic() > deadline:
                 consumer.close()
                 raise KafkaIOError("no partition metadata", topic=self.settings.topic)
@@ -221,8 +221,15 @@ class DetectorService:
         # joins with an empty metadata snapshot and, once the topic's metadata
         # arrives, rebalances a second time (revoke, checkpoint, assign again);
         # once, under load, that second join never completed.
-        consumer.topics()
+        self._retry("metadata", consumer.topics)
         return consumer
+
+    def _partitions_known(self, consumer: Any) -> bool:
+        try:
+            return bool(consumer.partitions_for_topic(self.settings.topic))
+        except Exception as exc:  # the broker went away between two attempts
+            log.warning("broker_unreachable what=metadata error=%s", exc.__class__.__name__)
+            return False
 
     # ------------------------------------------------------------------ partitions
     def _state_for(self, partition: int) -> PartitionState:

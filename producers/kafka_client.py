@@ -163,25 +163,30 @@ def make_consumer(settings: KafkaSettings, **overrides: Any) -> Any:
 
 
 def ensure_topics(settings: KafkaSettings, topics: dict[str, int]) -> None:
-    """Create the topics (name -> partitions) that do not exist yet."""
+    """Create the topics (name -> partitions) that do not exist yet.
+
+    Every admin call is retried with backoff while the broker does not answer,
+    up to ``connect_timeout_s``.
+    """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = retry_until_connected(
-        lambda: KafkaAdminClient(**settings.client_config()), settings, "admin client"
-    )
-    try:
-        existing = set(admin.list_topics())
-        new = [
-            NewTopic(name, num_partitions=p, replication_factor=1)
-            for name, p in topics.items()
-            if name not in existing
-        ]
-        if new:
-            try:
-                admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-            log.info("topics_created names=%s", ",".join(t.name for t in new))
-    finally:
-        admin.close()
+    def attempt() -> None:
+        admin = KafkaAdminClient(**settings.client_config())
+        try:
+            existing = set(admin.list_topics())
+            new = [
+                NewTopic(name, num_partitions=p, replication_factor=1)
+                for name, p in topics.items()
+                if name not in existing
+            ]
+            if new:
+                try:
+                    admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass
+                log.info("topics_created names=%s", ",".join(t.name for t in new))
+        finally:
+            admin.close()
+
+    retry_until_connected(attempt, settings, "admin client")
