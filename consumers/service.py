@@ -184,7 +184,13 @@ class DetectorService:
     @property
     def producer(self) -> Any:
         if self._producer is None:
-            self._producer = make_producer(self.settings, linger_ms=self.settings.events_linger_ms)
+            # Events and dead letters wait out a broker outage of any length (the
+            # checkpoint's flush fails meanwhile and is retried): never dropped.
+            self._producer = make_producer(
+                self.settings,
+                linger_ms=self.settings.events_linger_ms,
+                delivery_timeout_ms=24 * 3600 * 1000,
+            )
         return self._producer
 
     def _make_consumer(self) -> Any:
@@ -444,7 +450,11 @@ class DetectorService:
         self, state: PartitionState, run: list[Accepted], seen: dict[tuple[str, int], int]
     ) -> None:
         """Score a run, then record its batch numbers as processed."""
-        self._score(state, run)
+        try:
+            self._score(state, run)
+        except Exception as exc:  # e.g. the store refuses the anomalies: never a crash loop
+            for one in run:
+                self._dead_letter(one.record, "internal_error", f"{type(exc).__name__}: {exc}")
         state.last_batch.update(seen)
 
     def _score(self, state: PartitionState, run: list[Accepted]) -> None:

@@ -283,3 +283,31 @@ def test_named_turbines_travel_in_version_2(kafka_servers, topic_factory, group_
             saved.merge(TurbineNames.from_state(cp.detector_state))
     assert sorted(n for _, n in saved.items()) == ["R80711", "R80721", "R80736", "R80790"]
     assert dead_letters(kafka_servers, f"{topic}.d") == {}
+
+
+def test_json_ids_stay_exact_through_the_broker(kafka_servers, topic_factory, group_id, tmp_path):
+    from kafka import KafkaProducer
+
+    topic = topic_factory("ids", partitions=1)
+    big = 2**53 + 1  # float64 would make it 2**53
+    rng = np.random.default_rng(5)
+    producer = KafkaProducer(bootstrap_servers=kafka_servers)
+    for b in range(4):
+        values = rng.normal(size=(20, 2))
+        if b == 3:
+            values[-1] = [40.0, -40.0]
+        doc = {
+            "schema_version": 1,
+            "sensors": ["a", "b"],
+            "batch": b,
+            "timestamps": [1_767_225_600 + 20 * b + i for i in range(20)],
+            "turbine_ids": [big] * 20,
+            "values": values.tolist(),
+        }
+        headers = [("content-type", JSON_TYPE.encode())]
+        producer.send(topic, key=b"group-0", value=json.dumps(doc).encode(), headers=headers)
+    producer.flush()
+    producer.close()
+    detect(kafka_servers, topic, group_id, tmp_path / "st", "--min-samples", 20)
+    anomalies = read_anomalies(tmp_path / "st")
+    assert len(anomalies) >= 1 and set(anomalies.turbine_ids.tolist()) == {big}
