@@ -54,6 +54,7 @@ from producers.kafka_client import (
     ensure_topics,
     make_consumer,
     make_producer,
+    retry_broker_call,
 )
 
 log = logging.getLogger(__name__)
@@ -383,28 +384,9 @@ class DetectorService:
         self.metrics.publish_errors.inc()
         log.error("dead_letter_send_failed topic=%s error=%s", self.settings.dlq_topic, exc)
 
-    def _retry(self, what: str, call: Any, attempts: int | None = None) -> Any:
-        """``call()`` retried with backoff while the broker does not answer (or until stop).
-
-        Returns None when it gave up (stop requested, or ``attempts`` used up).
-        """
-        delay, tries = 0.5, 0
-        while True:
-            try:
-                return call()
-            except Exception as exc:  # kafka-python's errors while the broker is away
-                tries += 1
-                if self._stop or (attempts is not None and tries >= attempts):
-                    log.error("broker_call_failed what=%s error=%s giving_up", what, exc)
-                    return None
-                log.warning(
-                    "broker_unreachable what=%s error=%s retry_in=%.1fs",
-                    what,
-                    exc.__class__.__name__,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+    def _retry(self, what: str, call: Any) -> Any:
+        """``call()`` retried while the broker does not answer (None: gave up)."""
+        return retry_broker_call(what, call, stopped=lambda: self._stop)
 
     def handle(self, partition: int, records: list[Any]) -> None:
         """Process the records polled from one partition, in offset order.

@@ -124,6 +124,35 @@ def retry_until_connected(
             delay = min(delay * 2, 10.0)
 
 
+def retry_broker_call(what: str, call: Any, stopped: Any = None) -> Any:
+    """``call()``, retried with backoff while the broker does not answer.
+
+    Only retriable errors (kafka-python's ``RetriableError``: timeouts, lost
+    connections, stale metadata; and ``OSError``) are retried, until
+    ``stopped()`` says so; any other error is logged and gives up at once.
+    Returns ``call()``'s result, or None when it gave up.
+    """
+    from kafka.errors import RetriableError
+
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:  # kafka-python's errors
+            retriable = isinstance(exc, RetriableError | OSError)
+            if not retriable or (stopped is not None and stopped()):
+                log.error("broker_call_failed what=%s error=%r giving_up", what, exc)
+                return None
+            log.warning(
+                "broker_unreachable what=%s error=%s retry_in=%.1fs",
+                what,
+                exc.__class__.__name__,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def make_producer(settings: KafkaSettings, **overrides: Any) -> Any:
     """An idempotent producer (acks=all, retries) for large batch records."""
     from kafka import KafkaProducer
