@@ -4,6 +4,7 @@ and (slow) a 5-minute one, end with the store and models of an uninterrupted run
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,8 +18,10 @@ __all__ = ["broker"]  # the fixture, imported from test_crash
 pytestmark = pytest.mark.kafka
 
 
-def wait_until_checkpointed(servers: str, topic: str, store: Path, timeout: float) -> None:
-    """Until every partition's checkpoint stands at its end offset."""
+def wait_until_checkpointed(
+    servers: str, topic: str, store: Path, timeout: float, detector: subprocess.Popen
+) -> None:
+    """Until every partition's checkpoint stands at its end offset (the detector alive)."""
     from kafka import KafkaConsumer, TopicPartition
 
     probe = KafkaConsumer(bootstrap_servers=servers)
@@ -37,6 +40,7 @@ def wait_until_checkpointed(servers: str, topic: str, store: Path, timeout: floa
             done &= cp is not None and cp.offset == end
         if done:
             return
+        assert detector.poll() is None, detector.stderr.read()[-3000:]  # running throughout
         time.sleep(1)
     raise AssertionError(f"the detector did not catch up within {timeout} s")
 
@@ -77,7 +81,7 @@ def test_a_broker_outage_is_survived_with_the_same_store(broker, tmp_path, outag
         again = spawn(*replay, "--speed", 0)
         _, perr = again.communicate(timeout=900)
         assert again.returncode == 0, perr[-2000:]
-    wait_until_checkpointed(broker.servers, topic, store, timeout=600)
+    wait_until_checkpointed(broker.servers, topic, store, 600, detector)
     assert detector.poll() is None, detector.stderr.read()[-3000:]
     detector.send_signal(signal.SIGTERM)
     _, err = detector.communicate(timeout=300)
