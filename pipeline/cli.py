@@ -36,11 +36,25 @@ EXIT_BAD_INPUT = 2
 
 
 # ---------------------------------------------------------------------- helpers
+# Timestamps ISO 8601 can show: years 1 to 9999 (seconds since the epoch).
+_ISO_RANGE = (-62_135_596_800.0, 253_402_300_800.0)
+
+
 def iso(ts: float) -> str:
-    """Seconds since the epoch as ISO 8601 UTC (to the millisecond when fractional)."""
-    if float(ts).is_integer():
-        return str(np.datetime64(int(ts), "s")) + "Z"
-    return str(np.datetime64(int(round(ts * 1000)), "ms")) + "Z"
+    """Seconds since the epoch as ISO 8601 UTC (to the millisecond when fractional).
+
+    A timestamp no date can show (NaN, inf, beyond year 9999: a store written
+    before timestamps were validated) is flagged, never fatal:
+
+    >>> iso(1767225600.0), iso(1767225600.5), iso(1e300), iso(float("nan"))
+    ('2026-01-01T00:00:00Z', '2026-01-01T00:00:00.500Z', 'invalid:1e+300', 'invalid:nan')
+    """
+    value = float(ts)
+    if not (_ISO_RANGE[0] <= value < _ISO_RANGE[1]):
+        return f"invalid:{value!r}"
+    if value.is_integer():
+        return str(np.datetime64(int(value), "s")) + "Z"
+    return str(np.datetime64(int(round(value * 1000)), "ms")) + "Z"
 
 
 def parse_time(text: str) -> float:

@@ -50,9 +50,7 @@ def test_conditional_score_is_the_regression_residual_distance(rng):
     assert r.n_anomalies > 0
     # Contributions: responses only, summing to the score.
     np.testing.assert_array_equal(r.contributions[:, :2], 0.0)
-    np.testing.assert_allclose(
-        r.contributions.sum(axis=1), r.distances[r.anomaly_index], rtol=1e-8
-    )
+    np.testing.assert_allclose(r.contributions.sum(axis=1), r.distances[r.anomaly_index], rtol=1e-8)
 
 
 def test_conditions_are_ordered_first_whatever_their_column(rng):
