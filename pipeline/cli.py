@@ -26,6 +26,7 @@ from pipeline.config import DetectorConfig, load_config, make_config
 from pipeline.errors import ConfigError, InputError, TurbineError
 from pipeline.evaluation import Confusion, DelayTracker, alarm_mask
 from pipeline.memory import limit_blas_threads, tune_malloc
+from pipeline.names import TurbineNames, turbine_id
 from pipeline.recordings import RecordingSpec, RecordingWriter, read_recording
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
 from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
@@ -58,34 +59,57 @@ def parse_time(text: str) -> float:
 
 
 def add_recording_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("recorded file")
-    g.add_argument("--sep", default=",", help="CSV separator (default ',')")
-    g.add_argument("--time-col", default="timestamp", help="time column (default 'timestamp')")
-    g.add_argument("--id-col", default="turbine_id", help="turbine id column; absent: one machine")
-    g.add_argument("--label-col", default=None, help="label column (default 'label' if present)")
+    g = p.add_argument_group("recorded file (defaults: the configuration's [recording] table)")
+    g.add_argument("--sep", help="CSV separator (default ',')")
+    g.add_argument("--time-col", help="time column (default 'timestamp')")
+    g.add_argument("--id-col", help="turbine id or name column; absent: one machine")
+    g.add_argument("--label-col", help="label column (default 'label' if present)")
     g.add_argument("--drop-col", action="append", default=[], help="column to ignore (repeat)")
-    g.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
+    g.add_argument("--chunk-rows", type=int, help="rows read at a time (default 65536)")
+    g.add_argument(
+        "--sensors",
+        dest="sensor_cols",
+        metavar="COL[=NAME],...",
+        help="sensor columns to read, in order, optionally renamed (default: every numeric column)",
+    )
+    g.add_argument(
+        "--sentinel",
+        action="append",
+        default=[],
+        metavar="SENSOR=V[;V...]",
+        help="values of SENSOR that mean 'no reading' (read as missing; repeat)",
+    )
 
 
-def recording_spec(args: argparse.Namespace) -> RecordingSpec:
-    """The recorded-file options; ``--sep '\\t'`` is a tab."""
+def recording_spec(args: argparse.Namespace, config: DetectorConfig | None = None) -> RecordingSpec:
+    """The recorded-file options over the configuration's; ``--sep '\\t'`` is a tab."""
+    given: dict[str, object] = {}
+    if args.sep is not None:
+        try:
+            given["sep"] = args.sep.encode().decode("unicode_escape")
+        except UnicodeDecodeError:
+            raise ConfigError(f"--sep {args.sep!r}: not a separator") from None
+    for key, value in (
+        ("time_col", args.time_col),
+        ("id_col", args.id_col),
+        ("label_col", args.label_col),
+        ("chunk_rows", args.chunk_rows),
+        ("sensors", getattr(args, "sensor_cols", None)),
+    ):
+        if value is not None:
+            given[key] = value
+    if args.drop_col:
+        given["drop_cols"] = tuple(args.drop_col)
+    if getattr(args, "sentinel", None):
+        given["sentinels"] = ",".join(args.sentinel)
+    base = config.recording if config is not None and config.recording is not None else None
     try:
-        sep = args.sep.encode().decode("unicode_escape")
-    except UnicodeDecodeError:
-        raise ConfigError(f"--sep {args.sep!r}: not a separator") from None
-    try:
-        return RecordingSpec(
-            sep=sep,
-            time_col=args.time_col,
-            id_col=args.id_col,
-            label_col=args.label_col,
-            drop_cols=tuple(args.drop_col),
-            chunk_rows=args.chunk_rows,
-        )
+        return RecordingSpec.model_validate({**(base.model_dump() if base else {}), **given})
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise ConfigError(f"recording options: {loc}: {first['msg']}") from None
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"recording options: {loc}: {msg}") from None
 
 
 def add_detector_options(p: argparse.ArgumentParser) -> None:
@@ -119,6 +143,7 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
 
 def print_summary(report: RunReport, out=sys.stdout) -> None:
     w = out.write
+    name = report.names.name_of
     w(f"{report.path}: {report.readings:,} readings scored")
     if report.learned_only:
         w(f" (+{report.learned_only:,} learned only)")
@@ -127,16 +152,26 @@ def print_summary(report: RunReport, out=sys.stdout) -> None:
     if report.seconds > 0:
         w(f" ({(report.readings + report.learned_only) / report.seconds / 1e6:.2f} M readings/s)")
     w("\n")
+    q = report.quirks
+    if q.duplicate or q.out_of_order or q.sentinels:
+        w(
+            f"data quirks: {q.duplicate:,} duplicate readings (same turbine and UTC time; "
+            f"the first kept), {q.out_of_order:,} out of order (skipped), "
+            f"{q.sentinels:,} sentinel values read as missing"
+        )
+        if q.sentinel:
+            w(" (" + ", ".join(f"{s}: {k:,}" for s, k in sorted(q.sentinel.items())) + ")")
+        w("\n")
     if report.anomalies:
         w(f"threshold (squared distance): {report.threshold:.3f}\n")
         busiest = sorted(report.per_turbine.items(), key=lambda kv: -kv[1])[:10]
         w("anomalies per turbine (top 10): ")
-        w(", ".join(f"{t}: {c}" for t, c in busiest) + "\n")
+        w(", ".join(f"{name(t)}: {c}" for t, c in busiest) + "\n")
         w("worst events:\n")
         for dist, ts, turbine, contrib in report.top.rows:
             order = np.argsort(contrib)[::-1][:2]
             top = ", ".join(f"{report.sensors[j]} {contrib[j]:.1f}" for j in order)
-            w(f"  {iso(ts)}  turbine {turbine:>5}  distance^2 {dist:10.1f}  ({top})\n")
+            w(f"  {iso(ts)}  turbine {name(turbine):>5}  distance^2 {dist:10.1f}  ({top})\n")
     if report.confusion is not None:
         c = report.confusion
         w(
@@ -214,7 +249,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise ConfigError("detect needs --store DIR")
     report, _ = run_file(
         args.input,
-        recording_spec(args),
+        recording_spec(args, config),
         config,
         store_dir=args.store,
         batch_steps=args.batch_steps,
@@ -233,7 +268,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     config = detector_config(args)
-    spec = recording_spec(args)
+    spec = recording_spec(args, config)
     total = Confusion()
     per_file = []
     for path in args.input:
@@ -302,9 +337,13 @@ def _json_number(x: object) -> object:
 def cmd_anomalies(args: argparse.Namespace) -> int:
     stores = [AnomalyStore(p) for p in store_paths(args.store)]
     sensors = next((st.sensors for st in stores if st.sensors), ())
+    names = TurbineNames()
+    for st in stores:
+        names.merge(st.names)
+    args.turbine = None if args.turbine is None else turbine_id(args.turbine)
     if args.similar_to is not None:
-        return similar_anomalies(args, stores, sensors)
-    rows = AnomalyRows(sys.stdout, args.format, sensors)
+        return similar_anomalies(args, stores, sensors, names)
+    rows = AnomalyRows(sys.stdout, args.format, sensors, names=names)
     for st in stores:
         for table in st.iter_chunks(args.turbine, args.since, args.until):
             rows.write(table)
@@ -313,7 +352,10 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
 
 
 def similar_anomalies(
-    args: argparse.Namespace, stores: list[AnomalyStore], sensors: tuple[str, ...]
+    args: argparse.Namespace,
+    stores: list[AnomalyStore],
+    sensors: tuple[str, ...],
+    names: TurbineNames | None = None,
 ) -> int:
     """``anomalies --similar-to EVENT``: the earlier anomalies most like it, best first."""
     from pipeline.similarity import SeenBefore
@@ -338,26 +380,37 @@ def similar_anomalies(
                     allowed &= ts <= args.until
             seen.update(chunk, allowed)
     matches, similarity = seen.matches(0)
-    rows = AnomalyRows(sys.stdout, args.format, sensors, similarity=True)
+    rows = AnomalyRows(sys.stdout, args.format, sensors, similarity=True, names=names)
     rows.write(matches, similarity)
     rows.close()
     return 0
 
 
 class AnomalyRows:
-    """Anomaly tables written as CSV rows or one JSON array, table after table."""
+    """Anomaly tables written as CSV rows or one JSON array, table after table.
+
+    Each row carries the turbine's int64 id (``turbine_id``) and its name
+    (``turbine``: ``R80711``, or the id in decimal when it has no name).
+    """
 
     def __init__(
-        self, out: TextIO, fmt: str, sensors: tuple[str, ...], similarity: bool = False
+        self,
+        out: TextIO,
+        fmt: str,
+        sensors: tuple[str, ...],
+        similarity: bool = False,
+        names: TurbineNames | None = None,
     ) -> None:
         self.out, self.format, self.sensors = out, fmt, sensors
+        self.names = names if names is not None else TurbineNames()
         self.similarity = similarity
         self.first = True
         if fmt == "csv":
             self.writer = csv.writer(out, lineterminator="\n")
             self.writer.writerow(
                 (["similarity"] if similarity else [])
-                + ["event", "timestamp", "time", "turbine_id", "distance2", "threshold", "model"]
+                + ["event", "timestamp", "time", "turbine_id", "turbine", "distance2"]
+                + ["threshold", "model"]
                 + [f"contribution_{s}" for s in sensors]
             )
         else:
@@ -365,6 +418,7 @@ class AnomalyRows:
 
     def write(self, table: Anomalies, similarity: np.ndarray | None = None) -> None:
         ids = table.event_ids()
+        turbines = self.names.labels(table.turbine_ids)
         for i in range(len(table)):  # output formatting, one line per anomaly
             model = "turbine" if table.scored_by[i] == 1 else "fleet"
             if self.format == "csv":
@@ -375,6 +429,7 @@ class AnomalyRows:
                         repr(float(table.timestamps[i])),
                         iso(table.timestamps[i]),
                         int(table.turbine_ids[i]),
+                        turbines[i],
                         repr(float(table.distances[i])),
                         repr(float(table.thresholds[i])),
                         model,
@@ -391,6 +446,7 @@ class AnomalyRows:
                         "timestamp": float(table.timestamps[i]),
                         "time": iso(table.timestamps[i]),
                         "turbine_id": int(table.turbine_ids[i]),
+                        "turbine": turbines[i],
                         "distance2": float(table.distances[i]),
                         "threshold": float(table.thresholds[i]),
                         "model": model,
@@ -521,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("anomalies", help="list anomalies from a store")
     p.add_argument("store", type=Path)
-    p.add_argument("--turbine", type=int)
+    p.add_argument("--turbine", help="a turbine name (R80711) or integer id")
     p.add_argument("--since", type=parse_time)
     p.add_argument("--until", type=parse_time)
     p.add_argument("--format", choices=("csv", "json"), default="csv")
