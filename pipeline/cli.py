@@ -488,6 +488,70 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inject(args: argparse.Namespace) -> int:
+    from pipeline.inject import load_plan, make_plan, parse_duration, parse_kinds, random_plan
+    from pipeline.recordings.injected import inject_file, survey
+
+    config = load_config(args.config) if args.config is not None else None
+    spec = recording_spec(args, config)
+    single = [args.kind is not None, args.plan is not None, args.random is not None]
+    if sum(single) != 1:
+        raise ConfigError("inject needs one of --kind (one fault), --plan FILE or --random N")
+    if args.plan is not None:
+        plan = load_plan(args.plan)
+    elif args.kind is not None:
+        missing = [o for o, v in (("--start", args.start), ("--duration", args.duration)) if not v]
+        if args.turbine is None:
+            missing.insert(0, "--turbine")
+        if missing:
+            raise ConfigError(f"inject --kind needs {', '.join(missing)}")
+        fault = {
+            "kind": args.kind,
+            "turbine": args.turbine,
+            "start": args.start,
+            "duration": args.duration,
+            "size": args.size if args.size is not None else 0.0,
+            "above": args.above,
+        }
+        if args.sensor is not None:
+            fault["sensor"] = args.sensor
+        plan = make_plan([fault], source="options")
+    else:
+        if args.kinds is None:
+            raise ConfigError("inject --random needs --kinds KIND[:SENSOR[:SIZE]],...")
+        if args.duration is None:
+            raise ConfigError("inject --random needs --duration (e.g. 14d)")
+        found = survey(args.input, spec)
+        turbines = found.turbines if args.turbine is None else args.turbine.split(",")
+        since = parse_instant_option(args.since, found.since)
+        until = parse_instant_option(args.until, found.until + 1.0)
+        plan = random_plan(
+            turbines,
+            since,
+            until,
+            args.random,
+            parse_kinds(args.kinds),
+            parse_duration(args.duration),
+            args.seed,
+            gap=parse_duration(args.gap),
+        )
+    if args.write_plan is not None:
+        Path(args.write_plan).write_text(plan.to_json() + "\n", encoding="utf-8")
+    report = inject_file(args.input, args.output, spec, plan)
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(plan.kind_counts().items()))
+    print(
+        f"wrote {report.rows:,} readings to {args.output}: {len(plan.faults)} faults ({kinds}), "
+        f"{report.labelled:,} readings labelled"
+    )
+    return 0
+
+
+def parse_instant_option(text: str | None, default: float) -> float:
+    from pipeline.inject import parse_instant
+
+    return default if text is None else parse_instant(text)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from producers.commands import replay
 
@@ -561,6 +625,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_recording_options(p)
     add_detector_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "inject", help="write a copy of a recorded file with labelled faults injected"
+    )
+    p.add_argument("--input", type=Path, required=True, help="recorded file (.csv or .npz)")
+    p.add_argument("--output", type=Path, required=True, help="the copy with faults")
+    p.add_argument("--config", type=Path, help="configuration whose [recording] table reads it")
+    g = p.add_argument_group("one fault")
+    g.add_argument("--kind", choices=("derating", "offset", "gain", "stuck", "drift"))
+    g.add_argument("--turbine", help="turbine name or id (--random: comma-separated choice)")
+    g.add_argument("--sensor", help="sensor (name or column; derating: default 'power')")
+    g.add_argument("--start", help="fault start: ISO 8601 (offset honoured) or epoch seconds")
+    g.add_argument("--duration", help="fault length: 14d, 6h, 30m, 90s or seconds")
+    g.add_argument(
+        "--size",
+        type=float,
+        help="derating/gain: a fraction (0.06); offset/drift: sensor units",
+    )
+    g.add_argument(
+        "--above", type=float, default=0.0, help="derating acts while power > this (default 0)"
+    )
+    g = p.add_argument_group("many faults")
+    g.add_argument("--plan", type=Path, help="TOML ([[fault]] tables) or JSON list of faults")
+    g.add_argument("--random", type=int, metavar="N", help="N faults drawn from --seed")
+    g.add_argument(
+        "--kinds",
+        metavar="KIND[:SENSOR[:SIZE]],...",
+        help="--random: the kinds, used in turn (e.g. derating::0.06,gain:wind_speed:0.07)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="--random: the seed (default 0)")
+    g.add_argument("--since", help="--random: earliest start (default: the file's first time)")
+    g.add_argument("--until", help="--random: latest end (default: the file's last time)")
+    g.add_argument(
+        "--gap", default="0", help="--random: least time between faults of a turbine (e.g. 2d)"
+    )
+    g.add_argument("--write-plan", type=Path, help="also write the plan used (JSON)")
+    add_recording_options(p)
+    p.set_defaults(func=cmd_inject)
 
     p = sub.add_parser("replay", help="replay a recorded file to Kafka")
     p.add_argument("file", type=Path)
