@@ -182,11 +182,11 @@ def make_plan(faults: Sequence[Mapping[str, object]], source: str = "plan") -> F
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = list(first["loc"])
-        where = f"fault {int(loc[1]) + 1}" if len(loc) > 1 and isinstance(loc[1], int) else "plan"
-        field = ".".join(str(x) for x in loc[2:]) or "fault"
         ctx = first.get("ctx", {})
         msg = str(ctx["error"]) if isinstance(ctx.get("error"), ConfigError) else first["msg"]
-        raise ConfigError(f"{source}: {where}: {field}: {msg}") from None
+        where = [f"fault {int(loc[1]) + 1}"] if len(loc) > 1 and isinstance(loc[1], int) else []
+        where += [".".join(str(x) for x in loc[2:])] if loc[2:] else []
+        raise ConfigError(": ".join([source, *where, msg])) from None
 
 
 def load_plan(path: str | Path) -> FaultPlan:
