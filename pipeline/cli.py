@@ -473,11 +473,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(
         worst_turbines=args.worst, top_events=args.top_events, similar=args.similar
     )
+    # The store's configuration may say how to read its input (its [recording] table).
+    recorded = next((AnomalyStore(p).config for p in store_paths(args.store)), None)
     report = write_report(
         args.store,
         args.output,
         input_path=args.input,
-        spec=recording_spec(args) if args.input is not None else None,
+        spec=recording_spec(args, recorded) if args.input is not None else None,
         batch_steps=args.batch_steps,
         checkpoint_dir=args.checkpoint_dir,
         options=options,

@@ -167,3 +167,37 @@ def test_lhb_file_reads_as_it_is(lhb_csv):
     assert np.unique(chunk.timestamps).size == 105_108
     assert not (np.diff(chunk.timestamps) < 0).any()
     assert int(np.isnan(chunk.values).any(axis=1).sum()) == 2_569
+
+
+def test_names_reach_the_model_the_store_and_the_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pipeline.detector import Detector
+    from pipeline.store import AnomalyStore
+    from tests.cli_support import turbine
+
+    lines = ["Wind_turbine_name,Date_time,Ba_avg,P_avg,Ot_avg"]
+    for i in range(300):
+        for k, name in enumerate(("R80711", "R80721")):
+            a, b = (i % 7, (i * 3 + k) % 5) if (i, name) != (250, "R80721") else (60, -60)
+            stamp = np.datetime64(1_400_000_000 + 600 * i + 7200, "s")
+            lines.append(f"{name},{stamp}+02:00,{a},{b},{-273.2 if i == 5 else i % 3}")
+    lines.append(lines[-1])  # a duplicate row
+    src = tmp_path / "n.csv"
+    src.write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "farm.toml"
+    cfg.write_text(
+        "min_samples = 50\n[recording]\nid_col = 'Wind_turbine_name'\ntime_col = 'Date_time'\n"
+        "sensors = ['Ba_avg=pitch', 'P_avg=power', 'Ot_avg=outdoor_temp']\n"
+        "sentinels = {Ot_avg = -273.2}\n"
+    )
+    turbine("detect", "--input", src, "--store", tmp_path / "st", "--config", cfg)
+    with np.load(tmp_path / "st" / "model.npz") as f:
+        model = Detector.from_state(dict(f))
+    assert [n for _, n in model.names.items()] == ["R80711", "R80721"]
+    assert [n for _, n in AnomalyStore(tmp_path / "st").names.items()] == ["R80711", "R80721"]
+    # The report reads the input with the store's [recording] table: no options needed.
+    turbine("report", "--store", tmp_path / "st", "--output", tmp_path / "rep", "--input", src)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "<td>R80721</td>" in page and "turbine names</th><td>R80711, R80721" in page
+    assert "1 duplicate readings dropped" in page and "outdoor_temp 2" in page
+    assert "warning: re-scoring" not in page
