@@ -27,6 +27,7 @@ from pipeline.errors import ConfigError, InputError, TurbineError
 from pipeline.evaluation import Confusion, DelayTracker, alarm_mask
 from pipeline.memory import limit_blas_threads, tune_malloc
 from pipeline.names import TurbineNames, turbine_id
+from pipeline.quirks import Quirks
 from pipeline.recordings import RecordingSpec, RecordingWriter, read_recording
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
 from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
@@ -308,7 +309,8 @@ def evaluate_store(path: Path, spec: RecordingSpec, store: Path, train_rows: int
     with read_recording(path, spec) as rec:
         if not rec.has_labels:
             raise InputError("no label column (set --label-col)", path=str(path))
-        for chunk in rec:
+        # The readings the detector saw: the same quirks dropped and blanked.
+        for chunk in Quirks.for_spec(spec, rec.sensors).filter(rec):
             skip = max(0, min(len(chunk), train_rows - seen))
             seen += len(chunk)
             part = chunk.take(slice(skip, None))

@@ -443,3 +443,36 @@ def test_lhb_benchmark_plan(lhb_csv, tmp_path):
     )
     # The sentinel readings are copied as they were, never drifted.
     assert (np.abs(back.values[:, 3] + 273.2) < 1e-3).sum() == 33
+
+
+def test_evaluate_of_a_store_agrees_with_the_engine_on_an_injected_file_with_quirks(tmp_path, rng):
+    src = scada_file(tmp_path, rng)
+    text = src.read_text().splitlines()
+    src.write_text("\n".join([*text, text[-1], text[-40]]) + "\n")  # a duplicate, a step back
+    out = tmp_path / "faulty.csv"
+    turbine(
+        "inject",
+        "--input",
+        src,
+        "--output",
+        out,
+        *SCADA,
+        "--random",
+        4,
+        "--seed",
+        5,
+        "--kinds",
+        "offset:pitch:3,gain:Ws_avg:0.3",
+        "--duration",
+        "6h",
+    )
+    opts = [*SCADA, "--min-samples", "40", "--format", "json"]
+    turbine("detect", "--input", out, "--store", tmp_path / "st", *SCADA, "--min-samples", "40")
+    engine = json.loads(turbine("evaluate", "--input", out, *opts).stdout)
+    stored = json.loads(
+        turbine("evaluate", "--input", out, "--store", tmp_path / "st", *opts).stdout
+    )
+    assert engine["tp"] + engine["fn"] == stored["tp"] + stored["fn"] > 0
+    assert {k: engine[k] for k in ("tp", "fp", "fn", "tn")} == {
+        k: stored[k] for k in ("tp", "fp", "fn", "tn")
+    }
