@@ -65,19 +65,22 @@ def test_names_chosen_columns_renames_and_empty_cells(tmp_path):
             "R80721,2014-01-01T01:00:00+01:00,,,,",
             "R80711,2014-01-01T01:10:00+01:00,-0.5,600.0,0.1,",
             "7,2014-01-01T01:10:00+01:00,2.0,10.0,0.2,x",
+            "7.0,2014-01-01T01:20:00+01:00,2.0,10.0,0.2,x",
         ],
     )
     rec, chunk = read_all(path, SCADA)
     assert rec.sensors == ("pitch", "power")
     assert rec.ignored == ["Va_avg", "Note"]
-    ids = [turbine_id("R80711"), turbine_id("R80721"), turbine_id("R80711"), 7]
+    ids = [turbine_id("R80711"), turbine_id("R80721"), turbine_id("R80711"), 7, 7]
     assert chunk.turbine_ids.tolist() == ids
     assert chunk.turbine_ids.dtype == np.int64
-    assert rec.names.labels(chunk.turbine_ids) == ["R80711", "R80721", "R80711", "7"]
+    assert rec.names.labels(chunk.turbine_ids) == ["R80711", "R80721", "R80711", "7", "7"]
     np.testing.assert_array_equal(
-        chunk.values, [[-1.0, 642.5], [np.nan, np.nan], [-0.5, 600.0], [2.0, 10.0]]
+        chunk.values, [[-1.0, 642.5], [np.nan, np.nan], [-0.5, 600.0], [2.0, 10.0], [2.0, 10.0]]
     )
-    assert chunk.timestamps.tolist() == [1_388_534_400.0] * 2 + [1_388_535_000.0] * 2
+    assert chunk.timestamps.tolist() == [1_388_534_400.0] * 2 + [1_388_535_000.0] * 2 + [
+        1_388_535_600.0
+    ]
 
 
 def test_names_in_a_later_chunk_after_integer_ids(tmp_path):

@@ -246,7 +246,8 @@ class CsvRecording:
     ) -> NDArray[np.int64]:
         sep = self.spec.sep
         cells = np.array([_cells(t, sep)[col].strip('"') for t in text], dtype=np.str_)
-        uniq, first = np.unique(cells, return_index=True)
+        uniq, first, inverse = np.unique(cells, return_index=True, return_inverse=True)
+        canonical = []
         for name, i in zip(uniq.tolist(), first.tolist(), strict=True):  # distinct names only
             problem = None
             if name == "":
@@ -255,8 +256,11 @@ class CsvRecording:
                 problem = f"turbine id {name!r} is not an integer"
             if problem is not None:
                 raise self._error(problem, int(line_no[i]), self.spec.id_col)
+            # A number is an integer id however it is written ("7.0", "007"), as in a
+            # column of numbers only.
+            canonical.append(str(int(float(name))) if _is_number(name) else name)
         try:
-            return self.names.ids_of(cells)
+            return self.names.ids_of(canonical)[inverse.ravel()]
         except SchemaError as exc:
             raise self._error(str(exc), column=self.spec.id_col) from None
 
