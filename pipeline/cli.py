@@ -46,14 +46,16 @@ def iso(ts: float) -> str:
 
 
 def parse_time(text: str) -> float:
-    """Epoch seconds or an ISO 8601 date/time (UTC) as epoch seconds."""
+    """Epoch seconds, or an ISO 8601 date/time (its offset honoured; none: UTC)."""
     try:
         return float(text)
     except ValueError:
         pass
+    from pipeline.recordings.isotime import TimeFormatError, parse_times
+
     try:
-        return float(np.datetime64(text.rstrip("Z"), "ms").astype(np.int64)) / 1000.0
-    except ValueError:
+        return float(parse_times([text])[0])
+    except TimeFormatError:
         raise argparse.ArgumentTypeError(
             f"not a time: {text!r} (epoch seconds or ISO 8601)"
         ) from None
