@@ -476,3 +476,44 @@ def test_evaluate_of_a_store_agrees_with_the_engine_on_an_injected_file_with_qui
     assert {k: engine[k] for k in ("tp", "fp", "fn", "tn")} == {
         k: stored[k] for k in ("tp", "fp", "fn", "tn")
     }
+
+
+def test_a_seed_gives_the_same_file_and_its_written_plan_replays_it(tmp_path, rng):
+    src = scada_file(tmp_path, rng)
+    args = [
+        "--random",
+        6,
+        "--kinds",
+        "derating::0.1,stuck:Ws_avg,drift:pitch:2",
+        "--duration",
+        "5h",
+        *SCADA,
+    ]
+    for name in ("a", "b"):
+        turbine(
+            "inject",
+            "--input",
+            src,
+            "--output",
+            tmp_path / f"{name}.csv",
+            "--seed",
+            11,
+            *args,
+            "--write-plan",
+            tmp_path / f"{name}.json",
+        )
+    turbine("inject", "--input", src, "--output", tmp_path / "c.csv", "--seed", 12, *args)
+    turbine(
+        "inject",
+        "--input",
+        src,
+        "--output",
+        tmp_path / "d.csv",
+        "--plan",
+        tmp_path / "a.json",
+        *SCADA,
+    )
+    a = (tmp_path / "a.csv").read_bytes()
+    assert a == (tmp_path / "b.csv").read_bytes() == (tmp_path / "d.csv").read_bytes()
+    assert a != (tmp_path / "c.csv").read_bytes()
+    assert len(json.loads((tmp_path / "a.json").read_text())) == 6
