@@ -30,6 +30,11 @@ def _cells(line: str, sep: str) -> list[str]:
     return [c.strip() for c in line.split(sep)]
 
 
+def _cell(line: str, sep: str, col: int) -> str:
+    """Cell ``col`` of a line, stripped (the line split only as far as that cell)."""
+    return line.split(sep, col + 1)[col].strip()
+
+
 def _is_integer(cell: str) -> bool:
     value = float(cell)
     return math.isfinite(value) and value == round(value) and abs(value) < 2**53
@@ -220,7 +225,7 @@ class CsvRecording:
             labels = (np.nan_to_num(raw, nan=0.0) != 0).astype(np.int8)
         kinds = None
         if self.kind_index is not None:
-            kinds = np.array([_cells(t, sep)[self.kind_index] for t in text], dtype=np.str_)
+            kinds = np.array([_cell(t, sep, self.kind_index) for t in text], dtype=np.str_)
         return Chunk(ts, ids, values, labels, kinds, line_no)
 
     def _turbine_ids(self, text: list[str], line_no: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -245,7 +250,7 @@ class CsvRecording:
         self, text: list[str], line_no: NDArray[np.int64], col: int
     ) -> NDArray[np.int64]:
         sep = self.spec.sep
-        cells = np.array([_cells(t, sep)[col].strip('"') for t in text], dtype=np.str_)
+        cells = np.array([_cell(t, sep, col).strip('"') for t in text], dtype=np.str_)
         uniq, first, inverse = np.unique(cells, return_index=True, return_inverse=True)
         canonical = []
         for name, i in zip(uniq.tolist(), first.tolist(), strict=True):  # distinct names only
@@ -311,7 +316,7 @@ class CsvRecording:
 
     def _datetimes(self, text: list[str], line_no: NDArray[np.int64]) -> NDArray[np.float64]:
         sep, col = self.spec.sep, self.time_index
-        cells = [t.split(sep)[col].strip().strip('"') for t in text]
+        cells = [_cell(t, sep, col).strip('"') for t in text]
         empty = next((r for r, c in enumerate(cells) if c == ""), None)
         if empty is not None:
             raise self._error("missing timestamp", int(line_no[empty]), self.spec.time_col)
