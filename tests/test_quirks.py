@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.config import DetectorConfig
 from pipeline.errors import ConfigError
@@ -48,6 +50,23 @@ def test_order_codes_match_a_naive_scan_over_any_chunking(seed, pieces):
     assert (OUT_OF_ORDER in got) and (DUPLICATE in got)
     for i, t in zip(last_ids.tolist(), last_times.tolist(), strict=True):
         assert t == ts[ids == i].max()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-2, 2), st.integers(0, 6)), min_size=1, max_size=60),
+    st.lists(st.integers(1, 59), max_size=5),
+)
+def test_order_codes_property(rows, cuts):
+    ids = np.array([r[0] for r in rows], dtype=np.int64) * (1 << 40)
+    ts = np.array([r[1] for r in rows], dtype=np.float64)
+    bounds = sorted({0, len(rows), *(c for c in cuts if c < len(rows))})
+    last_ids, last_times = np.zeros(0, np.int64), np.zeros(0)
+    got: list[int] = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        codes, last_ids, last_times = order_codes(ts[a:b], ids[a:b], last_ids, last_times)
+        got += codes.tolist()
+    assert got == naive_codes(ts, ids)
 
 
 def test_sentinels_blank_at_export_precision_only():
