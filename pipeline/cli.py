@@ -147,6 +147,8 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
 def print_summary(report: RunReport, out=sys.stdout) -> None:
     w = out.write
     name = report.names.name_of
+    if report.attribution:
+        w(f"data: {report.attribution}\n")
     w(f"{report.path}: {report.readings:,} readings scored")
     if report.learned_only:
         w(f" (+{report.learned_only:,} learned only)")

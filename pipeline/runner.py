@@ -107,6 +107,7 @@ class RunReport:
     threshold: float = float("nan")
     quirks: QuirkCounts = field(default_factory=QuirkCounts)
     names: TurbineNames = field(default_factory=TurbineNames)
+    attribution: str | None = None
 
 
 def _split_training(
@@ -156,7 +157,12 @@ def run_recording(
     an input error.
     """
     path = str(recording.path)
-    report = RunReport(path=path, sensors=recording.sensors, names=recording.names)
+    report = RunReport(
+        path=path,
+        sensors=recording.sensors,
+        names=recording.names,
+        attribution=recording.spec.attribution,
+    )
     quirks = Quirks.for_spec(recording.spec, recording.sensors)
     labelled = recording.has_labels
     if labelled:

@@ -191,9 +191,10 @@ def test_names_reach_the_model_the_store_and_the_report(tmp_path):
     cfg.write_text(
         "min_samples = 50\n[recording]\nid_col = 'Wind_turbine_name'\ntime_col = 'Date_time'\n"
         "sensors = ['Ba_avg=pitch', 'P_avg=power', 'Ot_avg=outdoor_temp']\n"
-        "sentinels = {Ot_avg = -273.2}\n"
+        "sentinels = {Ot_avg = -273.2}\nattribution = 'Test farm data, CC0'\n"
     )
-    turbine("detect", "--input", src, "--store", tmp_path / "st", "--config", cfg)
+    out = turbine("detect", "--input", src, "--store", tmp_path / "st", "--config", cfg).stdout
+    assert out.startswith("data: Test farm data, CC0\n")
     with np.load(tmp_path / "st" / "model.npz") as f:
         model = Detector.from_state(dict(f))
     assert [n for _, n in model.names.items()] == ["R80711", "R80721"]
@@ -204,3 +205,4 @@ def test_names_reach_the_model_the_store_and_the_report(tmp_path):
     assert "<td>R80721</td>" in page and "turbine names</th><td>R80711, R80721" in page
     assert "1 duplicate readings dropped" in page and "outdoor_temp 2" in page
     assert "warning: re-scoring" not in page
+    assert "<p class='note'>Data: Test farm data, CC0</p>" in page

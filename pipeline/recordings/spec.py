@@ -56,6 +56,12 @@ class RecordingSpec(BaseModel):
         "{sensor: value or [values]} table or 'SENSOR=V[;V...],...'.",
     )
 
+    attribution: str | None = Field(
+        None,
+        description="The data's source and licence, shown wherever results from it are "
+        "(the detect summary, the report).",
+    )
+
     @field_validator("sensors", mode="before")
     @classmethod
     def _sensor_pairs(cls, raw: object) -> object:

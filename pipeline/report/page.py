@@ -272,6 +272,11 @@ def _page(
     add("<h1>Anomaly report</h1>")
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     add(f"<p class='note'>store <code>{esc(str(store))}</code>, generated {generated}</p>")
+    source = config.recording.attribution if config and config.recording else None
+    if run is not None and run.attribution:
+        source = run.attribution
+    if source:
+        add(f"<p class='note'>Data: {esc(source)}</p>")
     for note in report.notes:
         add(f"<p class='warn'>{esc(note)}</p>")
     t0, t1 = float(summary.edges[0]), float(summary.edges[-1])
