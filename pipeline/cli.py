@@ -110,9 +110,11 @@ def recording_spec(args: argparse.Namespace, config: DetectorConfig | None = Non
         return RecordingSpec.model_validate({**(base.model_dump() if base else {}), **given})
     except ValidationError as exc:
         first = exc.errors()[0]
+        error = first.get("ctx", {}).get("error")
+        if isinstance(error, ConfigError):  # already names its field
+            raise ConfigError(f"recording options: {error}") from None
         loc = ".".join(str(x) for x in first["loc"])
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"recording options: {loc}: {msg}") from None
+        raise ConfigError(f"recording options: {loc}: {first['msg']}") from None
 
 
 def add_detector_options(p: argparse.ArgumentParser) -> None:
