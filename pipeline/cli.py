@@ -155,6 +155,8 @@ def print_summary(report: RunReport, out=sys.stdout) -> None:
     if report.learned_only:
         w(f" (+{report.learned_only:,} learned only)")
     w(f", {report.skipped:,} skipped (NaN/inf), {report.anomalies:,} anomalies")
+    if report.states:
+        w(" (not scored: " + ", ".join(f"{n} {c:,}" for n, c in report.states.items()) + ")")
     w(f" in {report.seconds:.2f} s")
     if report.seconds > 0:
         w(f" ({(report.readings + report.learned_only) / report.seconds / 1e6:.2f} M readings/s)")
@@ -179,6 +181,8 @@ def print_summary(report: RunReport, out=sys.stdout) -> None:
             order = np.argsort(contrib)[::-1][:2]
             top = ", ".join(f"{report.sensors[j]} {contrib[j]:.1f}" for j in order)
             w(f"  {iso(ts)}  turbine {name(turbine):>5}  distance^2 {dist:10.1f}  ({top})\n")
+    if report.rebaselined:
+        w(f"re-baselined: {len(report.rebaselined)} model restarts after persistent alarms\n")
     if report.confusion is not None:
         c = report.confusion
         w(
@@ -356,6 +360,14 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
         for table in st.iter_chunks(args.turbine, args.since, args.until):
             rows.write(table)
     rows.close()
+    return 0
+
+
+def cmd_rebaseline(args: argparse.Namespace) -> int:
+    from pipeline.statefiles import rebaseline_files
+
+    for path, names in rebaseline_files(args.path, args.turbine):
+        print(f"{path}: re-baselined {', '.join(names)}")
     return 0
 
 
@@ -701,6 +713,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top", type=int, default=5, help="with --similar-to: how many (default 5)")
     p.set_defaults(func=cmd_anomalies)
+
+    p = sub.add_parser(
+        "rebaseline",
+        help="forget turbines' models after maintenance (a store or state file of a stopped "
+        "detector; the running service takes the control topic)",
+    )
+    p.add_argument("path", type=Path, help="store directory, model.npz or a checkpoint file")
+    p.add_argument(
+        "--turbine", action="append", required=True, help="turbine name or id (repeatable)"
+    )
+    p.set_defaults(func=cmd_rebaseline)
 
     p = sub.add_parser(
         "report", help="write an HTML anomaly report with figures (timelines, heatmap, ...)"

@@ -105,6 +105,8 @@ class RunReport:
     confusion: Confusion | None = None
     top: TopAnomalies = field(default_factory=TopAnomalies)
     threshold: float = float("nan")
+    states: dict[str, int] = field(default_factory=dict)
+    rebaselined: list[tuple[float, int]] = field(default_factory=list)
     quirks: QuirkCounts = field(default_factory=QuirkCounts)
     names: TurbineNames = field(default_factory=TurbineNames)
     attribution: str | None = None
@@ -189,6 +191,11 @@ def run_recording(
                 store.advance({-1: number + 1})
             report.readings += result.n_readings
             report.skipped += result.n_skipped
+            for name, count in result.state_counts().items():
+                report.states[name] = report.states.get(name, 0) + count
+            if result.rebaselined.size:
+                when = float(batch.timestamps.max())
+                report.rebaselined += [(when, int(t)) for t in result.rebaselined.tolist()]
             report.anomalies += result.n_anomalies
             report.batches += 1
             if result.n_anomalies:
@@ -199,7 +206,7 @@ def run_recording(
                     per_turbine[t] = per_turbine.get(t, 0) + c
                 report.top.add(result)
             if report.confusion is not None and batch.labels is not None:
-                scored = result.scored_by >= 0
+                scored = result.scored_by >= 0  # stops (learn_when states) are not counted
                 lab = batch.labels.astype(bool)[scored]
                 alarm = result.is_anomaly[scored]
                 report.confusion.add(lab, alarm)
