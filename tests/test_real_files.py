@@ -206,3 +206,19 @@ def test_names_reach_the_model_the_store_and_the_report(tmp_path):
     assert "1 duplicate readings dropped" in page and "outdoor_temp 2" in page
     assert "warning: re-scoring" not in page
     assert "<p class='note'>Data: Test farm data, CC0</p>" in page
+
+
+def test_the_shipped_configuration_names_the_lhb_columns(lhb_csv):
+    import tomllib
+
+    from pipeline.quirks import Quirks
+    from tests.conftest import REPO
+
+    raw = tomllib.loads((REPO / "deploy" / "configs" / "la-haute-borne.toml").read_text())
+    spec = RecordingSpec.model_validate(raw["recording"])
+    assert "Open Licence 2.0" in (spec.attribution or "")
+    with read_recording(lhb_csv, spec) as rec:
+        quirks = Quirks.for_spec(spec, rec.sensors)
+        n = sum(len(c) for c in quirks.filter(rec))
+        assert rec.sensors == ("pitch", "power", "wind_speed", "outdoor_temp")
+    assert n == 420_480 - 48 and quirks.counts.sentinel == {"outdoor_temp": 33}
