@@ -26,6 +26,8 @@ from pipeline.config import DetectorConfig, load_config, make_config
 from pipeline.errors import ConfigError, InputError, TurbineError
 from pipeline.evaluation import Confusion, DelayTracker, alarm_mask
 from pipeline.memory import limit_blas_threads, tune_malloc
+from pipeline.names import TurbineNames, turbine_id
+from pipeline.quirks import Quirks
 from pipeline.recordings import RecordingSpec, RecordingWriter, read_recording
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
 from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
@@ -58,48 +60,75 @@ def iso(ts: float) -> str:
 
 
 def parse_time(text: str) -> float:
-    """Epoch seconds or an ISO 8601 date/time (UTC) as epoch seconds."""
+    """Epoch seconds, or an ISO 8601 date/time (its offset honoured; none: UTC)."""
     try:
         return float(text)
     except ValueError:
         pass
+    from pipeline.recordings.isotime import TimeFormatError, parse_times
+
     try:
-        return float(np.datetime64(text.rstrip("Z"), "ms").astype(np.int64)) / 1000.0
-    except ValueError:
+        return float(parse_times([text])[0])
+    except TimeFormatError:
         raise argparse.ArgumentTypeError(
             f"not a time: {text!r} (epoch seconds or ISO 8601)"
         ) from None
 
 
 def add_recording_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("recorded file")
-    g.add_argument("--sep", default=",", help="CSV separator (default ',')")
-    g.add_argument("--time-col", default="timestamp", help="time column (default 'timestamp')")
-    g.add_argument("--id-col", default="turbine_id", help="turbine id column; absent: one machine")
-    g.add_argument("--label-col", default=None, help="label column (default 'label' if present)")
+    g = p.add_argument_group("recorded file (defaults: the configuration's [recording] table)")
+    g.add_argument("--sep", help="CSV separator (default ',')")
+    g.add_argument("--time-col", help="time column (default 'timestamp')")
+    g.add_argument("--id-col", help="turbine id or name column; absent: one machine")
+    g.add_argument("--label-col", help="label column (default 'label' if present)")
     g.add_argument("--drop-col", action="append", default=[], help="column to ignore (repeat)")
-    g.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
-    g.add_argument("--max-sensors", type=int, default=4096, help="most sensor columns accepted")
+    g.add_argument("--chunk-rows", type=int, help="rows read at a time (default 65536)")
+    g.add_argument("--max-sensors", type=int, help="most sensor columns accepted (default 4096)")
+    g.add_argument(
+        "--sensors",
+        dest="sensor_cols",
+        metavar="COL[=NAME],...",
+        help="sensor columns to read, in order, optionally renamed (default: every numeric column)",
+    )
+    g.add_argument(
+        "--sentinel",
+        action="append",
+        default=[],
+        metavar="SENSOR=V[;V...]",
+        help="values of SENSOR that mean 'no reading' (read as missing; repeat)",
+    )
 
 
-def recording_spec(args: argparse.Namespace) -> RecordingSpec:
-    """The recorded-file options; ``--sep '\\t'`` is a tab."""
+def recording_spec(args: argparse.Namespace, config: DetectorConfig | None = None) -> RecordingSpec:
+    """The recorded-file options over the configuration's; ``--sep '\\t'`` is a tab."""
+    given: dict[str, object] = {}
+    if args.sep is not None:
+        try:
+            given["sep"] = args.sep.encode().decode("unicode_escape")
+        except UnicodeDecodeError:
+            raise ConfigError(f"--sep {args.sep!r}: not a separator") from None
+    for key, value in (
+        ("time_col", args.time_col),
+        ("id_col", args.id_col),
+        ("label_col", args.label_col),
+        ("chunk_rows", args.chunk_rows),
+        ("max_sensors", getattr(args, "max_sensors", None)),
+        ("sensors", getattr(args, "sensor_cols", None)),
+    ):
+        if value is not None:
+            given[key] = value
+    if args.drop_col:
+        given["drop_cols"] = tuple(args.drop_col)
+    if getattr(args, "sentinel", None):
+        given["sentinels"] = ",".join(args.sentinel)
+    base = config.recording if config is not None and config.recording is not None else None
     try:
-        sep = args.sep.encode().decode("unicode_escape")
-    except UnicodeDecodeError:
-        raise ConfigError(f"--sep {args.sep!r}: not a separator") from None
-    try:
-        return RecordingSpec(
-            sep=sep,
-            time_col=args.time_col,
-            id_col=args.id_col,
-            label_col=args.label_col,
-            drop_cols=tuple(args.drop_col),
-            chunk_rows=args.chunk_rows,
-            max_sensors=args.max_sensors,
-        )
+        return RecordingSpec.model_validate({**(base.model_dump() if base else {}), **given})
     except ValidationError as exc:
         first = exc.errors()[0]
+        error = first.get("ctx", {}).get("error")
+        if isinstance(error, ConfigError):  # already names its field
+            raise ConfigError(f"recording options: {error}") from None
         loc = ".".join(str(x) for x in first["loc"])
         raise ConfigError(f"recording options: {loc}: {first['msg']}") from None
 
@@ -135,6 +164,9 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
 
 def print_summary(report: RunReport, out=sys.stdout) -> None:
     w = out.write
+    name = report.names.name_of
+    if report.attribution:
+        w(f"data: {report.attribution}\n")
     w(f"{report.path}: {report.readings:,} readings scored")
     if report.learned_only:
         w(f" (+{report.learned_only:,} learned only)")
@@ -145,16 +177,26 @@ def print_summary(report: RunReport, out=sys.stdout) -> None:
     if report.seconds > 0:
         w(f" ({(report.readings + report.learned_only) / report.seconds / 1e6:.2f} M readings/s)")
     w("\n")
+    q = report.quirks
+    if q.duplicate or q.out_of_order or q.sentinels:
+        w(
+            f"data quirks: {q.duplicate:,} duplicate readings (same turbine and UTC time; "
+            f"the first kept), {q.out_of_order:,} out of order (skipped), "
+            f"{q.sentinels:,} sentinel values read as missing"
+        )
+        if q.sentinel:
+            w(" (" + ", ".join(f"{s}: {k:,}" for s, k in sorted(q.sentinel.items())) + ")")
+        w("\n")
     if report.anomalies:
         w(f"threshold (squared distance): {report.threshold:.3f}\n")
         busiest = sorted(report.per_turbine.items(), key=lambda kv: -kv[1])[:10]
         w("anomalies per turbine (top 10): ")
-        w(", ".join(f"{t}: {c}" for t, c in busiest) + "\n")
+        w(", ".join(f"{name(t)}: {c}" for t, c in busiest) + "\n")
         w("worst events:\n")
         for dist, ts, turbine, contrib in report.top.rows:
             order = np.argsort(contrib)[::-1][:2]
             top = ", ".join(f"{report.sensors[j]} {contrib[j]:.1f}" for j in order)
-            w(f"  {iso(ts)}  turbine {turbine:>5}  distance^2 {dist:10.1f}  ({top})\n")
+            w(f"  {iso(ts)}  turbine {name(turbine):>5}  distance^2 {dist:10.1f}  ({top})\n")
     if report.rebaselined:
         w(f"re-baselined: {len(report.rebaselined)} model restarts after persistent alarms\n")
     if report.confusion is not None:
@@ -234,7 +276,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise ConfigError("detect needs --store DIR")
     report, _ = run_file(
         args.input,
-        recording_spec(args),
+        recording_spec(args, config),
         config,
         store_dir=args.store,
         batch_steps=args.batch_steps,
@@ -253,7 +295,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     config = detector_config(args)
-    spec = recording_spec(args)
+    spec = recording_spec(args, config)
     total = Confusion()
     per_file = []
     for path in args.input:
@@ -293,7 +335,8 @@ def evaluate_store(path: Path, spec: RecordingSpec, store: Path, train_rows: int
     with read_recording(path, spec) as rec:
         if not rec.has_labels:
             raise InputError("no label column (set --label-col)", path=str(path))
-        for chunk in rec:
+        # The readings the detector saw: the same quirks dropped and blanked.
+        for chunk in Quirks.for_spec(spec, rec.sensors).filter(rec):
             skip = max(0, min(len(chunk), train_rows - seen))
             seen += len(chunk)
             part = chunk.take(slice(skip, None))
@@ -322,9 +365,13 @@ def _json_number(x: object) -> object:
 def cmd_anomalies(args: argparse.Namespace) -> int:
     stores = [AnomalyStore(p) for p in store_paths(args.store)]
     sensors = next((st.sensors for st in stores if st.sensors), ())
+    names = TurbineNames()
+    for st in stores:
+        names.merge(st.names)
+    args.turbine = None if args.turbine is None else turbine_id(args.turbine)
     if args.similar_to is not None:
-        return similar_anomalies(args, stores, sensors)
-    rows = AnomalyRows(sys.stdout, args.format, sensors)
+        return similar_anomalies(args, stores, sensors, names)
+    rows = AnomalyRows(sys.stdout, args.format, sensors, names=names)
     for st in stores:
         for table in st.iter_chunks(args.turbine, args.since, args.until):
             rows.write(table)
@@ -341,7 +388,10 @@ def cmd_rebaseline(args: argparse.Namespace) -> int:
 
 
 def similar_anomalies(
-    args: argparse.Namespace, stores: list[AnomalyStore], sensors: tuple[str, ...]
+    args: argparse.Namespace,
+    stores: list[AnomalyStore],
+    sensors: tuple[str, ...],
+    names: TurbineNames | None = None,
 ) -> int:
     """``anomalies --similar-to EVENT``: the earlier anomalies most like it, best first."""
     from pipeline.similarity import SeenBefore
@@ -366,26 +416,37 @@ def similar_anomalies(
                     allowed &= ts <= args.until
             seen.update(chunk, allowed)
     matches, similarity = seen.matches(0)
-    rows = AnomalyRows(sys.stdout, args.format, sensors, similarity=True)
+    rows = AnomalyRows(sys.stdout, args.format, sensors, similarity=True, names=names)
     rows.write(matches, similarity)
     rows.close()
     return 0
 
 
 class AnomalyRows:
-    """Anomaly tables written as CSV rows or one JSON array, table after table."""
+    """Anomaly tables written as CSV rows or one JSON array, table after table.
+
+    Each row carries the turbine's int64 id (``turbine_id``) and its name
+    (``turbine``: ``R80711``, or the id in decimal when it has no name).
+    """
 
     def __init__(
-        self, out: TextIO, fmt: str, sensors: tuple[str, ...], similarity: bool = False
+        self,
+        out: TextIO,
+        fmt: str,
+        sensors: tuple[str, ...],
+        similarity: bool = False,
+        names: TurbineNames | None = None,
     ) -> None:
         self.out, self.format, self.sensors = out, fmt, sensors
+        self.names = names if names is not None else TurbineNames()
         self.similarity = similarity
         self.first = True
         if fmt == "csv":
             self.writer = csv.writer(out, lineterminator="\n")
             self.writer.writerow(
                 (["similarity"] if similarity else [])
-                + ["event", "timestamp", "time", "turbine_id", "distance2", "threshold", "model"]
+                + ["event", "timestamp", "time", "turbine_id", "turbine", "distance2"]
+                + ["threshold", "model"]
                 + [f"contribution_{s}" for s in sensors]
             )
         else:
@@ -393,6 +454,7 @@ class AnomalyRows:
 
     def write(self, table: Anomalies, similarity: np.ndarray | None = None) -> None:
         ids = table.event_ids()
+        turbines = self.names.labels(table.turbine_ids)
         for i in range(len(table)):  # output formatting, one line per anomaly
             model = "turbine" if table.scored_by[i] == 1 else "fleet"
             if self.format == "csv":
@@ -403,6 +465,7 @@ class AnomalyRows:
                         repr(float(table.timestamps[i])),
                         iso(table.timestamps[i]),
                         int(table.turbine_ids[i]),
+                        turbines[i],
                         repr(float(table.distances[i])),
                         repr(float(table.thresholds[i])),
                         model,
@@ -419,6 +482,7 @@ class AnomalyRows:
                         "timestamp": float(table.timestamps[i]),
                         "time": iso(table.timestamps[i]),
                         "turbine_id": int(table.turbine_ids[i]),
+                        "turbine": turbines[i],
                         "distance2": float(table.distances[i]),
                         "threshold": float(table.thresholds[i]),
                         "model": model,
@@ -445,11 +509,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(
         worst_turbines=args.worst, top_events=args.top_events, similar=args.similar
     )
+    # The store's configuration may say how to read its input (its [recording] table).
+    recorded = next((AnomalyStore(p).config for p in store_paths(args.store)), None)
     report = write_report(
         args.store,
         args.output,
         input_path=args.input,
-        spec=recording_spec(args) if args.input is not None else None,
+        spec=recording_spec(args, recorded) if args.input is not None else None,
         batch_steps=args.batch_steps,
         checkpoint_dir=args.checkpoint_dir,
         options=options,
@@ -458,6 +524,70 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"turbine: {note}", file=sys.stderr)
     print(f"wrote {report.index} ({len(report.figures)} figures: {', '.join(report.figures)})")
     return 0
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    from pipeline.inject import load_plan, make_plan, parse_duration, parse_kinds, random_plan
+    from pipeline.recordings.injected import inject_file, survey
+
+    config = load_config(args.config) if args.config is not None else None
+    spec = recording_spec(args, config)
+    single = [args.kind is not None, args.plan is not None, args.random is not None]
+    if sum(single) != 1:
+        raise ConfigError("inject needs one of --kind (one fault), --plan FILE or --random N")
+    if args.plan is not None:
+        plan = load_plan(args.plan)
+    elif args.kind is not None:
+        missing = [o for o, v in (("--start", args.start), ("--duration", args.duration)) if not v]
+        if args.turbine is None:
+            missing.insert(0, "--turbine")
+        if missing:
+            raise ConfigError(f"inject --kind needs {', '.join(missing)}")
+        fault = {
+            "kind": args.kind,
+            "turbine": args.turbine,
+            "start": args.start,
+            "duration": args.duration,
+            "size": args.size if args.size is not None else 0.0,
+            "above": args.above,
+        }
+        if args.sensor is not None:
+            fault["sensor"] = args.sensor
+        plan = make_plan([fault], source="options")
+    else:
+        if args.kinds is None:
+            raise ConfigError("inject --random needs --kinds KIND[:SENSOR[:SIZE]],...")
+        if args.duration is None:
+            raise ConfigError("inject --random needs --duration (e.g. 14d)")
+        found = survey(args.input, spec)
+        turbines = found.turbines if args.turbine is None else args.turbine.split(",")
+        since = parse_instant_option(args.since, found.since)
+        until = parse_instant_option(args.until, found.until + 1.0)
+        plan = random_plan(
+            turbines,
+            since,
+            until,
+            args.random,
+            parse_kinds(args.kinds),
+            parse_duration(args.duration),
+            args.seed,
+            gap=parse_duration(args.gap),
+        )
+    if args.write_plan is not None:
+        Path(args.write_plan).write_text(plan.to_json() + "\n", encoding="utf-8")
+    report = inject_file(args.input, args.output, spec, plan)
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(plan.kind_counts().items()))
+    print(
+        f"wrote {report.rows:,} readings to {args.output}: {len(plan.faults)} faults ({kinds}), "
+        f"{report.labelled:,} readings labelled"
+    )
+    return 0
+
+
+def parse_instant_option(text: str | None, default: float) -> float:
+    from pipeline.inject import parse_instant
+
+    return default if text is None else parse_instant(text)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -534,6 +664,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_detector_options(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser(
+        "inject", help="write a copy of a recorded file with labelled faults injected"
+    )
+    p.add_argument("--input", type=Path, required=True, help="recorded file (.csv or .npz)")
+    p.add_argument("--output", type=Path, required=True, help="the copy with faults")
+    p.add_argument("--config", type=Path, help="configuration whose [recording] table reads it")
+    g = p.add_argument_group("one fault")
+    g.add_argument("--kind", choices=("derating", "offset", "gain", "stuck", "drift"))
+    g.add_argument("--turbine", help="turbine name or id (--random: comma-separated choice)")
+    g.add_argument("--sensor", help="sensor (name or column; derating: default 'power')")
+    g.add_argument("--start", help="fault start: ISO 8601 (offset honoured) or epoch seconds")
+    g.add_argument("--duration", help="fault length: 14d, 6h, 30m, 90s or seconds")
+    g.add_argument(
+        "--size",
+        type=float,
+        help="derating/gain: a fraction (0.06); offset/drift: sensor units",
+    )
+    g.add_argument(
+        "--above", type=float, default=0.0, help="derating acts while power > this (default 0)"
+    )
+    g = p.add_argument_group("many faults")
+    g.add_argument("--plan", type=Path, help="TOML ([[fault]] tables) or JSON list of faults")
+    g.add_argument("--random", type=int, metavar="N", help="N faults drawn from --seed")
+    g.add_argument(
+        "--kinds",
+        metavar="KIND[:SENSOR[:SIZE]],...",
+        help="--random: the kinds, used in turn (e.g. derating::0.06,gain:wind_speed:0.07)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="--random: the seed (default 0)")
+    g.add_argument("--since", help="--random: earliest start (default: the file's first time)")
+    g.add_argument("--until", help="--random: latest end (default: the file's last time)")
+    g.add_argument(
+        "--gap", default="0", help="--random: least time between faults of a turbine (e.g. 2d)"
+    )
+    g.add_argument("--write-plan", type=Path, help="also write the plan used (JSON)")
+    add_recording_options(p)
+    p.set_defaults(func=cmd_inject)
+
     p = sub.add_parser("replay", help="replay a recorded file to Kafka")
     p.add_argument("file", type=Path)
     add_recording_options(p)
@@ -549,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("anomalies", help="list anomalies from a store")
     p.add_argument("store", type=Path)
-    p.add_argument("--turbine", type=int)
+    p.add_argument("--turbine", help="a turbine name (R80711) or integer id")
     p.add_argument("--since", type=parse_time)
     p.add_argument("--until", type=parse_time)
     p.add_argument("--format", choices=("csv", "json"), default="csv")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.calibration import check_calibration_shapes
 from pipeline.durations import Duration
 from pipeline.errors import ConfigError
+from pipeline.recordings.spec import RecordingSpec
 
 
 class Regime(BaseModel):
@@ -222,6 +223,11 @@ class DetectorConfig(BaseModel):
         "skip", description="NaN/inf readings: skip and count them, or raise."
     )
     max_turbines: int = Field(100_000, ge=1, description="Bound on distinct turbines.")
+    recording: RecordingSpec | None = Field(
+        None,
+        description="How to read recorded files (the [recording] table: columns, sensors "
+        "and their names, sentinels); command-line options override it.",
+    )
 
     @model_validator(mode="after")
     def _shapes(self) -> DetectorConfig:

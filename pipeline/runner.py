@@ -19,6 +19,8 @@ from pipeline.detector import BatchResult, Detector
 from pipeline.durable import atomic_file
 from pipeline.errors import ConfigError, InputError, StoreError
 from pipeline.evaluation import Confusion, DelayTracker
+from pipeline.names import TurbineNames
+from pipeline.quirks import QuirkCounts, Quirks
 from pipeline.recordings import Chunk, Recording, RecordingSpec, read_recording
 from pipeline.store import MODEL, AnomalyStore
 
@@ -37,15 +39,23 @@ def config_for(config: DetectorConfig, sensors: tuple[str, ...], source: str) ->
     return make_config({**config.model_dump(), "sensors": sensors}, source=source)
 
 
-def check_turbines(detector: Detector, batch: Chunk, path: str, id_col: str) -> None:
+def check_turbines(
+    detector: Detector,
+    batch: Chunk,
+    path: str,
+    id_col: str,
+    names: TurbineNames | None = None,
+) -> None:
     """Unknown turbines of a declared fleet, as a located input error."""
     if not detector.turbines.fixed:
         return
     unknown = np.flatnonzero(detector.turbines.find(batch.turbine_ids) < 0)
     if unknown.size:
         i = int(unknown[0])
+        tid = int(batch.turbine_ids[i])
+        name = names.name_of(tid) if names is not None else str(tid)
         raise InputError(
-            f"unknown turbine {int(batch.turbine_ids[i])} (not in the configured fleet)",
+            f"unknown turbine {name} (not in the configured fleet)",
             path=path,
             line=int(batch.lines[i]),
             column=id_col,
@@ -97,6 +107,9 @@ class RunReport:
     threshold: float = float("nan")
     states: dict[str, int] = field(default_factory=dict)
     rebaselined: list[tuple[float, int]] = field(default_factory=list)
+    quirks: QuirkCounts = field(default_factory=QuirkCounts)
+    names: TurbineNames = field(default_factory=TurbineNames)
+    attribution: str | None = None
 
 
 def _split_training(
@@ -137,9 +150,22 @@ def run_recording(
 
     ``on_batch(batch, result)`` is called after each scored batch (the
     report uses it to keep every reading's distance for a few turbines).
+
+    The readings pass through :class:`pipeline.quirks.Quirks` first:
+    duplicate and out-of-order readings are dropped, the recording's
+    sentinels blanked, all counted in ``RunReport.quirks``.  The turbine
+    names the recording met are merged into ``detector.names`` (and the
+    store's manifest).  A sensor with no usable reading in the whole file is
+    an input error.
     """
     path = str(recording.path)
-    report = RunReport(path=path, sensors=recording.sensors)
+    report = RunReport(
+        path=path,
+        sensors=recording.sensors,
+        names=recording.names,
+        attribution=recording.spec.attribution,
+    )
+    quirks = Quirks.for_spec(recording.spec, recording.sensors)
     labelled = recording.has_labels
     if labelled:
         report.confusion = Confusion()
@@ -148,14 +174,14 @@ def run_recording(
     per_turbine: dict[int, int] = {}
     delays = DelayTracker()
     try:
-        head, rest = _split_training(recording, train_rows)
+        head, rest = _split_training(quirks.filter(recording), train_rows)
         for chunk in head:
-            check_turbines(detector, chunk, path, id_col)
+            check_turbines(detector, chunk, path, id_col, recording.names)
             detector.learn(chunk.timestamps, chunk.turbine_ids, chunk.values)
             report.learned_only += len(chunk)
             bar.update(len(chunk))
         for number, batch in iter_batches(rest, batch_steps):
-            check_turbines(detector, batch, path, id_col)
+            check_turbines(detector, batch, path, id_col, recording.names)
             result = detector.process(batch.timestamps, batch.turbine_ids, batch.values)
             if on_batch is not None:
                 on_batch(batch, result)
@@ -188,6 +214,20 @@ def run_recording(
             bar.update(len(batch))
     finally:
         bar.close()
+    report.quirks = quirks.counts
+    unusable = quirks.unusable()
+    if unusable and (report.readings or report.learned_only):
+        sensor = unusable[0]
+        marks = dict(quirks.sentinels).get(recording.sensors.index(sensor))
+        why = f"empty or the sentinel {', '.join(f'{m:g}' for m in marks)}" if marks else "empty"
+        raise InputError(
+            f"sensor {sensor!r}: every reading is {why}, so no reading can be scored "
+            "(leave it out of --sensors)",
+            path=path,
+        )
+    detector.names.merge(recording.names)
+    if store is not None:
+        store.add_names(detector.names)
     if report.confusion is not None:
         delays.finish()
         report.confusion.delays = tuple(delays.delays)

@@ -48,7 +48,8 @@ from scipy import sparse
 from pipeline.config import DetectorConfig
 from pipeline.detector import BatchResult
 from pipeline.durable import atomic_file, fsync_path
-from pipeline.errors import StoreError
+from pipeline.errors import SchemaError, StoreError
+from pipeline.names import TurbineNames
 
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -357,6 +358,19 @@ class AnomalyStore:
     def train_rows(self) -> int:
         """Leading rows of the input learned without scoring (0 unless recorded)."""
         return int(self._manifest.get("train_rows", 0))
+
+    @property
+    def names(self) -> TurbineNames:
+        """The names behind hashed turbine ids (manifest ``turbine_names``)."""
+        try:
+            return TurbineNames.from_json(self._manifest.get("turbine_names"))
+        except SchemaError as exc:
+            raise StoreError(f"{self.directory}: {exc}") from None
+
+    def add_names(self, names: TurbineNames) -> None:
+        """Keep ``names`` in the manifest (written by the next flush)."""
+        if len(names):
+            self._manifest["turbine_names"] = self.names.merge(names).to_json()
 
     @property
     def turbines(self) -> NDArray[np.int64]:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from pipeline.batching import iter_batches
 from pipeline.metrics import ProducerMetrics
 from pipeline.names import TurbineNames
+from pipeline.quirks import Quirks
 from pipeline.recordings import RecordingSpec, read_recording
 from pipeline.simulator import FleetSimulator, SimulationParams
 from producers.kafka_client import KafkaSettings, ensure_topics
@@ -106,10 +107,13 @@ def replay(args: argparse.Namespace, spec: RecordingSpec) -> int:
     """Replay a recorded file at its recorded pace times --speed (0: as fast as possible)."""
     with read_recording(args.file, spec) as rec:
         producer_id = args.producer_id or content_producer_id(args.file, args.batch_steps, spec)
+        # The readings the embedded run scores: duplicates and steps back dropped,
+        # sentinels blanked (pipeline/quirks.py), so the service learns nothing twice.
+        quirks = Quirks.for_spec(spec, rec.sensors)
         return _publish(
             args,
             rec.sensors,
-            iter_batches(rec, args.batch_steps),
+            iter_batches(quirks.filter(rec), args.batch_steps),
             producer_id,
             getattr(rec, "n_rows", None),
             args.file.name,

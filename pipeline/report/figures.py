@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.detector import Detector
+from pipeline.names import TurbineNames
 from pipeline.report.common import correlations, iso, thin, to_datetime64
 from pipeline.report.data import FleetSummary, Series
 from pipeline.store import Anomalies
@@ -38,6 +39,7 @@ def timeline_figure(
     statistic: str = "squared distance",
     max_points: int = 20_000,
     xlim: tuple[float, float] | None = None,
+    names: TurbineNames | None = None,
 ) -> Figure:
     """One panel per turbine: distance against threshold, anomalies, labelled faults.
 
@@ -57,6 +59,8 @@ def timeline_figure(
         Longer series are thinned to their envelope (see :func:`thin`).
     xlim : (float, float), optional
         Time range shown (epoch seconds); default the series'.
+    names : TurbineNames, optional
+        Turbine names for the titles (default: the ids).
 
     Examples
     --------
@@ -65,6 +69,7 @@ def timeline_figure(
     >>> len(timeline_figure({3: s}, {3: 1}, 20.0, True).axes)
     1
     """
+    label = (names or TurbineNames()).name_of
     n = max(1, len(series))
     fig = Figure(figsize=(11, 1.2 + 2.1 * n), layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
@@ -93,7 +98,7 @@ def timeline_figure(
         ax.set_yscale("log")
         ax.set_ylabel(statistic)
         ax.set_title(
-            f"turbine {turbine}: {counts.get(turbine, int(hit.sum())):,} anomalies",
+            f"turbine {label(turbine)}: {counts.get(turbine, int(hit.sum())):,} anomalies",
             loc="left",
             fontsize=10,
         )
@@ -109,7 +114,9 @@ def timeline_figure(
     return fig
 
 
-def heatmap_figure(summary: FleetSummary, max_turbines: int) -> Figure:
+def heatmap_figure(
+    summary: FleetSummary, max_turbines: int, names: TurbineNames | None = None
+) -> Figure:
     """Anomalies per turbine (rows) and time bucket (columns).
 
     Shows every turbine with anomalies, or the ``max_turbines`` with the
@@ -136,7 +143,7 @@ def heatmap_figure(summary: FleetSummary, max_turbines: int) -> Figure:
     )
     step = max(1, math.ceil(r / 40))
     ticks = np.arange(0, r, step)
-    ax.set_yticks(ticks + 0.5, [str(t) for t in summary.turbines[rows][ticks].tolist()])
+    ax.set_yticks(ticks + 0.5, (names or TurbineNames()).labels(summary.turbines[rows][ticks]))
     ax.tick_params(axis="y", labelsize=7)
     ax.invert_yaxis()
     ax.set_ylabel("turbine")
@@ -153,7 +160,9 @@ def heatmap_figure(summary: FleetSummary, max_turbines: int) -> Figure:
     return fig
 
 
-def contributions_figure(top: Anomalies, max_sensors: int = 12) -> Figure:
+def contributions_figure(
+    top: Anomalies, max_sensors: int = 12, names: TurbineNames | None = None
+) -> Figure:
     """Each sensor's contribution to each of the worst events (one panel each).
 
     Parameters
@@ -176,7 +185,8 @@ def contributions_figure(top: Anomalies, max_sensors: int = 12) -> Figure:
     shown = min(d, max_sensors)
     fig = Figure(figsize=(11, 0.9 + nrows * (0.9 + 0.28 * shown)), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    names = np.asarray(top.sensors, dtype=object)
+    label = (names or TurbineNames()).name_of
+    sensor_names = np.asarray(top.sensors, dtype=object)
     for i, ax in enumerate(axes):
         if i >= len(top):
             ax.set_axis_off()
@@ -185,10 +195,11 @@ def contributions_figure(top: Anomalies, max_sensors: int = 12) -> Figure:
         order = np.argsort(-np.abs(c), kind="stable")[:shown][::-1]
         colors = np.where(c[order] >= 0, "tab:red", "tab:blue")
         ax.barh(np.arange(shown), c[order], color=colors.tolist())
-        ax.set_yticks(np.arange(shown), names[order].tolist(), fontsize=8)
+        ax.set_yticks(np.arange(shown), sensor_names[order].tolist(), fontsize=8)
         ax.axvline(0, color="black", lw=0.6)
         ax.set_title(
-            f"turbine {int(top.turbine_ids[i])}, {iso(float(top.timestamps[i]))}\n"
+            f"turbine {label(int(top.turbine_ids[i]))}, "
+            f"{iso(float(top.timestamps[i]))}\n"
             f"d\u00b2 = {float(top.distances[i]):,.1f}",
             fontsize=9,
         )

@@ -17,6 +17,7 @@ from pipeline.detector import Detector
 from pipeline.durable import atomic_file
 from pipeline.errors import ConfigError
 from pipeline.evaluation import Confusion
+from pipeline.names import TurbineNames
 from pipeline.recordings import RecordingSpec
 from pipeline.report.common import (
     CONTRIBUTIONS,
@@ -161,6 +162,11 @@ def write_report(
     stores = open_stores(store)
     summary = summarise(stores, opts)
     model = load_model(store, checkpoint_dir)
+    names = TurbineNames()
+    for st in stores:
+        names.merge(st.names)
+    if model is not None:
+        names.merge(model.names)
     report = Report(index=out / "index.html")
     notes = report.notes
     worst_ids = worst(summary.turbines, summary.counts, opts.worst_turbines)
@@ -209,18 +215,19 @@ def write_report(
             statistic,
             opts.max_points,
             None if run is not None else (float(summary.edges[0]), float(summary.edges[-1])),
+            names=names,
         )
         report.figures[TIMELINE] = _save(fig, out / TIMELINE, opts.dpi)
 
     # 2. heatmap
     if summary.anomalies:
-        fig = heatmap_figure(summary, opts.heatmap_turbines)
+        fig = heatmap_figure(summary, opts.heatmap_turbines, names)
         report.figures[HEATMAP] = _save(fig, out / HEATMAP, opts.dpi)
 
     # 3. contributions and seen before
     similar: list[tuple[Anomalies, F64]] = []
     if len(summary.top):
-        fig = contributions_figure(summary.top)
+        fig = contributions_figure(summary.top, names=names)
         report.figures[CONTRIBUTIONS] = _save(fig, out / CONTRIBUTIONS, opts.dpi)
         seen = SeenBefore(summary.top.contributions, opts.similar, summary.top.timestamps)
         latest = float(summary.top.timestamps.max())
@@ -235,7 +242,9 @@ def write_report(
         if fig_c is not None:
             report.figures[CORRELATION] = _save(fig_c, out / CORRELATION, opts.dpi)
 
-    page = _page(store, input_path, stores, summary, config, run, report, similar, model, opts)
+    page = _page(
+        store, input_path, stores, summary, config, run, report, similar, model, opts, names
+    )
     with atomic_file(report.index) as f:
         f.write(page.encode("utf-8"))
     return report
@@ -252,8 +261,10 @@ def _page(
     similar: list[tuple[Anomalies, F64]],
     model: Detector | None,
     opts: ReportOptions,
+    names: TurbineNames | None = None,
 ) -> str:
     esc = html.escape
+    name_of = (names or TurbineNames()).name_of
     parts: list[str] = []
     add = parts.append
     add("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>")
@@ -261,6 +272,11 @@ def _page(
     add("<h1>Anomaly report</h1>")
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     add(f"<p class='note'>store <code>{esc(str(store))}</code>, generated {generated}</p>")
+    source = config.recording.attribution if config and config.recording else None
+    if run is not None and run.attribution:
+        source = run.attribution
+    if source:
+        add(f"<p class='note'>Data: {esc(source)}</p>")
     for note in report.notes:
         add(f"<p class='warn'>{esc(note)}</p>")
     t0, t1 = float(summary.edges[0]), float(summary.edges[-1])
@@ -272,6 +288,19 @@ def _page(
         ("turbines with anomalies", f"{int(np.count_nonzero(summary.counts)):,}"),
         ("sensors", ", ".join(summary.sensors)),
     ]
+    if names is not None and len(names):
+        facts.append(("turbine names", ", ".join(n for _, n in names.items())))
+    if run is not None:
+        q = run.quirks
+        sentinel = ", ".join(f"{s} {k:,}" for s, k in sorted(q.sentinel.items()))
+        facts.append(
+            (
+                "data quirks (input)",
+                f"{q.duplicate:,} duplicate readings dropped, {q.out_of_order:,} out of order "
+                f"dropped, {q.sentinels:,} sentinel values read as missing"
+                + (f" ({sentinel})" if sentinel else ""),
+            )
+        )
     if summary.anomalies:
         facts.append(("time range of the anomalies", f"{iso(t0)} to {iso(t1)} UTC"))
     if summary.thresholds.size:
@@ -352,7 +381,7 @@ def _page(
             (
                 ids[i],
                 iso(float(top.timestamps[i])),
-                int(top.turbine_ids[i]),
+                name_of(int(top.turbine_ids[i])),
                 f"{float(top.distances[i]):,.1f}",
                 _top_sensors(top.contributions[i], top.sensors),
             )
@@ -365,7 +394,7 @@ def _page(
             f"<code>turbine anomalies STORE --similar-to EVENT --top {opts.similar}</code>).</p>"
         )
         for i, (matches, sim) in enumerate(similar):
-            add(f"<h4>{esc(ids[i])} (turbine {int(top.turbine_ids[i])})</h4>")
+            add(f"<h4>{esc(ids[i])} (turbine {esc(name_of(int(top.turbine_ids[i])))})</h4>")
             if len(matches) == 0:
                 add("<p class='note'>Nothing earlier: the first of its kind.</p>")
                 continue
@@ -378,7 +407,7 @@ def _page(
                             f"{float(sim[j]):.4f}",
                             mids[j],
                             iso(float(matches.timestamps[j])),
-                            int(matches.turbine_ids[j]),
+                            name_of(int(matches.turbine_ids[j])),
                             f"{float(matches.distances[j]):,.1f}",
                             _top_sensors(matches.contributions[j], matches.sensors),
                         )
