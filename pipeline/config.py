@@ -68,6 +68,14 @@ class DetectorConfig(BaseModel):
         "skip", description="NaN/inf readings: skip and count them, or raise."
     )
     max_turbines: int = Field(100_000, ge=1, description="Bound on distinct turbines.")
+    # 30 minutes: three 10-minute SCADA averages, so a fault that dips under the threshold
+    # for one or two readings stays one episode; at 1 s data it still separates false
+    # alarms, which come about once per 1/false_alarm_rate readings (~3 h at 1e-4).
+    episode_gap: float = Field(
+        1800.0,
+        gt=0,
+        description="Seconds: alarms of one turbine less than this apart form one episode.",
+    )
 
     @model_validator(mode="after")
     def _shapes(self) -> DetectorConfig:
