@@ -203,3 +203,63 @@ def test_bad_shapes_are_named(args, message):
         EpisodeTracker(("a",), 5.0).update(*args)
     with pytest.raises(ValueError, match="positive"):
         EpisodeTracker(("a",), 0.0)
+
+
+# ---------------------------------------------------------------------- the store
+def closed_episodes(seed: int = 5, gap: float = 4.0) -> Episodes:
+    data = stream(seed, 80, 4, 0.3)
+    got, _ = run_split(data, [50, 120], gap)
+    return got
+
+
+def test_store_keeps_episodes_beside_the_chunks_and_filters_them(tmp_path):
+    from pipeline.store import AnomalyStore, read_episodes
+
+    eps = closed_episodes()
+    store = AnomalyStore(tmp_path / "s", sensors=SENSORS)
+    half = len(eps) // 2
+    store.append_episodes(eps.select(np.arange(half)))
+    store.flush()
+    store.append_episodes(eps.select(np.arange(half, len(eps))))
+    assert len(store.pending_episodes()) == len(eps) - half
+    store.flush()
+    assert sorted(p.name for p in (tmp_path / "s").glob("episodes-*")) == [
+        "episodes-000001.npz",
+        "episodes-000002.npz",
+    ]
+    reopened = AnomalyStore(tmp_path / "s")
+    back = reopened.episodes()
+    for f in ("turbine_ids", "starts", "ends", "peak_distances", "alarms", "states"):
+        np.testing.assert_array_equal(getattr(back, f), getattr(eps, f))
+    np.testing.assert_array_equal(back.contributions, eps.contributions)
+    assert back.sensors == SENSORS
+    one = reopened.episodes(turbine=1)
+    assert len(one) and set(one.turbine_ids.tolist()) == {1}
+    t0 = float(np.median(eps.starts))
+    late = read_episodes(tmp_path / "s", since=t0)
+    np.testing.assert_array_equal(late.ids(), eps.select(eps.ends >= t0).ids())
+
+
+def test_store_truncate_drops_the_episodes_written_after_the_position(tmp_path):
+    from pipeline.store import AnomalyStore
+
+    eps = closed_episodes()
+    store = AnomalyStore(tmp_path / "s", sensors=SENSORS)
+    store.append_episodes(eps.select(np.arange(3)))
+    store.flush()
+    position = store.position()
+    store.append_episodes(eps.select(np.arange(3, len(eps))))
+    store.flush()
+    assert len(store.episodes()) == len(eps)
+    store.truncate(position)
+    assert len(AnomalyStore(tmp_path / "s").episodes()) == 3
+    assert len(list((tmp_path / "s").glob("episodes-*"))) == 1
+
+
+def test_store_refuses_episodes_of_other_sensors(tmp_path):
+    from pipeline.errors import StoreError
+    from pipeline.store import AnomalyStore
+
+    store = AnomalyStore(tmp_path / "s", sensors=("x", "y", "z"))
+    with pytest.raises(StoreError, match="sensors"):
+        store.append_episodes(closed_episodes())
