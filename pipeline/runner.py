@@ -17,8 +17,9 @@ from pipeline.batching import iter_batches
 from pipeline.config import DetectorConfig, make_config
 from pipeline.detector import BatchResult, Detector
 from pipeline.durable import atomic_file
+from pipeline.episodes import Episodes, EpisodeTracker
 from pipeline.errors import ConfigError, InputError, StoreError
-from pipeline.evaluation import Confusion, DelayTracker
+from pipeline.evaluation import Confusion, DelayTracker, EpisodeScores, LabelRuns, score_episodes
 from pipeline.recordings import Chunk, Recording, RecordingSpec, read_recording
 from pipeline.store import MODEL, AnomalyStore
 
@@ -95,6 +96,8 @@ class RunReport:
     confusion: Confusion | None = None
     top: TopAnomalies = field(default_factory=TopAnomalies)
     threshold: float = float("nan")
+    episodes: Episodes | None = None
+    episode_scores: EpisodeScores | None = None
 
 
 def _split_training(
@@ -135,6 +138,10 @@ def run_recording(
 
     ``on_batch(batch, result)`` is called after each scored batch (the
     report uses it to keep every reading's distance for a few turbines).
+    Every scored batch also feeds an :class:`EpisodeTracker` (gap
+    ``config.episode_gap``): the episodes it closes go to the store, those
+    still open at the end of the file are closed then, and all are in
+    ``report.episodes`` (with ``report.episode_scores`` against the labels).
     """
     path = str(recording.path)
     report = RunReport(path=path, sensors=recording.sensors)
@@ -145,6 +152,9 @@ def run_recording(
     start = time.perf_counter()
     per_turbine: dict[int, int] = {}
     delays = DelayTracker()
+    tracker = EpisodeTracker(recording.sensors, detector.config.episode_gap)
+    closed: list[Episodes] = []
+    runs = LabelRuns()
     try:
         head, rest = _split_training(recording, train_rows)
         for chunk in head:
@@ -158,8 +168,11 @@ def run_recording(
             if on_batch is not None:
                 on_batch(batch, result)
             report.threshold = result.threshold
+            done = tracker.update_result(result).closed
+            closed.append(done)
             if store is not None:
                 store.append(result, partitions=-1, offsets=number)
+                store.append_episodes(done)
                 store.advance({-1: number + 1})
             report.readings += result.n_readings
             report.skipped += result.n_skipped
@@ -178,13 +191,22 @@ def run_recording(
                 alarm = result.is_anomaly[scored]
                 report.confusion.add(lab, alarm)
                 delays.update(batch.timestamps[scored], batch.turbine_ids[scored], lab, alarm)
+                runs.update(batch.timestamps[scored], batch.turbine_ids[scored], lab)
             bar.update(len(batch))
     finally:
         bar.close()
+    closed.append(tracker.close_all())
+    report.episodes = Episodes.concat(closed, recording.sensors)
+    if store is not None:
+        store.append_episodes(closed[-1])
     if report.confusion is not None:
         delays.finish()
         report.confusion.delays = tuple(delays.delays)
         report.confusion.missed_faults = delays.missed
+        e = report.episodes
+        report.episode_scores = score_episodes(
+            *runs.finish(), e.turbine_ids, e.starts, e.ends, runs.turbine_months
+        )
     if store is not None:
         store.flush()
     report.per_turbine = dict(sorted(per_turbine.items()))
