@@ -208,6 +208,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             "bootstrap_servers": args.bootstrap_servers,
             "topic": args.topic,
             "anomalies_topic": args.anomalies_topic,
+            "episodes_topic": args.episodes_topic,
             "dlq_topic": args.dlq_topic,
             "group": args.group,
             "store": args.store,
@@ -688,6 +689,7 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bootstrap-servers", help="HOST:PORT[,HOST:PORT...]")
     g.add_argument("--topic", help="readings topic (default turbine.readings)")
     g.add_argument("--anomalies-topic", help="default turbine.anomalies")
+    g.add_argument("--episodes-topic", help="episode events (default turbine.episodes)")
     g.add_argument("--dlq-topic", help="dead letters (default turbine.readings.dlq)")
     g.add_argument("--group", help="consumer group (default turbine-detectors)")
     g.add_argument(
