@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -177,3 +178,41 @@ def test_detect_stores_episodes_listed_and_evaluated_from_the_store(labelled, tm
         turbine("evaluate", "--input", path, "--store", store, "--format", "json").stdout
     )
     assert {k: out["episodes"][k] for k in EXPECTED} == EXPECTED
+
+
+def test_report_draws_episodes_and_tables_the_longest(labelled, tmp_path):
+    from pipeline.episodes import Episodes
+    from pipeline.report import write_report
+    from pipeline.report.data import Series
+    from pipeline.report.figures import timeline_figure
+
+    path, cfg = labelled
+    store = tmp_path / "store"
+    turbine("detect", "--input", path, "--config", cfg, "--store", store, "--quiet")
+    report = write_report(store, tmp_path / "rep", input_path=path)
+    page = report.index.read_text(encoding="utf-8")
+    assert "<th>alarm episodes</th><td>3</td>" in page.replace("\n", "")
+    section = page[page.index("6. Alarm episodes") :]
+    assert "less than 30 s apart" in section and "Green bars" in page
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td><td>[^<]+</td><td>([^<]+)</td>", section)
+    # Longest first: turbine 0's 14 s episode, then turbine 1's 10 s one, then the lone alarm.
+    assert [(r[0], r[2]) for r in rows] == [("0", "14 s"), ("1", "10 s"), ("1", "0 s")]
+
+    t = np.arange(100.0)
+    s = Series(t, np.ones(100), np.zeros(100, bool), None)
+    eps = Episodes(
+        np.array([4, 5]),
+        np.array([10.0, 50.0]),
+        np.array([20.0, 50.0]),
+        np.array([9.0, 9.0]),
+        np.array([15.0, 50.0]),
+        np.array([3, 1]),
+        np.ones((2, 1)),
+        np.array(["normal", "normal"]),
+        ("a",),
+    )
+    fig = timeline_figure({4: s, 5: s}, {}, 5.0, True, episodes=eps)
+    bars = [[c for c in ax.collections if c.get_label() == "alarm episode"] for ax in fig.axes]
+    assert [len(b) for b in bars] == [1, 1]
+    widths = [p.get_extents().width for b in bars for p in b[0].get_paths()]
+    assert len(widths) == 2 and all(w > 0 for w in widths)  # a one-alarm episode shows too

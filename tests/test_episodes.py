@@ -263,3 +263,35 @@ def test_store_refuses_episodes_of_other_sensors(tmp_path):
     store = AnomalyStore(tmp_path / "s", sensors=("x", "y", "z"))
     with pytest.raises(StoreError, match="sensors"):
         store.append_episodes(closed_episodes())
+
+
+def test_checkpoint_carries_the_episode_in_progress_and_the_pending_ones(tmp_path):
+    from consumers.checkpoint import Checkpoint, CheckpointDir
+
+    data = stream(9, 30, 3, 0.6)
+    tracker = EpisodeTracker(SENSORS, gap=4.0)
+    up = tracker.update(*data)
+    assert len(tracker.in_progress) and len(up.closed)
+    cps = CheckpointDir(tmp_path, "readings")
+    cps.save(
+        Checkpoint(
+            partition=2,
+            offset=10,
+            detector_state={},
+            store_position={},
+            pending=None,
+            sensors=SENSORS,
+            episode_state=tracker.state(),
+            pending_episodes=up.closed,
+        )
+    )
+    back = cps.load(2)
+    assert back is not None and back.pending_episodes is not None
+    restored = EpisodeTracker.from_state(back.episode_state)
+    assert restored.in_progress.ids() == tracker.in_progress.ids()
+    np.testing.assert_array_equal(restored.in_progress.states, tracker.in_progress.states)
+    assert back.pending_episodes.ids() == up.closed.ids()
+    np.testing.assert_array_equal(back.pending_episodes.contributions, up.closed.contributions)
+    cps.save(Checkpoint(3, 0, {}, {}, None))  # none of either: nothing saved, nothing back
+    empty = cps.load(3)
+    assert empty is not None and empty.episode_state == {} and empty.pending_episodes is None
