@@ -295,3 +295,32 @@ def test_checkpoint_carries_the_episode_in_progress_and_the_pending_ones(tmp_pat
     cps.save(Checkpoint(3, 0, {}, {}, None))  # none of either: nothing saved, nothing back
     empty = cps.load(3)
     assert empty is not None and empty.episode_state == {} and empty.pending_episodes is None
+
+
+def test_episode_events_are_json_with_the_documented_fields_and_the_readme_says_so():
+    import json
+    from pathlib import Path
+
+    import consumers.episode_events as ev
+
+    tracker = EpisodeTracker(SENSORS, gap=4.0)
+    up = tracker.update(*stream(2, 30, 3, 0.5))
+    keys, values, ids = ev.render_episode_events(
+        up.closed, ev.CLOSED, producer_id="p", site="s", detected_at=5.0
+    )
+    docs = [json.loads(v) for v in values]
+    assert len(docs) == len(up.closed) > 0
+    assert keys == [str(d["turbine_id"]).encode() for d in docs]
+    assert ids == [d["event_id"].encode() for d in docs]
+    documented = json.loads(
+        ev.__doc__.split("::")[1]
+        .split("``episode_opened``")[0]
+        .replace("...", "")
+        .replace(", ]", "]")
+    )
+    assert set(docs[0]) == set(documented)
+    assert [d["episode_id"] for d in docs] == up.closed.ids()
+    assert [d["duration_s"] for d in docs] == up.closed.durations.tolist()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for text in ("--episodes-topic", "`episode_gap` | 1800", "turbine anomalies STORE --episodes"):
+        assert text in readme
