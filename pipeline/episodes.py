@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -233,20 +234,62 @@ class EpisodeUpdate:
 def _first_in_segments(mask: NDArray[np.bool_], segment: I64) -> NDArray[np.intp]:
     """Position of the first True of each segment, for a mask True somewhere in every segment."""
     idx = np.flatnonzero(mask)
-    seg = segment[idx]
-    return idx[np.r_[True, seg[1:] != seg[:-1]]]
+    return idx[_starts_of(segment[idx])]
 
 
-def last_times(timestamps: F64, turbine_ids: I64) -> tuple[I64, F64]:
-    """Each distinct turbine (u,) and its latest reading time (u,).
+def _starts_of(keys: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """True where a sorted key differs from the one before (and at 0), shape (n,)."""
+    out = np.empty(keys.size, dtype=bool)
+    if keys.size:
+        out[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=out[1:])
+    return out
 
-    >>> last_times(np.array([1.0, 5.0, 3.0]), np.array([2, 1, 2]))
-    (array([1, 2]), array([5., 3.]))
+
+def closed_by(
+    turbines: I64, ends: F64, timestamps: F64, turbine_ids: I64, gap: float
+) -> NDArray[np.bool_]:
+    """Which open episodes (m,) the readings (n,) close: ``t - end >= gap`` for a reading
+    of the episode's turbine.
+
+    ``turbines`` (m,) sorted and distinct (one open episode per turbine).  Only
+    readings late enough to close the earliest-ending episode are looked up,
+    so a batch that closes nothing costs one pass over its times.
+
+    >>> closed_by(np.array([1, 2, 9]), np.array([0.0, 0.0, 0.0]),
+    ...           np.array([1.0, 5.0, 3.0]), np.array([2, 1, 2]), 4.0)
+    array([ True, False, False])
     """
-    turbines, inverse = np.unique(turbine_ids, return_inverse=True)
-    latest = np.full(turbines.size, -np.inf)
-    np.maximum.at(latest, inverse.ravel(), timestamps)
-    return turbines, latest
+    m = turbines.size
+    out = np.zeros(m, dtype=bool)
+    if m == 0 or timestamps.size == 0:
+        return out
+    late = np.flatnonzero((timestamps - ends.min()) >= gap)  # no false negatives: min end
+    if late.size == 0:
+        return out
+    ids = turbine_ids[late]
+    pos = np.searchsorted(turbines, ids)
+    pos[pos == m] = 0
+    ok = (turbines[pos] == ids) & ((timestamps[late] - ends[pos]) >= gap)
+    out[pos[ok]] = True
+    return out
+
+
+@lru_cache(maxsize=64)
+def _empty(sensors: tuple[str, ...]) -> Episodes:
+    return Episodes.empty(sensors)
+
+
+def _pick(every: Episodes, mask: NDArray[np.bool_], by_start: bool) -> Episodes:
+    """The episodes where ``mask``, by (start, turbine) or by turbine, in one selection."""
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return _empty(every.sensors)
+    if by_start:
+        idx = idx[np.lexsort((every.turbine_ids[idx], every.starts[idx]))]
+    else:
+        idx = idx[np.argsort(every.turbine_ids[idx], kind="stable")]
+    return every.select(idx)
 
 
 def advance_episodes(
@@ -256,7 +299,7 @@ def advance_episodes(
     is_anomaly: NDArray[np.bool_],
     distances: F64,
     contributions: F64,
-    states: NDArray[np.str_],
+    states: NDArray[np.str_] | None,
     gap: float,
 ) -> tuple[Episodes, Episodes, Episodes]:
     """One batch's alarms grouped into episodes: (opened, closed, still open).
@@ -265,9 +308,10 @@ def advance_episodes(
     ----------
     open_episodes : Episodes
         At most one per turbine, sorted by turbine: those carried in.
-    timestamps, turbine_ids, is_anomaly, distances, states : ndarray of shape (n,)
+    timestamps, turbine_ids, is_anomaly, distances : ndarray of shape (n,)
     contributions : ndarray of shape (k, D)
         Rows for the anomalies, in batch order (``k = is_anomaly.sum()``).
+    states : ndarray of str, shape (n,), or None (all ``normal``)
     gap : float
         Seconds: an alarm less than ``gap`` after an episode's end joins it.
 
@@ -276,85 +320,96 @@ def advance_episodes(
     opened, closed, still_open : Episodes
         ``still_open`` sorted by turbine, the others by (start, turbine).
     """
-    sensors = open_episodes.sensors
     carried = open_episodes
+    sensors = carried.sensors
     hit = np.flatnonzero(is_anomaly)
+    k, m = hit.size, len(carried)
+    if k == 0:  # the usual batch: only the clocks move
+        if m == 0:
+            return carried, carried, carried
+        done = closed_by(carried.turbine_ids, carried.ends, timestamps, turbine_ids, gap)
+        if not done.any():
+            return _empty(sensors), _empty(sensors), carried
+        return _empty(sensors), _pick(carried, done, True), _pick(carried, ~done, False)
+
     perm = np.lexsort((timestamps[hit], turbine_ids[hit]))  # stable: ties keep batch order
     order = hit[perm]
-    t = timestamps[order]
-    u = turbine_ids[order]
-    d = distances[order]
-    s = states[order]
+    t, u, d = timestamps[order], turbine_ids[order], distances[order]
+    s = np.full(k, NORMAL) if states is None else states[order]
     c = contributions[perm]
-    k = t.size
-    m = len(carried)
 
-    # The carried episode of each alarm's turbine, if any.
-    pos = np.minimum(np.searchsorted(carried.turbine_ids, u), max(m - 1, 0))
-    has = (carried.turbine_ids[pos] == u) if m else np.zeros(k, dtype=bool)
-    carried_end = np.where(has, carried.ends[pos] if m else 0.0, -np.inf)
-    first = np.r_[True, u[1:] != u[:-1]] if k else np.zeros(0, dtype=bool)
-    previous = np.where(first, carried_end, np.maximum(np.r_[-np.inf, t[:-1]], carried_end))
-    breaks = (t - previous) >= gap
-    starts_at = np.flatnonzero(breaks | first)
-    segment = np.cumsum(breaks | first) - 1
-    continues = (first & ~breaks)[starts_at]
-
-    if k:
-        peak = np.maximum.reduceat(d, starts_at)
-        at_peak = _first_in_segments(d == peak[segment], segment)
-        seg = Episodes(
-            u[starts_at],
-            t[starts_at],
-            np.maximum.reduceat(t, starts_at),
-            peak,
-            t[at_peak],
-            np.diff(np.r_[starts_at, k]).astype(np.int64),
-            np.add.reduceat(c, starts_at, axis=0),
-            s[at_peak],
-            sensors,
-        )
+    # The carried episode of each alarm's turbine, if any; where a new episode begins.
+    first = _starts_of(u)
+    if m:
+        pos = np.searchsorted(carried.turbine_ids, u)
+        pos[pos == m] = 0
+        has = carried.turbine_ids[pos] == u
+        carried_end = np.where(has, carried.ends[pos], -np.inf)
     else:
-        seg = Episodes.empty(sensors)
+        pos = np.zeros(k, dtype=np.intp)
+        carried_end = np.full(k, -np.inf)
+    previous = np.empty(k)
+    previous[0] = -np.inf
+    previous[1:] = t[:-1]
+    previous = np.where(first, carried_end, np.maximum(previous, carried_end))
+    breaks = (t - previous) >= gap
+    begins = breaks | first
+    starts_at = np.flatnonzero(begins)
+    segment = np.cumsum(begins) - 1
 
-    # Segments continuing a carried episode take its start, alarms, sums and peak.
-    j = np.flatnonzero(continues)
-    cj = pos[starts_at[j]]
-    keep_old_peak = carried.peak_distances[cj] >= seg.peak_distances[j]
-    seg_starts = seg.starts.copy()
-    seg_starts[j] = carried.starts[cj]
-    seg_ends = seg.ends.copy()
-    seg_ends[j] = np.maximum(carried.ends[cj], seg.ends[j])
-    peaks, peak_times = seg.peak_distances.copy(), seg.peak_times.copy()
-    seg_states = seg.states.astype(np.result_type(seg.states, carried.states))
-    peaks[j] = np.where(keep_old_peak, carried.peak_distances[cj], peaks[j])
-    peak_times[j] = np.where(keep_old_peak, carried.peak_times[cj], peak_times[j])
-    seg_states[j] = np.where(keep_old_peak, carried.states[cj], seg_states[j])
-    counts = seg.alarms.copy()
-    counts[j] += carried.alarms[cj]
-    sums = seg.contributions.copy()
-    sums[j] = carried.contributions[cj] + seg.contributions[j]
-    touched = Episodes(
-        seg.turbine_ids, seg_starts, seg_ends, peaks, peak_times, counts, sums, seg_states, sensors
-    )
+    peak = np.maximum.reduceat(d, starts_at)
+    at_peak = _first_in_segments(d == peak[segment], segment)
+    seg_start = t[starts_at]
+    seg_end = np.maximum.reduceat(t, starts_at)
+    seg_peak_t = t[at_peak]
+    seg_state = s[at_peak]
+    counts = np.diff(np.append(starts_at, k)).astype(np.int64)
+    sums = np.add.reduceat(c, starts_at, axis=0)
+
+    # Segments continuing a carried episode take its start, alarms, sums and (if higher) peak.
+    j = np.flatnonzero(first[starts_at] & ~breaks[starts_at])
     untouched = np.ones(m, dtype=bool)
-    untouched[cj] = False
-    every = Episodes.concat([carried.select(untouched), touched], sensors)
+    if j.size:
+        cj = pos[starts_at[j]]
+        untouched[cj] = False  # replaced by the segment that continues it
+        old = carried.peak_distances[cj] >= peak[j]
+        seg_start[j] = carried.starts[cj]
+        seg_end[j] = np.maximum(carried.ends[cj], seg_end[j])
+        peak[j] = np.where(old, carried.peak_distances[cj], peak[j])
+        seg_peak_t[j] = np.where(old, carried.peak_times[cj], seg_peak_t[j])
+        seg_state = seg_state.astype(np.result_type(seg_state, carried.states))
+        seg_state[j] = np.where(old, carried.states[cj], seg_state[j])
+        counts[j] += carried.alarms[cj]
+        sums[j] = carried.contributions[cj] + sums[j]
+    new = np.ones(starts_at.size, dtype=bool)
+    new[j] = False
 
-    # Closed: the turbine's latest reading of this batch is at least `gap` past the end.
-    turbines, latest = last_times(timestamps, turbine_ids)
-    where = np.minimum(np.searchsorted(turbines, every.turbine_ids), max(turbines.size - 1, 0))
-    seen = (turbines[where] == every.turbine_ids) if turbines.size else np.zeros(len(every), bool)
-    now = np.where(seen, latest[where] if turbines.size else 0.0, -np.inf)
-    closed = (now - every.ends) >= gap
-    opened = np.zeros(len(every), dtype=bool)
-    opened[m - j.size :] = True  # the untouched carried ones come first
-    opened[m - j.size + j] = False
-    still = every.select(~closed)
+    every = Episodes(
+        np.concatenate([carried.turbine_ids, u[starts_at]]),
+        np.concatenate([carried.starts, seg_start]),
+        np.concatenate([carried.ends, seg_end]),
+        np.concatenate([carried.peak_distances, peak]),
+        np.concatenate([carried.peak_times, seg_peak_t]),
+        np.concatenate([carried.alarms, counts]),
+        np.concatenate([carried.contributions, sums]),
+        np.concatenate([carried.states, seg_state]),
+        sensors,
+    )
+    valid = np.concatenate([untouched, np.ones(starts_at.size, dtype=bool)])
+    opened = np.concatenate([np.zeros(m, dtype=bool), new])
+    # A turbine's episodes but its last are closed: an alarm came at least `gap` after
+    # each (and a reading of that turbine at least as late). Its last one is looked up.
+    idx = np.flatnonzero(valid)
+    idx = idx[np.lexsort((every.starts[idx], every.turbine_ids[idx]))]
+    last = _starts_of(every.turbine_ids[idx][::-1])[::-1]
+    done = np.zeros(len(every), dtype=bool)
+    done[idx[~last]] = True
+    tail = idx[last]
+    done[tail] = closed_by(every.turbine_ids[tail], every.ends[tail], timestamps, turbine_ids, gap)
     return (
-        every.select(opened).chronological(),
-        every.select(closed).chronological(),
-        still.select(np.argsort(still.turbine_ids, kind="stable")),
+        _pick(every, opened, True),
+        _pick(every, done, True),
+        _pick(every, valid & ~done, False),
     )
 
 
@@ -418,11 +473,11 @@ class EpisodeTracker:
         dist = np.asarray(distances, dtype=np.float64).ravel()
         n, k, dims = t.size, int(np.count_nonzero(alarm)), len(self.sensors)
         contrib = np.asarray(contributions, dtype=np.float64).reshape(-1, dims)
-        codes = np.full(n, NORMAL) if states is None else np.asarray(states, dtype=np.str_).ravel()
+        codes = None if states is None else np.asarray(states, dtype=np.str_).ravel()
         for name, arr in (("turbine_ids", ids), ("is_anomaly", alarm), ("distances", dist)):
             if arr.size != n:
                 raise ValueError(f"{name} has shape ({arr.size},), timestamps ({n},)")
-        if codes.size != n:
+        if codes is not None and codes.size != n:
             raise ValueError(f"states has shape ({codes.size},), timestamps ({n},)")
         if contrib.shape[0] != k:
             raise ValueError(f"contributions has shape {contrib.shape}, expected ({k}, {dims})")
