@@ -152,12 +152,21 @@ def print_summary(report: RunReport, out=sys.stdout) -> None:
             order = np.argsort(contrib)[::-1][:2]
             top = ", ".join(f"{report.sensors[j]} {contrib[j]:.1f}" for j in order)
             w(f"  {iso(ts)}  turbine {turbine:>5}  distance^2 {dist:10.1f}  ({top})\n")
+    if report.episodes is not None and len(report.episodes):
+        e = report.episodes
+        i = int(np.argmax(e.durations))
+        w(
+            f"alarm episodes: {len(e):,} (longest: turbine {int(e.turbine_ids[i])}, "
+            f"{float(e.durations[i]):,.0f} s from {iso(float(e.starts[i]))})\n"
+        )
     if report.confusion is not None:
         c = report.confusion
         w(
             f"against labels: precision {c.precision:.3f}, recall {c.recall:.3f}, "
             f"F1 {c.f1:.3f}, FAR {c.far:.2f} %, MAR {c.mar:.2f} %\n"
         )
+    if report.episode_scores is not None:
+        w(episode_summary(report.episode_scores) + "\n")
 
 
 # ---------------------------------------------------------------------- commands
