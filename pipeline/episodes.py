@@ -96,6 +96,14 @@ class Episodes:
         The state code of the peak alarm (``normal``, ``stopped``, ...).
     sensors : tuple of str
         The D sensor names.
+
+    Examples
+    --------
+    >>> e = Episodes(np.array([3]), np.array([10.0]), np.array([70.0]), np.array([41.0]),
+    ...              np.array([30.0]), np.array([5]), np.array([[2.0, 50.0, -1.0]]),
+    ...              np.array(["normal"]), ("temp", "rpm", "pitch"))
+    >>> e.durations, e.top_sensors(), e.ids()
+    (array([60.]), [['rpm', 'temp']], ['3:10.0'])
     """
 
     turbine_ids: I64
