@@ -35,10 +35,12 @@ from pydantic import Field
 
 from consumers.checkpoint import Checkpoint, CheckpointDir, StateError, one_line
 from consumers.deadletter import DEFAULT_MAX_BYTES, dead_letter
+from consumers.episode_events import CLOSED, OPENED, render_episode_events
 from consumers.events import render_events
 from consumers.undecodable import find_undecodable, is_data_fault
 from pipeline.config import DetectorConfig
 from pipeline.detector import BatchResult, Detector
+from pipeline.episodes import EpisodeTracker, EpisodeUpdate
 from pipeline.errors import SchemaError, StoreError, TurbineError
 from pipeline.metrics import DetectorMetrics, serve_metrics
 from pipeline.runner import config_for
@@ -65,6 +67,9 @@ class ServiceSettings(KafkaSettings):
 
     topic: str = READINGS_TOPIC
     anomalies_topic: str = ANOMALIES_TOPIC
+    episodes_topic: str = Field(
+        "turbine.episodes", description="Episode events (opened, closed); see episode_events."
+    )
     dlq_topic: str = DLQ_TOPIC
     group: str = "turbine-detectors"
     store: Path = Path("store")
@@ -119,6 +124,7 @@ class PartitionState:
     last_batch: dict[tuple[str, int], int] = field(default_factory=dict)
     sensors: tuple[str, ...] = ()
     last_flush: float = field(default_factory=time.monotonic)
+    episodes: EpisodeTracker | None = None
 
 
 @dataclass
@@ -311,11 +317,15 @@ class DetectorService:
                 )
             state.store.truncate(cp.store_position)
             state.store.restore_pending(cp.pending)
+            state.store.restore_pending_episodes(cp.pending_episodes)
+            episodes = EpisodeTracker.from_state(cp.episode_state) if cp.episode_state else None
         except StoreError:
             raise
         except Exception as exc:  # arrays of the wrong shape, dtype, keys...
             raise StateError(path, f"checkpoint does not restore ({one_line(exc)})") from None
         state.detector = detector
+        if episodes is not None:
+            state.episodes = episodes
         state.sensors = cp.sensors
         state.next_offset = cp.offset
         state.last_batch = dict(cp.last_batch)
@@ -605,6 +615,7 @@ class DetectorService:
         produced = np.repeat([a.record.timestamp / 1000.0 for a in run], [len(b) for b in batches])
         rows = np.concatenate([np.arange(len(b)) for b in batches])
         state.store.append(result, partitions=state.partition, offsets=offsets, rows=rows)
+        self._track_episodes(state, result, batches[0])
         kinds = None
         labelled = all(b.kinds is not None for b in batches)
         if labelled:
@@ -684,6 +695,37 @@ class DetectorService:
             future.add_errback(on_error)
         self.metrics.events_published.inc(result.n_anomalies)
 
+    def _track_episodes(
+        self, state: PartitionState, result: BatchResult, first: SensorBatch
+    ) -> None:
+        """Group the batch's alarms into episodes: store the closed ones, publish both kinds."""
+        if state.episodes is None:
+            state.episodes = EpisodeTracker(state.sensors, self.config.episode_gap)
+        update = state.episodes.update_result(result)
+        state.store.append_episodes(update.closed)
+        if self.settings.publish_events:
+            self._publish_episodes(update, first)
+
+    def _publish_episodes(self, update: EpisodeUpdate, first: SensorBatch) -> None:
+        """One JSON event per episode opened and per episode closed, keyed by turbine."""
+        now = time.time()
+        headers = [("content-type", JSON_TYPE.encode())]
+        for kind, table in ((OPENED, update.opened), (CLOSED, update.closed)):
+            keys, values, ids = render_episode_events(
+                table,
+                kind,
+                producer_id=first.meta.producer_id,
+                site=first.meta.site,
+                detected_at=now,
+            )
+            for key, value, event_id in zip(keys, values, ids, strict=True):
+                self.producer.send(
+                    self.settings.episodes_topic,
+                    key=key,
+                    value=value,
+                    headers=[("event-id", event_id), *headers],
+                ).add_errback(self._event_failed)
+
     def _event_partitions(self, keys: list[bytes]) -> list[int]:
         """The anomalies topic's partition of each key, as kafka-python's default partitioner.
 
@@ -736,6 +778,8 @@ class DetectorService:
                 pending=state.store.pending(),
                 last_batch=state.last_batch,
                 sensors=state.sensors,
+                episode_state=state.episodes.state() if state.episodes is not None else {},
+                pending_episodes=state.store.pending_episodes(),
             )
             self.checkpoints.save(cp)
             offsets[TopicPartition(self.settings.topic, p)] = OffsetAndMetadata(
@@ -888,7 +932,15 @@ class DetectorService:
 
     def run(self) -> int:
         s = self.settings
-        ensure_topics(s, {s.topic: s.partitions, s.anomalies_topic: s.partitions, s.dlq_topic: 1})
+        ensure_topics(
+            s,
+            {
+                s.topic: s.partitions,
+                s.anomalies_topic: s.partitions,
+                s.episodes_topic: s.partitions,
+                s.dlq_topic: 1,
+            },
+        )
         self._consumer = self._make_consumer()
         log.info("detector_started group=%s topic=%s store=%s", s.group, s.topic, s.store)
         try:

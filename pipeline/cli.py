@@ -23,15 +23,30 @@ import numpy as np
 from pydantic import ValidationError
 
 from pipeline.config import DetectorConfig, load_config, make_config
+from pipeline.episodes import Episodes
 from pipeline.errors import ConfigError, InputError, TurbineError
-from pipeline.evaluation import Confusion, DelayTracker, alarm_mask
+from pipeline.evaluation import (
+    Confusion,
+    DelayTracker,
+    EpisodeScores,
+    LabelRuns,
+    alarm_mask,
+    score_episodes,
+)
 from pipeline.memory import limit_blas_threads, tune_malloc
 from pipeline.names import TurbineNames, turbine_id
 from pipeline.quirks import Quirks
 from pipeline.recordings import RecordingSpec, RecordingWriter, read_recording
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
 from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
-from pipeline.store import Anomalies, AnomalyStore, find_event, read_anomalies, store_paths
+from pipeline.store import (
+    Anomalies,
+    AnomalyStore,
+    find_event,
+    read_anomalies,
+    read_episodes,
+    store_paths,
+)
 
 log = logging.getLogger("turbine")
 EXIT_BAD_INPUT = 2
@@ -199,12 +214,21 @@ def print_summary(report: RunReport, out=sys.stdout) -> None:
             w(f"  {iso(ts)}  turbine {name(turbine):>5}  distance^2 {dist:10.1f}  ({top})\n")
     if report.rebaselined:
         w(f"re-baselined: {len(report.rebaselined)} model restarts after persistent alarms\n")
+    if report.episodes is not None and len(report.episodes):
+        e = report.episodes
+        i = int(np.argmax(e.durations))
+        w(
+            f"alarm episodes: {len(e):,} (longest: turbine {name(int(e.turbine_ids[i]))}, "
+            f"{float(e.durations[i]):,.0f} s from {iso(float(e.starts[i]))})\n"
+        )
     if report.confusion is not None:
         c = report.confusion
         w(
             f"against labels: precision {c.precision:.3f}, recall {c.recall:.3f}, "
             f"F1 {c.f1:.3f}, FAR {c.far:.2f} %, MAR {c.mar:.2f} %\n"
         )
+    if report.episode_scores is not None:
+        w(episode_summary(report.episode_scores) + "\n")
 
 
 # ---------------------------------------------------------------------- commands
@@ -255,6 +279,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             "bootstrap_servers": args.bootstrap_servers,
             "topic": args.topic,
             "anomalies_topic": args.anomalies_topic,
+            "episodes_topic": args.episodes_topic,
             "dlq_topic": args.dlq_topic,
             "group": args.group,
             "store": args.store,
@@ -297,20 +322,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = detector_config(args)
     spec = recording_spec(args, config)
     total = Confusion()
+    total_episodes = EpisodeScores()
     per_file = []
     for path in args.input:
         if args.store is not None:
-            confusion = evaluate_store(path, spec, args.store, args.train_rows)
+            confusion, episodes = evaluate_store(path, spec, args.store, args.train_rows)
         else:
             report, _ = run_file(
                 path, spec, config, train_rows=args.train_rows, batch_steps=args.batch_steps
             )
-            if report.confusion is None:
+            if report.confusion is None or report.episode_scores is None:
                 raise InputError("no label column (set --label-col)", path=str(path))
-            confusion = report.confusion
+            confusion, episodes = report.confusion, report.episode_scores
         total.merge(confusion)
-        per_file.append({"file": str(path), **confusion.as_dict()})
-    result: dict[str, object] = {**total.as_dict(), "files": len(args.input)}
+        total_episodes.merge(episodes)
+        per_file.append({"file": str(path), **confusion.as_dict(), "episodes": episodes.as_dict()})
+    result: dict[str, object] = {
+        **total.as_dict(),
+        "files": len(args.input),
+        "episodes": total_episodes.as_dict(),
+    }
     if args.format == "json":
         if args.per_file:
             result["per_file"] = per_file
@@ -323,14 +354,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"mean detection delay {total.mean_delay:.1f} s "
             f"({total.missed_faults} of {len(total.delays) + total.missed_faults} faults missed)"
         )
+        print(episode_summary(total_episodes))
     return 0
 
 
-def evaluate_store(path: Path, spec: RecordingSpec, store: Path, train_rows: int) -> Confusion:
-    """Labels of a recorded file against the alarms a store holds for its readings."""
+def episode_summary(s: EpisodeScores) -> str:
+    """The ``episodes`` figures of ``turbine evaluate`` as one line of text."""
+    return (
+        f"episodes: {s.detected} of {s.faults} faults detected, {s.episodes} episodes, "
+        f"{s.false_episodes} false ({s.false_per_turbine_month:.2f} per turbine-month over "
+        f"{s.turbine_months:.2f} turbine-months), delay median {s.delay_median_s:.1f} s, "
+        f"p90 {s.delay_p90_s:.1f} s"
+    )
+
+
+def evaluate_store(
+    path: Path, spec: RecordingSpec, store: Path, train_rows: int
+) -> tuple[Confusion, EpisodeScores]:
+    """Labels of a recorded file against the alarms and episodes a store holds."""
     anomalies = read_anomalies(store)
     confusion = Confusion()
     delays = DelayTracker()
+    runs = LabelRuns()
     seen = 0
     with read_recording(path, spec) as rec:
         if not rec.has_labels:
@@ -350,10 +395,19 @@ def evaluate_store(path: Path, spec: RecordingSpec, store: Path, train_rows: int
             labels = part.labels.astype(bool)  # type: ignore[union-attr]
             confusion.add(labels, alarms)
             delays.update(part.timestamps, part.turbine_ids, labels, alarms)
+            runs.update(part.timestamps, part.turbine_ids, labels)
     delays.finish()
     confusion.delays = tuple(delays.delays)
     confusion.missed_faults = delays.missed
-    return confusion
+    # The store's episodes within the file's scored time span (a store may hold others).
+    lo = float(runs.first_seen.min(initial=np.inf))
+    hi = float(runs.last_seen.max(initial=-np.inf))
+    eps = read_episodes(store, since=lo, until=hi)
+    eps = eps.select(np.isin(eps.turbine_ids, runs.covered_turbines))
+    scores = score_episodes(
+        *runs.finish(), eps.turbine_ids, eps.starts, eps.ends, runs.turbine_months
+    )
+    return confusion, scores
 
 
 def _json_number(x: object) -> object:
@@ -371,6 +425,11 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     args.turbine = None if args.turbine is None else turbine_id(args.turbine)
     if args.similar_to is not None:
         return similar_anomalies(args, stores, sensors, names)
+    if args.episodes:
+        write_episodes(
+            sys.stdout, args.format, read_episodes(args.store, args.turbine, args.since, args.until)
+        )
+        return 0
     rows = AnomalyRows(sys.stdout, args.format, sensors, names=names)
     for st in stores:
         for table in st.iter_chunks(args.turbine, args.since, args.until):
@@ -420,6 +479,51 @@ def similar_anomalies(
     rows.write(matches, similarity)
     rows.close()
     return 0
+
+
+EPISODE_COLUMNS = (
+    "episode",
+    "turbine_id",
+    "start",
+    "end",
+    "duration_s",
+    "alarms",
+    "peak_distance2",
+    "peak_time",
+    "top_sensors",
+    "state",
+)
+
+
+def write_episodes(out: TextIO, fmt: str, table: Episodes) -> None:
+    """``anomalies --episodes``: one row (CSV) or object (JSON) per episode, by start.
+
+    Times are ISO 8601 UTC; CSV joins the top sensors with ``;``.
+    """
+    top = table.top_sensors()
+    rows = [
+        dict(zip(EPISODE_COLUMNS, values, strict=True))
+        for values in zip(
+            table.ids(),
+            table.turbine_ids.tolist(),
+            [iso(t) for t in table.starts.tolist()],
+            [iso(t) for t in table.ends.tolist()],
+            table.durations.tolist(),
+            table.alarms.tolist(),
+            table.peak_distances.tolist(),
+            [iso(t) for t in table.peak_times.tolist()],
+            top,
+            table.states.tolist(),
+            strict=True,
+        )
+    ]
+    if fmt == "json":
+        out.write(json.dumps(rows, indent=1, default=_json_number) + "\n")
+        return
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EPISODE_COLUMNS)
+    for row in rows:  # output formatting, one line per episode
+        writer.writerow([";".join(v) if k == "top_sensors" else v for k, v in row.items()])
 
 
 class AnomalyRows:
@@ -728,6 +832,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or topic:partition:offset:row), by the cosine similarity of their sensor contributions",
     )
     p.add_argument("--top", type=int, default=5, help="with --similar-to: how many (default 5)")
+    p.add_argument(
+        "--episodes",
+        action="store_true",
+        help="list alarm episodes instead (turbine, start, end, duration, alarms, peak, "
+        "top sensors, state); --since/--until keep the episodes overlapping the range",
+    )
     p.set_defaults(func=cmd_anomalies)
 
     p = sub.add_parser(
@@ -795,6 +905,7 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bootstrap-servers", help="HOST:PORT[,HOST:PORT...]")
     g.add_argument("--topic", help="readings topic (default turbine.readings)")
     g.add_argument("--anomalies-topic", help="default turbine.anomalies")
+    g.add_argument("--episodes-topic", help="episode events (default turbine.episodes)")
     g.add_argument("--dlq-topic", help="dead letters (default turbine.readings.dlq)")
     g.add_argument("--group", help="consumer group (default turbine-detectors)")
     g.add_argument(

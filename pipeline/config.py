@@ -228,6 +228,13 @@ class DetectorConfig(BaseModel):
         description="How to read recorded files (the [recording] table: columns, sensors "
         "and their names, sentinels); command-line options override it.",
     )
+    # 30 minutes: three 10-minute SCADA averages, so a fault that dips under the threshold
+    # for one or two readings stays one episode; at 1 s data it still separates false
+    # alarms, which come about once per 1/false_alarm_rate readings (~3 h at 1e-4).
+    episode_gap: Duration = Field(
+        1800.0,
+        description="Alarms of one turbine less than this apart form one episode.",
+    )
 
     @model_validator(mode="after")
     def _shapes(self) -> DetectorConfig:

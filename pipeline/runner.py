@@ -17,8 +17,9 @@ from pipeline.batching import iter_batches
 from pipeline.config import DetectorConfig, make_config
 from pipeline.detector import BatchResult, Detector
 from pipeline.durable import atomic_file
+from pipeline.episodes import Episodes, EpisodeTracker
 from pipeline.errors import ConfigError, InputError, StoreError
-from pipeline.evaluation import Confusion, DelayTracker
+from pipeline.evaluation import Confusion, DelayTracker, EpisodeScores, LabelRuns, score_episodes
 from pipeline.names import TurbineNames
 from pipeline.quirks import QuirkCounts, Quirks
 from pipeline.recordings import Chunk, Recording, RecordingSpec, read_recording
@@ -110,6 +111,8 @@ class RunReport:
     quirks: QuirkCounts = field(default_factory=QuirkCounts)
     names: TurbineNames = field(default_factory=TurbineNames)
     attribution: str | None = None
+    episodes: Episodes | None = None
+    episode_scores: EpisodeScores | None = None
 
 
 def _split_training(
@@ -157,6 +160,11 @@ def run_recording(
     names the recording met are merged into ``detector.names`` (and the
     store's manifest).  A sensor with no usable reading in the whole file is
     an input error.
+
+    Every scored batch also feeds an :class:`EpisodeTracker` (gap
+    ``config.episode_gap``): the episodes it closes go to the store, those
+    still open at the end of the file are closed then, and all are in
+    ``report.episodes`` (with ``report.episode_scores`` against the labels).
     """
     path = str(recording.path)
     report = RunReport(
@@ -173,6 +181,9 @@ def run_recording(
     start = time.perf_counter()
     per_turbine: dict[int, int] = {}
     delays = DelayTracker()
+    tracker = EpisodeTracker(recording.sensors, detector.config.episode_gap)
+    closed: list[Episodes] = []
+    runs = LabelRuns()
     try:
         head, rest = _split_training(quirks.filter(recording), train_rows)
         for chunk in head:
@@ -186,8 +197,11 @@ def run_recording(
             if on_batch is not None:
                 on_batch(batch, result)
             report.threshold = result.threshold
+            done = tracker.update_result(result).closed
+            closed.append(done)
             if store is not None:
                 store.append(result, partitions=-1, offsets=number)
+                store.append_episodes(done)
                 store.advance({-1: number + 1})
             report.readings += result.n_readings
             report.skipped += result.n_skipped
@@ -211,6 +225,7 @@ def run_recording(
                 alarm = result.is_anomaly[scored]
                 report.confusion.add(lab, alarm)
                 delays.update(batch.timestamps[scored], batch.turbine_ids[scored], lab, alarm)
+                runs.update(batch.timestamps[scored], batch.turbine_ids[scored], lab)
             bar.update(len(batch))
     finally:
         bar.close()
@@ -228,10 +243,18 @@ def run_recording(
     detector.names.merge(recording.names)
     if store is not None:
         store.add_names(detector.names)
+    closed.append(tracker.close_all())
+    report.episodes = Episodes.concat(closed, recording.sensors)
+    if store is not None:
+        store.append_episodes(closed[-1])
     if report.confusion is not None:
         delays.finish()
         report.confusion.delays = tuple(delays.delays)
         report.confusion.missed_faults = delays.missed
+        e = report.episodes
+        report.episode_scores = score_episodes(
+            *runs.finish(), e.turbine_ids, e.starts, e.ends, runs.turbine_months
+        )
     if store is not None:
         store.flush()
     report.per_turbine = dict(sorted(per_turbine.items()))

@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.detector import Detector
+from pipeline.episodes import Episodes
 from pipeline.names import TurbineNames
 from pipeline.report.common import correlations, iso, thin, to_datetime64
 from pipeline.report.data import FleetSummary, Series
@@ -40,8 +41,9 @@ def timeline_figure(
     max_points: int = 20_000,
     xlim: tuple[float, float] | None = None,
     names: TurbineNames | None = None,
+    episodes: Episodes | None = None,
 ) -> Figure:
-    """One panel per turbine: distance against threshold, anomalies, labelled faults.
+    """One panel per turbine: distance against threshold, anomalies, labelled faults, episodes.
 
     Parameters
     ----------
@@ -61,6 +63,9 @@ def timeline_figure(
         Time range shown (epoch seconds); default the series'.
     names : TurbineNames, optional
         Turbine names for the titles (default: the ids).
+    episodes : Episodes, optional
+        Alarm episodes, drawn as green bars along the top of their turbine's panel
+        (at least 0.3 % of the time axis wide, so a one-alarm episode shows).
 
     Examples
     --------
@@ -94,6 +99,8 @@ def timeline_figure(
             )
         hit = s.anomalous
         ax.scatter(t[hit], d[hit], s=9, color="tab:red", zorder=3, label="anomaly")
+        if episodes is not None:
+            _episode_bars(ax, episodes.select(episodes.turbine_ids == turbine), xlim, s)
         ax.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.1f}")
         ax.set_yscale("log")
         ax.set_ylabel(statistic)
@@ -112,6 +119,28 @@ def timeline_figure(
     which = ": the turbines with the most anomalies" if len(series) > 1 else ""
     fig.suptitle(f"{statistic} over time{which} ({what})", fontsize=12, x=0.01, ha="left")
     return fig
+
+
+def _episode_bars(
+    ax: Axes, episodes: Episodes, xlim: tuple[float, float] | None, s: Series
+) -> None:
+    """The episodes of one turbine as bars in the top strip of its panel."""
+    if len(episodes) == 0:
+        return
+    import matplotlib.dates as mdates
+
+    lo, hi = xlim if xlim is not None else (float(s.timestamps.min()), float(s.timestamps.max()))
+    days = 86_400.0
+    width = np.maximum(episodes.durations, 0.003 * max(hi - lo, 1.0)) / days
+    left = mdates.date2num(to_datetime64(episodes.starts))
+    ax.broken_barh(
+        list(zip(left.tolist(), width.tolist(), strict=True)),
+        (0.9, 0.08),
+        transform=ax.get_xaxis_transform(),
+        color="tab:green",
+        alpha=0.8,
+        label="alarm episode",
+    )
 
 
 def heatmap_figure(

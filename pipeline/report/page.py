@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.config import DetectorConfig
 from pipeline.detector import Detector
 from pipeline.durable import atomic_file
+from pipeline.episodes import Episodes
 from pipeline.errors import ConfigError
 from pipeline.evaluation import Confusion
 from pipeline.names import TurbineNames
@@ -179,6 +180,7 @@ def write_report(
             raise
     statistic = statistic_name(config)
     threshold = float(summary.thresholds.max()) if summary.thresholds.size else math.nan
+    episodes = Episodes.concat([st.episodes() for st in stores], summary.sensors).chronological()
 
     # 1. timelines
     run: RunReport | None = None
@@ -215,6 +217,7 @@ def write_report(
             statistic,
             opts.max_points,
             None if run is not None else (float(summary.edges[0]), float(summary.edges[-1])),
+            episodes=episodes,
             names=names,
         )
         report.figures[TIMELINE] = _save(fig, out / TIMELINE, opts.dpi)
@@ -243,7 +246,18 @@ def write_report(
             report.figures[CORRELATION] = _save(fig_c, out / CORRELATION, opts.dpi)
 
     page = _page(
-        store, input_path, stores, summary, config, run, report, similar, model, opts, names
+        store,
+        input_path,
+        stores,
+        summary,
+        config,
+        run,
+        report,
+        similar,
+        model,
+        opts,
+        names,
+        episodes,
     )
     with atomic_file(report.index) as f:
         f.write(page.encode("utf-8"))
@@ -262,9 +276,12 @@ def _page(
     model: Detector | None,
     opts: ReportOptions,
     names: TurbineNames | None = None,
+    episodes: Episodes | None = None,
 ) -> str:
     esc = html.escape
     name_of = (names or TurbineNames()).name_of
+    if episodes is None:
+        episodes = Episodes.empty(summary.sensors)
     parts: list[str] = []
     add = parts.append
     add("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>")
@@ -285,6 +302,7 @@ def _page(
         ("chunks", summary.chunks),
         ("readings scored", f"{summary.readings:,}"),
         ("anomalies", f"{summary.anomalies:,}"),
+        ("alarm episodes", f"{len(episodes):,}"),
         ("turbines with anomalies", f"{int(np.count_nonzero(summary.counts)):,}"),
         ("sensors", ", ".join(summary.sensors)),
     ]
@@ -349,6 +367,8 @@ def _page(
                 "The stored anomalies' distances (log scale) against the threshold (dashed). "
                 "Pass --input FILE to draw every reading and the labelled faults."
             )
+        if len(episodes):
+            caption += " Green bars along the top: alarm episodes (section 6)."
         add(_figure(TIMELINE, "distance timelines of the worst turbines", caption))
     else:
         add("<p class='note'>No anomalies in the store.</p>")
@@ -447,8 +467,62 @@ def _page(
         )
     else:
         add("<p class='note'>The models have not learned enough readings yet.</p>")
+    add("<h2>6. Alarm episodes</h2>")
+    add(episode_section(episodes, config, opts.top_events * 2))
     add("</body></html>\n")
     return "\n".join(parts)
+
+
+def episode_section(episodes: Episodes, config: DetectorConfig | None, n: int) -> str:
+    """The longest episodes as a table (``turbine anomalies STORE --episodes`` lists all)."""
+    if len(episodes) == 0:
+        return "<p class='note'>No alarm episodes in the store.</p>"
+    gap = config.episode_gap if config is not None else None
+    longest = episodes.select(np.argsort(-episodes.durations, kind="stable")[:n])
+    top = longest.top_sensors()
+    rows = [
+        (
+            int(longest.turbine_ids[i]),
+            iso(float(longest.starts[i])),
+            iso(float(longest.ends[i])),
+            _duration(float(longest.durations[i])),
+            int(longest.alarms[i]),
+            f"{float(longest.peak_distances[i]):,.1f}",
+            ", ".join(top[i]),
+            str(longest.states[i]),
+        )
+        for i in range(len(longest))  # at most n rows
+    ]
+    intro = (
+        f"<p class='note'>{len(episodes):,} episodes: a turbine's alarms less than "
+        + (f"{gap:g} s" if gap is not None else "the configured gap")
+        + " apart count as one (<code>episode_gap</code>). The longest "
+        f"{len(longest)}; <code>turbine anomalies STORE --episodes</code> lists them all.</p>"
+    )
+    header = (
+        "turbine",
+        "start (UTC)",
+        "end (UTC)",
+        "duration",
+        "alarms",
+        "peak",
+        "top sensors",
+        "state",
+    )
+    return intro + _table(header, rows)
+
+
+def _duration(seconds: float) -> str:
+    """A duration for people.
+
+    >>> _duration(42.0), _duration(5400.0), _duration(200000.0)
+    ('42 s', '1.5 h', '2.3 d')
+    """
+    if seconds < 3600:
+        return f"{seconds:.0f} s"
+    if seconds < 86_400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
 
 
 def statistic_name(config: DetectorConfig | None) -> str:
