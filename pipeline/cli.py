@@ -326,6 +326,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     total = Confusion()
     total_episodes = EpisodeScores()
     per_file = []
+    states: dict[str, int] = {}
+    if args.store is not None:
+        for st in (AnomalyStore(p) for p in store_paths(args.store)):
+            for name, count in st.states.items():
+                states[name] = states.get(name, 0) + count
     for path in args.input:
         if args.store is not None:
             confusion, episodes = evaluate_store(path, spec, args.store, args.train_rows)
@@ -336,6 +341,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if report.confusion is None or report.episode_scores is None:
                 raise InputError("no label column (set --label-col)", path=str(path))
             confusion, episodes = report.confusion, report.episode_scores
+            for name, count in report.states.items():
+                states[name] = states.get(name, 0) + count
         total.merge(confusion)
         total_episodes.merge(episodes)
         per_file.append({"file": str(path), **confusion.as_dict(), "episodes": episodes.as_dict()})
@@ -343,6 +350,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         **total.as_dict(),
         "files": len(args.input),
         "episodes": total_episodes.as_dict(),
+        # Readings in an operating state (learn_when): neither scored nor counted above.
+        "not_scored": dict(sorted(states.items())),
     }
     if args.format == "json":
         if args.per_file:
@@ -357,6 +366,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"({total.missed_faults} of {len(total.delays) + total.missed_faults} faults missed)"
         )
         print(episode_summary(total_episodes))
+        if states:
+            print(
+                "not scored (operating states, not in the figures above): "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(states.items()))
+            )
     return 0
 
 

@@ -497,7 +497,10 @@ class EpisodeTracker:
     def update_result(self, result: object, states: ArrayLike | None = None) -> EpisodeUpdate:
         """:meth:`update` from a detector's ``BatchResult`` (its ``states`` when it has them)."""
         if states is None:
-            states = getattr(result, "states", None)
+            codes = getattr(result, "states", None)
+            if codes is not None:  # the detector's int8 codes, named by its state_names
+                names = np.asarray(getattr(result, "state_names", ("normal",)), dtype=np.str_)
+                states = names[np.asarray(codes, dtype=np.intp)]
         return self.update(
             result.timestamps,  # type: ignore[attr-defined]
             result.turbine_ids,  # type: ignore[attr-defined]
