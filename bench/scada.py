@@ -260,7 +260,7 @@ def figure(clean: Run, faulty: Run, gap: float) -> None:
             u, s, e = episodes_of(r.timestamps[sc], r.turbines[sc], r.alarms[sc], gap)
             m = u == t
             width = np.maximum((e[m] - s[m]) / 86400, 0.15)
-            left = s[m] / 86400 + 719163  # days since 0001 (matplotlib's epoch)
+            left = s[m] / 86400  # matplotlib dates: days since 1970
             ax.broken_barh(list(zip(left, width, strict=True)), (y, 0.3), color=colour, label=label)
         lab = faulty.labels & (faulty.turbines == t)
         if lab.any():
@@ -268,7 +268,7 @@ def figure(clean: Run, faulty: Run, gap: float) -> None:
             runs.update(faulty.timestamps, faulty.turbines, lab)
             _, fs, fe = runs.finish()
             ax.broken_barh(
-                list(zip(fs / 86400 + 719163, (fe - fs) / 86400, strict=True)),
+                list(zip(fs / 86400, (fe - fs) / 86400, strict=True)),
                 (0.55, 0.4),
                 facecolor="none",
                 edgecolor="black",
