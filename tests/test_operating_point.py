@@ -371,3 +371,26 @@ def test_chart_sensors_leave_the_others_to_the_point_score(rng):
     power_only = run_daily(Detector(make_config({**base, "chart_sensors": ["power"]})), ts, x)
     assert every[faulty].mean() > 0.5
     assert power_only[faulty].mean() < 0.01
+
+
+@given(
+    k=st.integers(1, 5),
+    steps=st.integers(1, 8),
+    shuffle=st.booleans(),
+    drop=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_fleet_deviation_against_a_per_reading_median(k, steps, shuffle, drop, seed):
+    from pipeline.policy import fleet_deviation
+
+    rng = np.random.default_rng(seed)
+    ts = np.repeat(np.arange(steps, dtype=float), k)
+    v = rng.normal(size=ts.size)
+    if shuffle:
+        order = rng.permutation(ts.size)
+        ts, v = ts[order], v[order]
+    if drop and ts.size > drop:
+        ts, v = ts[drop:], v[drop:]
+    expected = np.array([v[i] - np.median(v[ts == ts[i]]) for i in range(v.size)])
+    np.testing.assert_allclose(fleet_deviation(ts, v), expected, atol=1e-12)
