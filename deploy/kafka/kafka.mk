@@ -7,7 +7,7 @@ KAFKA_KCAT_SH := $(dir $(KAFKA_SH))install-kcat.sh
 
 .PHONY: kafka-up kafka-down kafka-status kafka-clean kafka-fetch kafka-kcat
 
-kafka-up: ## start a local single-node Kafka (KRaft) broker on 127.0.0.1:$${KAFKA_PORT:-9092}
+kafka-up: ## start a local single-node Kafka (KRaft) broker on 127.0.0.1:KAFKA_PORT (default 9092)
 	bash $(KAFKA_SH) up
 
 kafka-down: ## stop it (by its pid file)
