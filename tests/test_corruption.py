@@ -371,3 +371,45 @@ def test_a_store_never_checkpointed_is_started_afresh(first_run, tmp_path, caplo
     assert any("reason=never_checkpointed" in r.getMessage() for r in caplog.records)
     for p in range(TOPIC_PARTITIONS):
         assert stored_rows(partition_store(store, p)) == before[p]  # rebuilt, not doubled
+
+
+@pytest.mark.kafka
+def test_records_polled_for_a_partition_without_state_are_read_again(
+    kafka_servers, topic_factory, group_id, tmp_path
+):
+    """handle() for a partition without state: rewound, never dropped as the consumer moves on."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from consumers.service import DetectorService, ServiceSettings
+
+    topic = topic_factory("nostate", partitions=1)
+    simulate_into(kafka_servers, topic, seed=3)
+    settings = ServiceSettings(
+        bootstrap_servers=kafka_servers, topic=topic, group=group_id, store=tmp_path / "st"
+    )
+    service = DetectorService(settings, DetectorConfig(min_samples=30), CollectorRegistry())
+
+    def first_records() -> list:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            polled = service._consumer.poll(timeout_ms=500)
+            service.settle_partitions()
+            for records in polled.values():
+                if records:
+                    return records
+        raise AssertionError("no records polled in 60 s")
+
+    service._consumer = service._make_consumer()
+    try:
+        records = first_records()
+        assert records[0].offset == 0
+        service.states.clear()  # the state is gone between the poll and handle()
+        service.handle(0, records)
+        again = first_records()
+        assert again[0].offset == records[0].offset  # not skipped
+        service.handle(0, again)
+        assert service.states[0].next_offset == again[-1].offset + 1
+    finally:
+        service.close()
