@@ -413,3 +413,36 @@ def test_records_polled_for_a_partition_without_state_are_read_again(
         assert service.states[0].next_offset == again[-1].offset + 1
     finally:
         service.close()
+
+
+@pytest.mark.kafka
+def test_turbine_detect_stop_after_idle_exits_2_naming_the_file(first_run):
+    servers, topic, group, store, _ = first_run
+    victim = checkpoint_file(store, topic, VICTIM)
+    garble(victim)
+    proc = turbine(
+        "detect",
+        "--bootstrap-servers",
+        servers,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--store",
+        store,
+        "--anomalies-topic",
+        f"{topic}.anomalies",
+        "--dlq-topic",
+        f"{topic}.dlq",
+        "--min-samples",
+        30,
+        "--stop-after-idle",
+        2,
+        check=False,
+        timeout=180,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"partition_state_error partition={VICTIM} file={victim}" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("turbine: error: 1 partition(s) not consumed") and str(victim) in last
