@@ -446,3 +446,32 @@ def test_turbine_detect_stop_after_idle_exits_2_naming_the_file(first_run):
     assert f"partition_state_error partition={VICTIM} file={victim}" in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("turbine: error: 1 partition(s) not consumed") and str(victim) in last
+
+
+@pytest.mark.kafka
+def test_a_paused_partition_shows_in_the_gauge_the_alert_reads(first_run):
+    """turbine_partitions_paused (PartitionStateUnrestorable) while the detector runs."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from consumers.service import DetectorService, ServiceSettings
+
+    servers, topic, group, store, _ = first_run
+    truncate(partition_store(store, VICTIM) / MANIFEST)
+    settings = ServiceSettings(bootstrap_servers=servers, topic=topic, group=group, store=store)
+    service = DetectorService(settings, DetectorConfig(min_samples=30), CollectorRegistry())
+    service._consumer = service._make_consumer()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(service.states) + len(service.unrestored) < 3:
+            service._consumer.poll(timeout_ms=500)
+            service.settle_partitions()
+        assert sorted(service.unrestored) == [VICTIM]
+        assert metric(service, "turbine_partitions_paused") == 1
+        assert metric(service, "turbine_partitions_owned") == TOPIC_PARTITIONS - 1
+        assert service._consumer.paused() == {
+            t for t in service._consumer.assignment() if t.partition == VICTIM
+        }
+    finally:
+        service.close()
