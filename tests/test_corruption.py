@@ -92,6 +92,20 @@ def test_turbine_anomalies_on_a_damaged_chunk_is_one_line_exit_2(tmp_path, rng, 
     assert len(lines) == 1 and str(victim) in lines[0], proc.stderr
 
 
+@pytest.mark.parametrize("how", ["truncated", "garbled"])
+def test_turbine_report_on_a_damaged_model_is_one_line_exit_2(tmp_path, how):
+    """An embedded run's model.npz (its state) cut or garbled: no BadZipFile traceback."""
+    turbine(
+        "simulate", "--turbines", 5, "--steps", 300, "--seed", 1, "--output", tmp_path / "f.npz"
+    )
+    turbine("detect", "--input", tmp_path / "f.npz", "--store", tmp_path / "st")
+    victim = tmp_path / "st" / "model.npz"
+    CORRUPTIONS[how](victim)
+    proc = turbine("report", "--store", tmp_path / "st", "--output", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and str(victim) in proc.stderr
+
+
 # ---------------------------------------------------------------------- manifests
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
 def test_a_damaged_manifest_is_a_store_error_naming_it(tmp_path, rng, how):
