@@ -1,4 +1,5 @@
-"""Per-partition checkpoints: model state, store position, pending anomalies, offset.
+"""Per-partition checkpoints: model state, store position, pending anomalies, offset,
+and the alarm episodes in progress (the tracker's state) and those not yet stored.
 
 One file per (topic, partition) in a directory the whole consumer group
 shares, written in one atomic step: a temp file, fsync, rename, fsync of the
@@ -15,12 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.durable import atomic_file
+from pipeline.episodes import Episodes
 from pipeline.errors import StoreError
 from pipeline.store import ARRAY_FIELDS, CORRUPT_NPZ_ERRORS, Anomalies
 
 VERSION = 1
 _DET = "det__"
 _PENDING = "pending__"
+_EPISODES = "episodes__"  # the EpisodeTracker's state (episodes in progress)
+_PENDING_EPISODES = "pending_episodes__"  # closed episodes not yet in a store file
 
 
 class StateError(StoreError):
@@ -51,6 +55,8 @@ class Checkpoint:
     pending: Anomalies | None
     last_batch: dict[tuple[str, int], int] = field(default_factory=dict)
     sensors: tuple[str, ...] = ()
+    episode_state: dict[str, np.ndarray] = field(default_factory=dict)
+    pending_episodes: Episodes | None = None
 
 
 class CheckpointDir:
@@ -69,6 +75,9 @@ class CheckpointDir:
         if cp.pending is not None and len(cp.pending):
             for name in ARRAY_FIELDS:
                 arrays[f"{_PENDING}{name}"] = getattr(cp.pending, name)
+        arrays.update({f"{_EPISODES}{k}": v for k, v in cp.episode_state.items()})
+        if cp.pending_episodes is not None and len(cp.pending_episodes):
+            arrays.update(cp.pending_episodes.arrays(_PENDING_EPISODES))
         meta = {
             "version": VERSION,
             "topic": self.topic,
@@ -114,6 +123,12 @@ class CheckpointDir:
         pend = {k[len(_PENDING) :]: v for k, v in data.items() if k.startswith(_PENDING)}
         sensors = tuple(meta["sensors"])
         pending = Anomalies(**pend, sensors=sensors) if pend else None
+        episode_state = {k[len(_EPISODES) :]: v for k, v in data.items() if k.startswith(_EPISODES)}
+        pending_episodes = (
+            Episodes.from_arrays(data, _PENDING_EPISODES)
+            if f"{_PENDING_EPISODES}sensors" in data
+            else None
+        )
         return Checkpoint(
             partition=int(meta["partition"]),
             offset=int(meta["offset"]),
@@ -122,4 +137,6 @@ class CheckpointDir:
             pending=pending,
             last_batch={(p, int(g)): int(b) for p, g, b in meta["last_batch"]},
             sensors=sensors,
+            episode_state=episode_state,
+            pending_episodes=pending_episodes,
         )

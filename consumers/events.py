@@ -2,13 +2,16 @@
 
 An event (the anomalies topic's value, content type ``application/json``)::
 
-    {"event_id": "turbine.readings:3:1050:17", "turbine_id": 42,
+    {"event_id": "turbine.readings:3:1050:17", "turbine_id": 42, "turbine": 42,
      "timestamp": 1767225600.0, "time": "2026-01-01T00:00:00.000Z",
      "distance2": 31.2, "threshold": 18.47, "model": "turbine",
      "top_sensors": [{"sensor": "vibration", "contribution": 20.1}, ...],
      "fault_kind": "spike", "producer_id": "sim-7", "site": "north",
      "produced_at": 1767225600.01, "detected_at": 1767225600.03}
 
+``turbine_id`` is the turbine's int64 id; ``turbine`` is how to show it: the
+same JSON integer for a turbine known by an integer id, its name as a JSON
+string for a named one (``"R80711"``; its id is ``pipeline.names.turbine_id``).
 ``event_id`` is ``topic:partition:offset:row`` of the reading: deterministic,
 so a consumer drops the duplicates an at-least-once replay may publish.
 ``distance2`` is the squared Mahalanobis distance (or MEWMA statistic) and
@@ -36,10 +39,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.detector import BatchResult
+from pipeline.names import TurbineNames
 
 TOP_SENSORS = 3
 _TEMPLATE = (
-    '{"event_id":%s%s","turbine_id":%s,"timestamp":%s,"time":"%sZ","distance2":%s,'
+    '{"event_id":%s%s","turbine_id":%s,"turbine":%s,"timestamp":%s,"time":"%sZ","distance2":%s,'
     '"threshold":%s,"model":"%s","top_sensors":[%s],"fault_kind":%s,"producer_id":%s,'
     '"site":%s,"produced_at":%s,"detected_at":%s}'
 )
@@ -71,6 +75,7 @@ def render_events(
     producer_id: str,
     site: str,
     detected_at: float,
+    names: TurbineNames | None = None,
 ) -> tuple[list[bytes], list[bytes], list[bytes]]:
     """The anomalies of one engine batch as events: (keys, values, event ids).
 
@@ -92,6 +97,8 @@ def render_events(
         From the batch's metadata.
     detected_at : float
         Seconds since the epoch, the same for every event of the batch.
+    names : TurbineNames, optional
+        The names of named turbines (the ``turbine`` field).
 
     Returns
     -------
@@ -106,10 +113,10 @@ def render_events(
     m = min(TOP_SENSORS, contrib.shape[1])
     top = np.argsort(-contrib, axis=1, kind="stable")[:, :m]
     top_values = np.take_along_axis(contrib, top, axis=1)
-    names = [json.dumps(s) for s in sensors]
+    sensor_texts = [json.dumps(s) for s in sensors]
     columns = [
         [
-            f'{{"sensor":{names[t]},"contribution":{v}}}'
+            f'{{"sensor":{sensor_texts[t]},"contribution":{v}}}'
             for t, v in zip(top[:, c].tolist(), json_numbers(top_values[:, c]), strict=True)
         ]
         for c in range(m)
@@ -118,6 +125,7 @@ def render_events(
     stamps = result.timestamps[hit]
     times = np.datetime_as_string(np.round(stamps * 1000).astype("datetime64[ms]"), unit="ms")
     turbines = result.turbine_ids[hit].tolist()
+    shown = turbine_fields(result.turbine_ids[hit], names)
     models = np.where(result.scored_by[hit] == 1, "turbine", "fleet").tolist()
     if kinds is None:
         faults = ["null"] * k
@@ -136,6 +144,7 @@ def render_events(
                 prefix,
                 id_tail,
                 turbine,
+                shown_,
                 stamp,
                 time_,
                 distance,
@@ -145,13 +154,14 @@ def render_events(
                 fault,
                 producer,
                 site_json,
-                produced_at,
+                sent,
                 detected,
             )
         ).encode()
-        for id_tail, turbine, stamp, time_, distance, model, top_, fault, produced_at in zip(
+        for id_tail, turbine, shown_, stamp, time_, distance, model, top_, fault, sent in zip(
             id_tails,
             turbines,
+            shown,
             json_numbers(stamps),
             times.tolist(),
             json_numbers(result.distances[hit]),
@@ -165,3 +175,21 @@ def render_events(
     keys = [str(t).encode() for t in turbines]
     ids = [f"{topic}:{partition}:{tail}".encode() for tail in id_tails]
     return keys, values, ids
+
+
+def turbine_fields(ids: NDArray[np.int64], names: TurbineNames | None) -> list[str]:
+    """JSON texts of the ``turbine`` field: the integer id, or a named turbine's name.
+
+    Parameters
+    ----------
+    ids : ndarray of shape (k,)
+
+    >>> names = TurbineNames()
+    >>> turbine_fields(names.ids_of(["R80711", "7"]), names)
+    ['"R80711"', '7']
+    """
+    if names is None or not len(names):
+        return [str(t) for t in ids.tolist()]
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    texts = [json.dumps(names.name_of(t)) if t in names else str(t) for t in uniq.tolist()]
+    return [texts[i] for i in inverse.ravel().tolist()]

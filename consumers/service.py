@@ -23,6 +23,7 @@ from the earliest retained offset (see :meth:`DetectorService.settle_partitions`
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -37,14 +38,20 @@ from prometheus_client import CollectorRegistry
 from pydantic import Field
 
 from consumers.checkpoint import Checkpoint, CheckpointDir, StateError, one_line
+from consumers.deadletter import DEFAULT_MAX_BYTES, dead_letter
+from consumers.episode_events import CLOSED, OPENED, render_episode_events
 from consumers.events import render_events
+from consumers.undecodable import find_undecodable, is_data_fault
 from pipeline.config import DetectorConfig
+from pipeline.control import CONTROL_TYPE, ControlError, decode_control
 from pipeline.detector import BatchResult, Detector
+from pipeline.episodes import EpisodeTracker, EpisodeUpdate
 from pipeline.errors import SchemaError, StoreError, TurbineError
 from pipeline.metrics import DetectorMetrics, serve_metrics
+from pipeline.names import turbine_id
 from pipeline.runner import config_for
 from pipeline.store import MANIFEST, AnomalyStore
-from pipeline.wire import JSON_TYPE, SensorBatch, WireError, decode_batch
+from pipeline.wire import JSON_TYPE, TIME_RANGE, VERSIONS, SensorBatch, WireError, decode_batch
 from producers.kafka_client import (
     ANOMALIES_TOPIC,
     DLQ_TOPIC,
@@ -55,6 +62,7 @@ from producers.kafka_client import (
     ensure_topics,
     make_consumer,
     make_producer,
+    retry_broker_call,
 )
 
 log = logging.getLogger(__name__)
@@ -65,6 +73,9 @@ class ServiceSettings(KafkaSettings):
 
     topic: str = READINGS_TOPIC
     anomalies_topic: str = ANOMALIES_TOPIC
+    episodes_topic: str = Field(
+        "turbine.episodes", description="Episode events (opened, closed); see episode_events."
+    )
     dlq_topic: str = DLQ_TOPIC
     group: str = "turbine-detectors"
     store: Path = Path("store")
@@ -76,6 +87,14 @@ class ServiceSettings(KafkaSettings):
     )
     checkpoint_every_seconds: float = Field(10.0, gt=0)
     max_record_bytes: int = Field(8 << 20, ge=1024)
+    dlq_max_bytes: int = Field(
+        DEFAULT_MAX_BYTES,
+        ge=1024,
+        description="A dead letter's value is cut to this size (headers keep the original "
+        "size and hash): the dead-letter topic must accept it.",
+    )
+    min_timestamp: float = Field(TIME_RANGE[0], description="Earliest valid reading time (s).")
+    max_timestamp: float = Field(TIME_RANGE[1], description="Valid reading times are below it.")
     nan_flood_fraction: float = Field(0.5, gt=0, le=1)
     stop_after_idle: float | None = Field(None, gt=0)
     metrics_address: str = "127.0.0.1"
@@ -111,6 +130,7 @@ class PartitionState:
     last_batch: dict[tuple[str, int], int] = field(default_factory=dict)
     sensors: tuple[str, ...] = ()
     last_flush: float = field(default_factory=time.monotonic)
+    episodes: EpisodeTracker | None = None
 
 
 @dataclass
@@ -123,6 +143,14 @@ class Accepted:
     @property
     def offset(self) -> int:
         return int(self.record.offset)
+
+
+def _is_control(record: Any) -> bool:
+    """Whether a record is a control record (its content type), whatever else it holds."""
+    for key, value in record.headers or []:
+        if key == "content-type":
+            return bool(value == CONTROL_TYPE.encode() or value == CONTROL_TYPE)
+    return False
 
 
 def _header(record: Any, name: str) -> str | None:
@@ -181,7 +209,13 @@ class DetectorService:
     @property
     def producer(self) -> Any:
         if self._producer is None:
-            self._producer = make_producer(self.settings, linger_ms=self.settings.events_linger_ms)
+            # Events and dead letters wait out a broker outage of any length (the
+            # checkpoint's flush fails meanwhile and is retried): never dropped.
+            self._producer = make_producer(
+                self.settings,
+                linger_ms=self.settings.events_linger_ms,
+                delivery_timeout_ms=24 * 3600 * 1000,
+            )
         return self._producer
 
     def _make_consumer(self) -> Any:
@@ -208,7 +242,7 @@ class DetectorService:
         # Subscribe only once the topic's partitions are known: a group joined
         # before that can be assigned nothing and stay so.
         deadline = time.monotonic() + self.settings.connect_timeout_s
-        while not consumer.partitions_for_topic(self.settings.topic) and not self._stop:
+        while not self._partitions_known(consumer) and not self._stop:
             if time.monotonic() > deadline:
                 consumer.close()
                 raise KafkaIOError("no partition metadata", topic=self.settings.topic)
@@ -218,8 +252,15 @@ class DetectorService:
         # joins with an empty metadata snapshot and, once the topic's metadata
         # arrives, rebalances a second time (revoke, checkpoint, assign again);
         # once, under load, that second join never completed.
-        consumer.topics()
+        self._retry("metadata", consumer.topics)
         return consumer
+
+    def _partitions_known(self, consumer: Any) -> bool:
+        try:
+            return bool(consumer.partitions_for_topic(self.settings.topic))
+        except Exception as exc:  # the broker went away between two attempts
+            log.warning("broker_unreachable what=metadata error=%s", exc.__class__.__name__)
+            return False
 
     # ------------------------------------------------------------------ partitions
     def _state_for(self, partition: int) -> PartitionState:
@@ -290,11 +331,15 @@ class DetectorService:
                 )
             state.store.truncate(cp.store_position)
             state.store.restore_pending(cp.pending)
+            state.store.restore_pending_episodes(cp.pending_episodes)
+            episodes = EpisodeTracker.from_state(cp.episode_state) if cp.episode_state else None
         except StoreError:
             raise
         except Exception as exc:  # arrays of the wrong shape, dtype, keys...
             raise StateError(path, f"checkpoint does not restore ({one_line(exc)})") from None
         state.detector = detector
+        if episodes is not None:
+            state.episodes = episodes
         state.sensors = cp.sensors
         state.next_offset = cp.offset
         state.last_batch = dict(cp.last_batch)
@@ -406,13 +451,21 @@ class DetectorService:
         self._update_partition_gauges()
 
     # ------------------------------------------------------------------ records
-    def _check(self, state: PartitionState, record: Any) -> SensorBatch:
-        """Decode and validate one record; raises WireError with the dead-letter reason."""
+    def _check(
+        self, state: PartitionState, record: Any, seen: dict[tuple[str, int], int]
+    ) -> SensorBatch:
+        """Decode and validate one record; raises WireError with the dead-letter reason.
+
+        ``seen`` holds the batch numbers of this poll's records not yet scored.
+        """
         ctype = _header(record, "content-type")
         version = _header(record, "schema-version")
-        if version is not None and version != "1":
-            raise WireError("unknown_schema_version", f"header schema-version {version!r}")
-        batch = decode_batch(record.value, ctype, self.settings.max_record_bytes)
+        if version is not None and version not in {str(v) for v in VERSIONS}:
+            raise WireError("unknown_schema_version", f"header schema-version {version[:40]!r}")
+        s = self.settings
+        batch = decode_batch(
+            record.value, ctype, s.max_record_bytes, (s.min_timestamp, s.max_timestamp)
+        )
         sensors = tuple(batch.meta.sensors)
         expected = state.sensors or tuple(self.config.sensors or ())
         if expected and sensors != expected:
@@ -426,7 +479,7 @@ class DetectorService:
                     "nan_flood", f"{int(bad.sum())} of {len(batch)} readings are NaN/inf"
                 )
         key = (batch.meta.producer_id, batch.meta.group)
-        last = state.last_batch.get(key)
+        last = seen.get(key, state.last_batch.get(key))
         if last is not None and batch.meta.batch <= last:
             raise WireError(
                 "duplicate",
@@ -435,53 +488,165 @@ class DetectorService:
         return batch
 
     def _dead_letter(self, record: Any, reason: str, message: str) -> None:
+        self._send_dead_letter(
+            record.topic, record.partition, record.offset, record.key, record.value, reason, message
+        )
+
+    def _send_dead_letter(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: object,
+        value: object,
+        reason: str,
+        message: str,
+    ) -> None:
+        """Count, log and publish one dead letter (a value too large is cut, see deadletter)."""
         self.metrics.dead_letters.labels(reason=reason).inc()
         log.warning(
             "dead_letter topic=%s partition=%d offset=%d reason=%s detail=%s",
-            record.topic,
-            record.partition,
-            record.offset,
+            topic,
+            partition,
+            offset,
             reason,
             message[:200],
         )
-        headers = [
-            ("reason", reason.encode()),
-            ("error", message[:1000].encode("utf-8", "replace")),
-            ("source-topic", record.topic.encode()),
-            ("source-partition", str(record.partition).encode()),
-            ("source-offset", str(record.offset).encode()),
-        ]
-        value = record.value if record.value is not None else b""
-        future = self.producer.send(
-            self.settings.dlq_topic, key=record.key, value=value, headers=headers
+        letter = dead_letter(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+            reason=reason,
+            message=message,
+            max_bytes=self.settings.dlq_max_bytes,
         )
-        future.add_errback(lambda exc: self.metrics.publish_errors.inc())
+        future = self._retry(
+            "dead_letter",
+            lambda: self.producer.send(
+                self.settings.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
+            ),
+        )
+        if future is not None:
+            future.add_errback(self._dead_letter_failed)
+
+    def _dead_letter_failed(self, exc: BaseException) -> None:
+        self.metrics.publish_errors.inc()
+        log.error("dead_letter_send_failed topic=%s error=%s", self.settings.dlq_topic, exc)
+
+    def _retry(self, what: str, call: Any) -> Any:
+        """``call()`` retried while the broker does not answer (None: gave up)."""
+        return retry_broker_call(what, call, stopped=lambda: self._stop)
 
     def handle(self, partition: int, records: list[Any]) -> None:
-        """Process the records polled from one partition, in offset order."""
+        """Process the records polled from one partition, in offset order.
+
+        Every record is scored or dead-lettered: an unexpected exception while
+        checking one is its dead letter (``internal_error``).  The partition's
+        next offset moves past a record only once its fate is final, so a
+        checkpoint never claims a record of a batch not yet scored.
+        """
         state = self.states.get(partition)
         if state is None:
             self._without_state(partition, records)
             return
         run: list[Accepted] = []
+        seen: dict[tuple[str, int], int] = {}  # batch numbers of `run`, not yet scored
         for record in records:
-            try:
-                batch = self._check(state, record)
-            except WireError as exc:
-                self._dead_letter(record, exc.reason, str(exc))
+            if _is_control(record):
+                # An operator's action, in order with the readings: what came
+                # before it is scored against the old models, what follows
+                # against the new ones (pipeline/control.py).
+                if run:
+                    self._score_run(state, run, seen)
+                    run, seen = [], {}
+                self._control(state, record)
                 state.next_offset = record.offset + 1
                 continue
+            try:
+                batch = self._check(state, record, seen)
+            except WireError as exc:
+                self._dead_letter(record, exc.reason, str(exc))
+                if not run:
+                    state.next_offset = record.offset + 1
+                continue
+            except Exception as exc:  # a bug, or an input no check foresaw: never a crash
+                self._dead_letter(record, "internal_error", f"{type(exc).__name__}: {exc}")
+                if not run:
+                    state.next_offset = record.offset + 1
+                continue
             if run and run[-1].batch.meta.batch != batch.meta.batch:
-                self._score(state, run)
-                run = []
-            state.last_batch[(batch.meta.producer_id, batch.meta.group)] = batch.meta.batch
+                self._score_run(state, run, seen)
+                run, seen = [], {}
+                state.next_offset = record.offset  # everything before it is final
+            seen[(batch.meta.producer_id, batch.meta.group)] = batch.meta.batch
             if not state.sensors:
                 state.sensors = tuple(batch.meta.sensors)
             run.append(Accepted(record, batch))
-            state.next_offset = record.offset + 1
         if run:
-            self._score(state, run)
+            self._score_run(state, run, seen)
+        if records:
+            state.next_offset = int(records[-1].offset) + 1
         state.store.advance({partition: state.next_offset or 0})
+
+    def _control(self, state: PartitionState, record: Any) -> None:
+        """Apply one control record to the partition's models, or dead-letter it."""
+        try:
+            msg = decode_control(record.value)
+        except ControlError as exc:
+            self._dead_letter(record, "bad_control", str(exc))
+            return
+        det = state.detector
+        ids = np.array([turbine_id(t) for t in msg.turbines], dtype=np.int64)
+        known = ids[det.turbines.find(ids) >= 0] if det is not None else ids[:0]
+        if known.size < ids.size:
+            missing = [t for t, i in zip(msg.turbines, ids.tolist(), strict=True) if i not in known]
+            self._dead_letter(
+                record,
+                "bad_control",
+                f"partition {state.partition} has no model of turbine {missing[0]!r} (sent "
+                "with the key of its key group?)",
+            )
+        if det is None or known.size == 0:
+            return
+        det.rebaseline(known)
+        self.metrics.rebaselines.labels(reason="operator").inc(int(known.size))
+        log.warning(
+            "rebaseline partition=%d offset=%d turbines=%s reason=operator note=%s",
+            state.partition,
+            record.offset,
+            ",".join(det.names.labels(known)),
+            msg.reason[:200],
+        )
+        self._publish_rebaselines(state, known, "operator", record.offset, msg.reason)
+
+    def _publish_rebaselines(
+        self, state: PartitionState, turbines: np.ndarray, reason: str, offset: int, note: str = ""
+    ) -> None:
+        """One JSON event per turbine re-baselined, on the episodes topic, keyed by turbine."""
+        if not self.settings.publish_events or state.detector is None:
+            return
+        names = state.detector.names
+        now = time.time()
+        for t in turbines.tolist():
+            event = {
+                "type": "rebaseline",
+                "turbine": names.name_of(t) if t in names else int(t),
+                "reason": reason,
+                "note": note,
+                "partition": state.partition,
+                "offset": int(offset),
+                "detected_at": now,
+                "event_id": f"{self.settings.topic}:{state.partition}:{offset}:rebaseline:{t}",
+            }
+            key = f"turbine-{names.name_of(t)}".encode()
+            self.producer.send(
+                self.settings.episodes_topic,
+                key=key,
+                value=json.dumps(event).encode(),
+                headers=[("content-type", JSON_TYPE.encode())],
+            ).add_errback(self._event_failed)
 
     def _without_state(self, partition: int, records: list[Any]) -> None:
         """Records of a partition with no state: read again later, never dropped silently."""
@@ -496,6 +661,17 @@ class DetectorService:
         log.warning("partition_without_state partition=%d offset=%d", partition, records[0].offset)
         self._assign([tp])
 
+    def _score_run(
+        self, state: PartitionState, run: list[Accepted], seen: dict[tuple[str, int], int]
+    ) -> None:
+        """Score a run, then record its batch numbers as processed."""
+        try:
+            self._score(state, run)
+        except Exception as exc:  # e.g. the store refuses the anomalies: never a crash loop
+            for one in run:
+                self._dead_letter(one.record, "internal_error", f"{type(exc).__name__}: {exc}")
+        state.last_batch.update(seen)
+
     def _score(self, state: PartitionState, run: list[Accepted]) -> None:
         """Score records of one engine batch together (one engine call)."""
         start = time.perf_counter()
@@ -508,23 +684,38 @@ class DetectorService:
         ids = np.concatenate([b.turbine_ids for b in batches])
         values = np.concatenate([b.values for b in batches])
         try:
+            for b in batches:
+                state.detector.names.merge(b.names)
             result = state.detector.process(ts, ids, values)
-        except (SchemaError, TurbineError) as exc:
+        except Exception as exc:  # SchemaError and friends; anything else is a bug
             if len(run) > 1:  # find the offending record(s): score one by one
                 for one in run:
                     self._score(state, [one])
                 return
-            self._dead_letter(run[0].record, "schema", str(exc))
+            known = isinstance(exc, SchemaError | TurbineError)
+            reason = "schema" if known else "internal_error"
+            self._dead_letter(run[0].record, reason, f"{type(exc).__name__}: {exc}")
             return
         offsets = np.repeat([a.offset for a in run], [len(b) for b in batches])
         produced = np.repeat([a.record.timestamp / 1000.0 for a in run], [len(b) for b in batches])
         rows = np.concatenate([np.arange(len(b)) for b in batches])
         state.store.append(result, partitions=state.partition, offsets=offsets, rows=rows)
+        self._track_episodes(state, result, batches[0])
+        if result.rebaselined.size:
+            self.metrics.rebaselines.labels(reason="persistent_alarm").inc(
+                int(result.rebaselined.size)
+            )
+            self._publish_rebaselines(state, result.rebaselined, "persistent_alarm", run[-1].offset)
+        for name, count in result.state_counts().items():
+            self.metrics.readings_in_state.labels(state=name).inc(count)
         kinds = None
         labelled = all(b.kinds is not None for b in batches)
         if labelled:
             kinds = np.concatenate([b.kinds for b in batches])
-        self._publish(state, result, offsets, rows, produced, kinds, batches[0])
+        try:
+            self._publish(state, result, offsets, rows, produced, kinds, batches[0])
+        except Exception as exc:  # the batch is scored and stored; its events are lost
+            self._event_failed(exc)
         m = self.metrics
         m.readings.inc(result.n_readings)
         m.readings_skipped.inc(result.n_skipped)
@@ -536,7 +727,9 @@ class DetectorService:
             m.distance.observe_many(result.distances[scored])
             m.last_reading.set(float(np.max(ts)))
         hit = result.anomaly_index
-        m.count_anomalies(ids[hit], None if kinds is None else kinds[hit], labelled)
+        m.count_anomalies(
+            ids[hit], None if kinds is None else kinds[hit], labelled, state.detector.names
+        )
         m.batch_seconds.observe(time.perf_counter() - start)
         self._batches_since_checkpoint += 1
         self.processed_readings += result.n_readings
@@ -566,23 +759,64 @@ class DetectorService:
             producer_id=first.meta.producer_id,
             site=first.meta.site,
             detected_at=time.time(),
+            names=state.detector.names if state.detector is not None else None,
         )
         send = self.producer.send
         topic = self.settings.anomalies_topic
-        partitions = self._event_partitions(keys)
+        partitions = self._retry("event_partitions", lambda: self._event_partitions(keys))
+        if partitions is None:
+            raise KafkaIOError("no partitions for the events", topic=self.settings.anomalies_topic)
         content_type = ("content-type", JSON_TYPE.encode())
         on_error = self._event_failed
         for key, value, event_id, partition in zip(keys, values, ids, partitions, strict=True):
             # One record per anomaly (the wire contract): kafka-python's send is
             # most of what an event costs.
-            send(
-                topic,
-                key=key,
-                value=value,
-                headers=[("event-id", event_id), content_type],
-                partition=partition,
-            ).add_errback(on_error)
+            headers = [("event-id", event_id), content_type]
+            try:
+                future = send(topic, key=key, value=value, headers=headers, partition=partition)
+            except Exception:  # the buffer is full or metadata is gone: wait for the broker
+                future = self._retry(
+                    "event_send",
+                    lambda k=key, v=value, h=headers, p=partition: send(
+                        topic, key=k, value=v, headers=h, partition=p
+                    ),
+                )
+                if future is None:
+                    on_error(KafkaIOError("event not sent", topic=topic))
+                    continue
+            future.add_errback(on_error)
         self.metrics.events_published.inc(result.n_anomalies)
+
+    def _track_episodes(
+        self, state: PartitionState, result: BatchResult, first: SensorBatch
+    ) -> None:
+        """Group the batch's alarms into episodes: store the closed ones, publish both kinds."""
+        if state.episodes is None:
+            state.episodes = EpisodeTracker(state.sensors, self.config.episode_gap)
+        update = state.episodes.update_result(result)
+        state.store.append_episodes(update.closed)
+        if self.settings.publish_events:
+            self._publish_episodes(update, first)
+
+    def _publish_episodes(self, update: EpisodeUpdate, first: SensorBatch) -> None:
+        """One JSON event per episode opened and per episode closed, keyed by turbine."""
+        now = time.time()
+        headers = [("content-type", JSON_TYPE.encode())]
+        for kind, table in ((OPENED, update.opened), (CLOSED, update.closed)):
+            keys, values, ids = render_episode_events(
+                table,
+                kind,
+                producer_id=first.meta.producer_id,
+                site=first.meta.site,
+                detected_at=now,
+            )
+            for key, value, event_id in zip(keys, values, ids, strict=True):
+                self.producer.send(
+                    self.settings.episodes_topic,
+                    key=key,
+                    value=value,
+                    headers=[("event-id", event_id), *headers],
+                ).add_errback(self._event_failed)
 
     def _event_partitions(self, keys: list[bytes]) -> list[int]:
         """The anomalies topic's partition of each key, as kafka-python's default partitioner.
@@ -636,6 +870,8 @@ class DetectorService:
                 pending=state.store.pending(),
                 last_batch=state.last_batch,
                 sensors=state.sensors,
+                episode_state=state.episodes.state() if state.episodes is not None else {},
+                pending_episodes=state.store.pending_episodes(),
             )
             self.checkpoints.save(cp)
             offsets[TopicPartition(self.settings.topic, p)] = OffsetAndMetadata(
@@ -694,6 +930,14 @@ class DetectorService:
         m.store_anomalies.set(store_anoms)
 
     def _update_lag(self, force: bool = False) -> bool:
+        """Consumer lag per partition (see :meth:`_lag`); a broker away means not caught up."""
+        try:
+            return self._lag(force)
+        except Exception as exc:  # position() and friends while the broker is away
+            log.warning("lag_update_failed error=%s", exc.__class__.__name__)
+            return False
+
+    def _lag(self, force: bool) -> bool:
         """Consumer lag per partition; returns True when caught up everywhere.
 
         Uses the high-water marks that come with every fetch response (no
@@ -725,13 +969,70 @@ class DetectorService:
             caught_up &= lag == 0 or tp.partition in self.unrestored  # paused: not consumed
         return caught_up
 
+    def _flush_idle(self) -> None:
+        """No traffic: pending anomalies still reach the store within store_flush_seconds.
+
+        Safe without a checkpoint: a restore truncates the store to the
+        checkpoint's position and puts its pending anomalies back.
+        """
+        now = time.monotonic()
+        for state in list(self.states.values()):
+            if now - state.last_flush >= self.settings.store_flush_seconds:
+                state.store.flush()
+                state.last_flush = now
+
+    def _skip_undecodable(self, exc: BaseException) -> bool:
+        """Find the record kafka-python cannot decode, dead-letter it and seek past it."""
+        try:
+            return self._skip_past_undecodable(exc)
+        except Exception as probe_exc:  # the broker went away meanwhile: poll again later
+            log.warning("undecodable_probe_failed error=%s", probe_exc.__class__.__name__)
+            return False
+
+    def _skip_past_undecodable(self, exc: BaseException) -> bool:
+        log.warning("poll_undecodable error=%s: %s", exc.__class__.__name__, str(exc)[:200])
+        consumer = self._consumer
+        positions = {}
+        for tp in list(consumer.assignment()):
+            pos = consumer.position(tp)
+            end = consumer.highwater(tp)
+            if end is None or pos < end:
+                positions[tp] = pos
+        found = find_undecodable(self.settings, positions)
+        if found is None:
+            return False
+        tp, offset, error = found
+        self._send_dead_letter(
+            tp.topic,
+            tp.partition,
+            offset,
+            None,
+            None,
+            "undecodable",
+            f"{type(error).__name__}: {error}",
+        )
+        consumer.seek(tp, offset + 1)
+        state = self.states.get(tp.partition)
+        if state is not None and (state.next_offset is None or state.next_offset <= offset):
+            state.next_offset = offset + 1
+            state.store.advance({tp.partition: offset + 1})
+        return True
+
     # ------------------------------------------------------------------ main loop
     def stop(self, *_args: object) -> None:
         self._stop = True
 
     def run(self) -> int:
         s = self.settings
-        ensure_topics(s, {s.topic: s.partitions, s.anomalies_topic: s.partitions, s.dlq_topic: 1})
+        ensure_topics(
+            s,
+            {
+                s.topic: s.partitions,
+                s.anomalies_topic: s.partitions,
+                s.episodes_topic: s.partitions,
+                s.dlq_topic: 1,
+            },
+        )
         self._consumer = self._make_consumer()
         log.info("detector_started group=%s topic=%s store=%s", s.group, s.topic, s.store)
         try:
@@ -741,6 +1042,8 @@ class DetectorService:
                     polled = self._consumer.poll(timeout_ms=s.poll_timeout_ms)
                     backoff = 0.5
                 except Exception as exc:  # kafka-python errors while the broker is away
+                    if is_data_fault(exc) and self._skip_undecodable(exc):
+                        continue
                     log.warning(
                         "poll_failed error=%s retry_in=%.1fs", exc.__class__.__name__, backoff
                     )
@@ -756,6 +1059,7 @@ class DetectorService:
                     self._update_lag()
                     continue
                 self._maybe_checkpoint()
+                self._flush_idle()
                 caught_up = self._update_lag(force=s.stop_after_idle is not None)
                 if s.stop_after_idle is None:
                     continue

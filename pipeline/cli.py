@@ -23,69 +23,127 @@ import numpy as np
 from pydantic import ValidationError
 
 from pipeline.config import DetectorConfig, load_config, make_config
+from pipeline.episodes import Episodes
 from pipeline.errors import ConfigError, InputError, TurbineError
-from pipeline.evaluation import Confusion, DelayTracker, alarm_mask
+from pipeline.evaluation import (
+    Confusion,
+    DelayTracker,
+    EpisodeScores,
+    LabelRuns,
+    alarm_mask,
+    score_episodes,
+)
 from pipeline.memory import limit_blas_threads, tune_malloc
+from pipeline.names import TurbineNames, turbine_id
+from pipeline.quirks import Quirks
 from pipeline.recordings import RecordingSpec, RecordingWriter, read_recording
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
 from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
-from pipeline.store import Anomalies, AnomalyStore, find_event, read_anomalies, store_paths
+from pipeline.store import (
+    Anomalies,
+    AnomalyStore,
+    find_event,
+    read_anomalies,
+    read_episodes,
+    store_paths,
+)
 
 log = logging.getLogger("turbine")
 EXIT_BAD_INPUT = 2
 
 
 # ---------------------------------------------------------------------- helpers
+# Timestamps ISO 8601 can show: years 1 to 9999 (seconds since the epoch).
+_ISO_RANGE = (-62_135_596_800.0, 253_402_300_800.0)
+
+
 def iso(ts: float) -> str:
-    """Seconds since the epoch as ISO 8601 UTC (to the millisecond when fractional)."""
-    if float(ts).is_integer():
-        return str(np.datetime64(int(ts), "s")) + "Z"
-    return str(np.datetime64(int(round(ts * 1000)), "ms")) + "Z"
+    """Seconds since the epoch as ISO 8601 UTC (to the millisecond when fractional).
+
+    A timestamp no date can show (NaN, inf, beyond year 9999: a store written
+    before timestamps were validated) is flagged, never fatal:
+
+    >>> iso(1767225600.0), iso(1767225600.5), iso(1e300), iso(float("nan"))
+    ('2026-01-01T00:00:00Z', '2026-01-01T00:00:00.500Z', 'invalid:1e+300', 'invalid:nan')
+    """
+    value = float(ts)
+    if not (_ISO_RANGE[0] <= value < _ISO_RANGE[1]):
+        return f"invalid:{value!r}"
+    if value.is_integer():
+        return str(np.datetime64(int(value), "s")) + "Z"
+    return str(np.datetime64(int(round(value * 1000)), "ms")) + "Z"
 
 
 def parse_time(text: str) -> float:
-    """Epoch seconds or an ISO 8601 date/time (UTC) as epoch seconds."""
+    """Epoch seconds, or an ISO 8601 date/time (its offset honoured; none: UTC)."""
     try:
         return float(text)
     except ValueError:
         pass
+    from pipeline.recordings.isotime import TimeFormatError, parse_times
+
     try:
-        return float(np.datetime64(text.rstrip("Z"), "ms").astype(np.int64)) / 1000.0
-    except ValueError:
+        return float(parse_times([text])[0])
+    except TimeFormatError:
         raise argparse.ArgumentTypeError(
             f"not a time: {text!r} (epoch seconds or ISO 8601)"
         ) from None
 
 
 def add_recording_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("recorded file")
-    g.add_argument("--sep", default=",", help="CSV separator (default ',')")
-    g.add_argument("--time-col", default="timestamp", help="time column (default 'timestamp')")
-    g.add_argument("--id-col", default="turbine_id", help="turbine id column; absent: one machine")
-    g.add_argument("--label-col", default=None, help="label column (default 'label' if present)")
+    g = p.add_argument_group("recorded file (defaults: the configuration's [recording] table)")
+    g.add_argument("--sep", help="CSV separator (default ',')")
+    g.add_argument("--time-col", help="time column (default 'timestamp')")
+    g.add_argument("--id-col", help="turbine id or name column; absent: one machine")
+    g.add_argument("--label-col", help="label column (default 'label' if present)")
     g.add_argument("--drop-col", action="append", default=[], help="column to ignore (repeat)")
-    g.add_argument("--chunk-rows", type=int, default=65_536, help="rows read at a time")
-    g.add_argument("--max-sensors", type=int, default=4096, help="most sensor columns accepted")
+    g.add_argument("--chunk-rows", type=int, help="rows read at a time (default 65536)")
+    g.add_argument("--max-sensors", type=int, help="most sensor columns accepted (default 4096)")
+    g.add_argument(
+        "--sensors",
+        dest="sensor_cols",
+        metavar="COL[=NAME],...",
+        help="sensor columns to read, in order, optionally renamed (default: every numeric column)",
+    )
+    g.add_argument(
+        "--sentinel",
+        action="append",
+        default=[],
+        metavar="SENSOR=V[;V...]",
+        help="values of SENSOR that mean 'no reading' (read as missing; repeat)",
+    )
 
 
-def recording_spec(args: argparse.Namespace) -> RecordingSpec:
-    """The recorded-file options; ``--sep '\\t'`` is a tab."""
+def recording_spec(args: argparse.Namespace, config: DetectorConfig | None = None) -> RecordingSpec:
+    """The recorded-file options over the configuration's; ``--sep '\\t'`` is a tab."""
+    given: dict[str, object] = {}
+    if args.sep is not None:
+        try:
+            given["sep"] = args.sep.encode().decode("unicode_escape")
+        except UnicodeDecodeError:
+            raise ConfigError(f"--sep {args.sep!r}: not a separator") from None
+    for key, value in (
+        ("time_col", args.time_col),
+        ("id_col", args.id_col),
+        ("label_col", args.label_col),
+        ("chunk_rows", args.chunk_rows),
+        ("max_sensors", getattr(args, "max_sensors", None)),
+        ("sensors", getattr(args, "sensor_cols", None)),
+    ):
+        if value is not None:
+            given[key] = value
+    if args.drop_col:
+        given["drop_cols"] = tuple(args.drop_col)
+    if getattr(args, "sentinel", None):
+        given["sentinels"] = ",".join(args.sentinel)
+    base = config.recording if config is not None and config.recording is not None else None
     try:
-        sep = args.sep.encode().decode("unicode_escape")
-    except UnicodeDecodeError:
-        raise ConfigError(f"--sep {args.sep!r}: not a separator") from None
-    try:
-        return RecordingSpec(
-            sep=sep,
-            time_col=args.time_col,
-            id_col=args.id_col,
-            label_col=args.label_col,
-            drop_cols=tuple(args.drop_col),
-            chunk_rows=args.chunk_rows,
-            max_sensors=args.max_sensors,
-        )
+        return RecordingSpec.model_validate({**(base.model_dump() if base else {}), **given})
     except ValidationError as exc:
         first = exc.errors()[0]
+        error = first.get("ctx", {}).get("error")
+        if isinstance(error, ConfigError):  # already names its field
+            raise ConfigError(f"recording options: {error}") from None
         loc = ".".join(str(x) for x in first["loc"])
         raise ConfigError(f"recording options: {loc}: {first['msg']}") from None
 
@@ -121,34 +179,62 @@ def detector_config(args: argparse.Namespace) -> DetectorConfig:
 
 def print_summary(report: RunReport, out=sys.stdout) -> None:
     w = out.write
+    name = report.names.name_of
+    if report.attribution:
+        w(f"data: {report.attribution}\n")
     w(f"{report.path}: {report.readings:,} readings scored")
     if report.learned_only:
         w(f" (+{report.learned_only:,} learned only)")
     w(f", {report.skipped:,} skipped (NaN/inf), {report.anomalies:,} anomalies")
+    if report.states:
+        w(" (not scored: " + ", ".join(f"{n} {c:,}" for n, c in report.states.items()) + ")")
     w(f" in {report.seconds:.2f} s")
     if report.seconds > 0:
         w(f" ({(report.readings + report.learned_only) / report.seconds / 1e6:.2f} M readings/s)")
     w("\n")
+    q = report.quirks
+    if q.duplicate or q.out_of_order or q.sentinels:
+        w(
+            f"data quirks: {q.duplicate:,} duplicate readings (same turbine and UTC time; "
+            f"the first kept), {q.out_of_order:,} out of order (skipped), "
+            f"{q.sentinels:,} sentinel values read as missing"
+        )
+        if q.sentinel:
+            w(" (" + ", ".join(f"{s}: {k:,}" for s, k in sorted(q.sentinel.items())) + ")")
+        w("\n")
     if report.anomalies:
         w(f"threshold (squared distance): {report.threshold:.3f}\n")
         busiest = sorted(report.per_turbine.items(), key=lambda kv: -kv[1])[:10]
         w("anomalies per turbine (top 10): ")
-        w(", ".join(f"{t}: {c}" for t, c in busiest) + "\n")
+        w(", ".join(f"{name(t)}: {c}" for t, c in busiest) + "\n")
         w("worst events:\n")
         for dist, ts, turbine, contrib in report.top.rows:
             order = np.argsort(contrib)[::-1][:2]
             top = ", ".join(f"{report.sensors[j]} {contrib[j]:.1f}" for j in order)
-            w(f"  {iso(ts)}  turbine {turbine:>5}  distance^2 {dist:10.1f}  ({top})\n")
+            w(f"  {iso(ts)}  turbine {name(turbine):>5}  distance^2 {dist:10.1f}  ({top})\n")
+    if report.rebaselined:
+        w(f"re-baselined: {len(report.rebaselined)} model restarts after persistent alarms\n")
+    if report.episodes is not None and len(report.episodes):
+        e = report.episodes
+        i = int(np.argmax(e.durations))
+        w(
+            f"alarm episodes: {len(e):,} (longest: turbine {name(int(e.turbine_ids[i]))}, "
+            f"{float(e.durations[i]):,.0f} s from {iso(float(e.starts[i]))})\n"
+        )
     if report.confusion is not None:
         c = report.confusion
         w(
             f"against labels: precision {c.precision:.3f}, recall {c.recall:.3f}, "
             f"F1 {c.f1:.3f}, FAR {c.far:.2f} %, MAR {c.mar:.2f} %\n"
         )
+    if report.episode_scores is not None:
+        w(episode_summary(report.episode_scores) + "\n")
 
 
 # ---------------------------------------------------------------------- commands
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.key_groups is None:
+        args.key_groups = 12
     params = SimulationParams(
         turbines=args.turbines,
         sensors=args.sensors,
@@ -195,6 +281,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             "bootstrap_servers": args.bootstrap_servers,
             "topic": args.topic,
             "anomalies_topic": args.anomalies_topic,
+            "episodes_topic": args.episodes_topic,
             "dlq_topic": args.dlq_topic,
             "group": args.group,
             "store": args.store,
@@ -216,7 +303,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise ConfigError("detect needs --store DIR")
     report, _ = run_file(
         args.input,
-        recording_spec(args),
+        recording_spec(args, config),
         config,
         store_dir=args.store,
         batch_steps=args.batch_steps,
@@ -235,22 +322,37 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     config = detector_config(args)
-    spec = recording_spec(args)
+    spec = recording_spec(args, config)
     total = Confusion()
+    total_episodes = EpisodeScores()
     per_file = []
+    states: dict[str, int] = {}
+    if args.store is not None:
+        for st in (AnomalyStore(p) for p in store_paths(args.store)):
+            for name, count in st.states.items():
+                states[name] = states.get(name, 0) + count
     for path in args.input:
         if args.store is not None:
-            confusion = evaluate_store(path, spec, args.store, args.train_rows)
+            confusion, episodes = evaluate_store(path, spec, args.store, args.train_rows)
         else:
             report, _ = run_file(
                 path, spec, config, train_rows=args.train_rows, batch_steps=args.batch_steps
             )
-            if report.confusion is None:
+            if report.confusion is None or report.episode_scores is None:
                 raise InputError("no label column (set --label-col)", path=str(path))
-            confusion = report.confusion
+            confusion, episodes = report.confusion, report.episode_scores
+            for name, count in report.states.items():
+                states[name] = states.get(name, 0) + count
         total.merge(confusion)
-        per_file.append({"file": str(path), **confusion.as_dict()})
-    result: dict[str, object] = {**total.as_dict(), "files": len(args.input)}
+        total_episodes.merge(episodes)
+        per_file.append({"file": str(path), **confusion.as_dict(), "episodes": episodes.as_dict()})
+    result: dict[str, object] = {
+        **total.as_dict(),
+        "files": len(args.input),
+        "episodes": total_episodes.as_dict(),
+        # Readings in an operating state (learn_when): neither scored nor counted above.
+        "not_scored": dict(sorted(states.items())),
+    }
     if args.format == "json":
         if args.per_file:
             result["per_file"] = per_file
@@ -263,19 +365,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"mean detection delay {total.mean_delay:.1f} s "
             f"({total.missed_faults} of {len(total.delays) + total.missed_faults} faults missed)"
         )
+        print(episode_summary(total_episodes))
+        if states:
+            print(
+                "not scored (operating states, not in the figures above): "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(states.items()))
+            )
     return 0
 
 
-def evaluate_store(path: Path, spec: RecordingSpec, store: Path, train_rows: int) -> Confusion:
-    """Labels of a recorded file against the alarms a store holds for its readings."""
+def episode_summary(s: EpisodeScores) -> str:
+    """The ``episodes`` figures of ``turbine evaluate`` as one line of text."""
+    return (
+        f"episodes: {s.detected} of {s.faults} faults detected, {s.episodes} episodes, "
+        f"{s.false_episodes} false ({s.false_per_turbine_month:.2f} per turbine-month over "
+        f"{s.turbine_months:.2f} turbine-months), delay median {s.delay_median_s:.1f} s, "
+        f"p90 {s.delay_p90_s:.1f} s"
+    )
+
+
+def evaluate_store(
+    path: Path, spec: RecordingSpec, store: Path, train_rows: int
+) -> tuple[Confusion, EpisodeScores]:
+    """Labels of a recorded file against the alarms and episodes a store holds."""
     anomalies = read_anomalies(store)
     confusion = Confusion()
     delays = DelayTracker()
+    runs = LabelRuns()
     seen = 0
     with read_recording(path, spec) as rec:
         if not rec.has_labels:
             raise InputError("no label column (set --label-col)", path=str(path))
-        for chunk in rec:
+        # The readings the detector saw: the same quirks dropped and blanked.
+        for chunk in Quirks.for_spec(spec, rec.sensors).filter(rec):
             skip = max(0, min(len(chunk), train_rows - seen))
             seen += len(chunk)
             part = chunk.take(slice(skip, None))
@@ -289,10 +411,19 @@ def evaluate_store(path: Path, spec: RecordingSpec, store: Path, train_rows: int
             labels = part.labels.astype(bool)  # type: ignore[union-attr]
             confusion.add(labels, alarms)
             delays.update(part.timestamps, part.turbine_ids, labels, alarms)
+            runs.update(part.timestamps, part.turbine_ids, labels)
     delays.finish()
     confusion.delays = tuple(delays.delays)
     confusion.missed_faults = delays.missed
-    return confusion
+    # The store's episodes within the file's scored time span (a store may hold others).
+    lo = float(runs.first_seen.min(initial=np.inf))
+    hi = float(runs.last_seen.max(initial=-np.inf))
+    eps = read_episodes(store, since=lo, until=hi)
+    eps = eps.select(np.isin(eps.turbine_ids, runs.covered_turbines))
+    scores = score_episodes(
+        *runs.finish(), eps.turbine_ids, eps.starts, eps.ends, runs.turbine_months
+    )
+    return confusion, scores
 
 
 def _json_number(x: object) -> object:
@@ -304,9 +435,18 @@ def _json_number(x: object) -> object:
 def cmd_anomalies(args: argparse.Namespace) -> int:
     stores = [AnomalyStore(p) for p in store_paths(args.store)]
     sensors = next((st.sensors for st in stores if st.sensors), ())
+    names = TurbineNames()
+    for st in stores:
+        names.merge(st.names)
+    args.turbine = None if args.turbine is None else turbine_id(args.turbine)
     if args.similar_to is not None:
-        return similar_anomalies(args, stores, sensors)
-    rows = AnomalyRows(sys.stdout, args.format, sensors)
+        return similar_anomalies(args, stores, sensors, names)
+    if args.episodes:
+        write_episodes(
+            sys.stdout, args.format, read_episodes(args.store, args.turbine, args.since, args.until)
+        )
+        return 0
+    rows = AnomalyRows(sys.stdout, args.format, sensors, names=names)
     for st in stores:
         for table in st.iter_chunks(args.turbine, args.since, args.until):
             rows.write(table)
@@ -314,8 +454,34 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebaseline(args: argparse.Namespace) -> int:
+    if (args.path is None) == (args.bootstrap_servers is None):
+        raise ConfigError("rebaseline needs a store or state file, or --bootstrap-servers")
+    if args.bootstrap_servers is not None:
+        from producers.control import send_control
+        from producers.kafka_client import KafkaSettings
+
+        settings = KafkaSettings(bootstrap_servers=args.bootstrap_servers)
+        n = send_control(
+            settings, args.topic, "rebaseline", args.turbine, args.key_groups, args.reason
+        )
+        print(
+            f"{args.topic}: {n} control record(s) sent; the detectors owning "
+            f"{', '.join(args.turbine)} re-baseline them in order with their readings"
+        )
+        return 0
+    from pipeline.statefiles import rebaseline_files
+
+    for path, names in rebaseline_files(args.path, args.turbine):
+        print(f"{path}: re-baselined {', '.join(names)}")
+    return 0
+
+
 def similar_anomalies(
-    args: argparse.Namespace, stores: list[AnomalyStore], sensors: tuple[str, ...]
+    args: argparse.Namespace,
+    stores: list[AnomalyStore],
+    sensors: tuple[str, ...],
+    names: TurbineNames | None = None,
 ) -> int:
     """``anomalies --similar-to EVENT``: the earlier anomalies most like it, best first."""
     from pipeline.similarity import SeenBefore
@@ -340,26 +506,82 @@ def similar_anomalies(
                     allowed &= ts <= args.until
             seen.update(chunk, allowed)
     matches, similarity = seen.matches(0)
-    rows = AnomalyRows(sys.stdout, args.format, sensors, similarity=True)
+    rows = AnomalyRows(sys.stdout, args.format, sensors, similarity=True, names=names)
     rows.write(matches, similarity)
     rows.close()
     return 0
 
 
+EPISODE_COLUMNS = (
+    "episode",
+    "turbine_id",
+    "start",
+    "end",
+    "duration_s",
+    "alarms",
+    "peak_distance2",
+    "peak_time",
+    "top_sensors",
+    "state",
+)
+
+
+def write_episodes(out: TextIO, fmt: str, table: Episodes) -> None:
+    """``anomalies --episodes``: one row (CSV) or object (JSON) per episode, by start.
+
+    Times are ISO 8601 UTC; CSV joins the top sensors with ``;``.
+    """
+    top = table.top_sensors()
+    rows = [
+        dict(zip(EPISODE_COLUMNS, values, strict=True))
+        for values in zip(
+            table.ids(),
+            table.turbine_ids.tolist(),
+            [iso(t) for t in table.starts.tolist()],
+            [iso(t) for t in table.ends.tolist()],
+            table.durations.tolist(),
+            table.alarms.tolist(),
+            table.peak_distances.tolist(),
+            [iso(t) for t in table.peak_times.tolist()],
+            top,
+            table.states.tolist(),
+            strict=True,
+        )
+    ]
+    if fmt == "json":
+        out.write(json.dumps(rows, indent=1, default=_json_number) + "\n")
+        return
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EPISODE_COLUMNS)
+    for row in rows:  # output formatting, one line per episode
+        writer.writerow([";".join(v) if k == "top_sensors" else v for k, v in row.items()])
+
+
 class AnomalyRows:
-    """Anomaly tables written as CSV rows or one JSON array, table after table."""
+    """Anomaly tables written as CSV rows or one JSON array, table after table.
+
+    Each row carries the turbine's int64 id (``turbine_id``) and its name
+    (``turbine``: ``R80711``, or the id in decimal when it has no name).
+    """
 
     def __init__(
-        self, out: TextIO, fmt: str, sensors: tuple[str, ...], similarity: bool = False
+        self,
+        out: TextIO,
+        fmt: str,
+        sensors: tuple[str, ...],
+        similarity: bool = False,
+        names: TurbineNames | None = None,
     ) -> None:
         self.out, self.format, self.sensors = out, fmt, sensors
+        self.names = names if names is not None else TurbineNames()
         self.similarity = similarity
         self.first = True
         if fmt == "csv":
             self.writer = csv.writer(out, lineterminator="\n")
             self.writer.writerow(
                 (["similarity"] if similarity else [])
-                + ["event", "timestamp", "time", "turbine_id", "distance2", "threshold", "model"]
+                + ["event", "timestamp", "time", "turbine_id", "turbine", "distance2"]
+                + ["threshold", "model"]
                 + [f"contribution_{s}" for s in sensors]
             )
         else:
@@ -367,6 +589,7 @@ class AnomalyRows:
 
     def write(self, table: Anomalies, similarity: np.ndarray | None = None) -> None:
         ids = table.event_ids()
+        turbines = self.names.labels(table.turbine_ids)
         for i in range(len(table)):  # output formatting, one line per anomaly
             model = "turbine" if table.scored_by[i] == 1 else "fleet"
             if self.format == "csv":
@@ -377,6 +600,7 @@ class AnomalyRows:
                         repr(float(table.timestamps[i])),
                         iso(table.timestamps[i]),
                         int(table.turbine_ids[i]),
+                        turbines[i],
                         repr(float(table.distances[i])),
                         repr(float(table.thresholds[i])),
                         model,
@@ -393,6 +617,7 @@ class AnomalyRows:
                         "timestamp": float(table.timestamps[i]),
                         "time": iso(table.timestamps[i]),
                         "turbine_id": int(table.turbine_ids[i]),
+                        "turbine": turbines[i],
                         "distance2": float(table.distances[i]),
                         "threshold": float(table.thresholds[i]),
                         "model": model,
@@ -419,11 +644,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(
         worst_turbines=args.worst, top_events=args.top_events, similar=args.similar
     )
+    # The store's configuration may say how to read its input (its [recording] table).
+    recorded = next((AnomalyStore(p).config for p in store_paths(args.store)), None)
     report = write_report(
         args.store,
         args.output,
         input_path=args.input,
-        spec=recording_spec(args) if args.input is not None else None,
+        spec=recording_spec(args, recorded) if args.input is not None else None,
         batch_steps=args.batch_steps,
         checkpoint_dir=args.checkpoint_dir,
         options=options,
@@ -434,10 +661,77 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inject(args: argparse.Namespace) -> int:
+    from pipeline.inject import load_plan, make_plan, parse_duration, parse_kinds, random_plan
+    from pipeline.recordings.injected import inject_file, survey
+
+    config = load_config(args.config) if args.config is not None else None
+    spec = recording_spec(args, config)
+    single = [args.kind is not None, args.plan is not None, args.random is not None]
+    if sum(single) != 1:
+        raise ConfigError("inject needs one of --kind (one fault), --plan FILE or --random N")
+    if args.plan is not None:
+        plan = load_plan(args.plan)
+    elif args.kind is not None:
+        missing = [o for o, v in (("--start", args.start), ("--duration", args.duration)) if not v]
+        if args.turbine is None:
+            missing.insert(0, "--turbine")
+        if missing:
+            raise ConfigError(f"inject --kind needs {', '.join(missing)}")
+        fault = {
+            "kind": args.kind,
+            "turbine": args.turbine,
+            "start": args.start,
+            "duration": args.duration,
+            "size": args.size if args.size is not None else 0.0,
+            "above": args.above,
+        }
+        if args.sensor is not None:
+            fault["sensor"] = args.sensor
+        plan = make_plan([fault], source="options")
+    else:
+        if args.kinds is None:
+            raise ConfigError("inject --random needs --kinds KIND[:SENSOR[:SIZE]],...")
+        if args.duration is None:
+            raise ConfigError("inject --random needs --duration (e.g. 14d)")
+        found = survey(args.input, spec)
+        turbines = found.turbines if args.turbine is None else args.turbine.split(",")
+        since = parse_instant_option(args.since, found.since)
+        until = parse_instant_option(args.until, found.until + 1.0)
+        plan = random_plan(
+            turbines,
+            since,
+            until,
+            args.random,
+            parse_kinds(args.kinds),
+            parse_duration(args.duration),
+            args.seed,
+            gap=parse_duration(args.gap),
+        )
+    if args.write_plan is not None:
+        Path(args.write_plan).write_text(plan.to_json() + "\n", encoding="utf-8")
+    report = inject_file(args.input, args.output, spec, plan)
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(plan.kind_counts().items()))
+    print(
+        f"wrote {report.rows:,} readings to {args.output}: {len(plan.faults)} faults ({kinds}), "
+        f"{report.labelled:,} readings labelled"
+    )
+    return 0
+
+
+def parse_instant_option(text: str | None, default: float) -> float:
+    from pipeline.inject import parse_instant
+
+    return default if text is None else parse_instant(text)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from producers.commands import replay
 
-    return replay(args, recording_spec(args))
+    config = load_config(args.config) if args.config is not None else None
+    if args.key_groups is None:
+        args.key_groups = config.key_groups if config is not None else 12
+    return replay(args, recording_spec(args, config))
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -508,8 +802,51 @@ def build_parser() -> argparse.ArgumentParser:
     add_detector_options(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser(
+        "inject", help="write a copy of a recorded file with labelled faults injected"
+    )
+    p.add_argument("--input", type=Path, required=True, help="recorded file (.csv or .npz)")
+    p.add_argument("--output", type=Path, required=True, help="the copy with faults")
+    p.add_argument("--config", type=Path, help="configuration whose [recording] table reads it")
+    g = p.add_argument_group("one fault")
+    g.add_argument("--kind", choices=("derating", "offset", "gain", "stuck", "drift"))
+    g.add_argument("--turbine", help="turbine name or id (--random: comma-separated choice)")
+    g.add_argument("--sensor", help="sensor (name or column; derating: default 'power')")
+    g.add_argument("--start", help="fault start: ISO 8601 (offset honoured) or epoch seconds")
+    g.add_argument("--duration", help="fault length: 14d, 6h, 30m, 90s or seconds")
+    g.add_argument(
+        "--size",
+        type=float,
+        help="derating/gain: a fraction (0.06); offset/drift: sensor units",
+    )
+    g.add_argument(
+        "--above", type=float, default=0.0, help="derating acts while power > this (default 0)"
+    )
+    g = p.add_argument_group("many faults")
+    g.add_argument("--plan", type=Path, help="TOML ([[fault]] tables) or JSON list of faults")
+    g.add_argument("--random", type=int, metavar="N", help="N faults drawn from --seed")
+    g.add_argument(
+        "--kinds",
+        metavar="KIND[:SENSOR[:SIZE]],...",
+        help="--random: the kinds, used in turn (e.g. derating::0.06,gain:wind_speed:0.07)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="--random: the seed (default 0)")
+    g.add_argument("--since", help="--random: earliest start (default: the file's first time)")
+    g.add_argument("--until", help="--random: latest end (default: the file's last time)")
+    g.add_argument(
+        "--gap", default="0", help="--random: least time between faults of a turbine (e.g. 2d)"
+    )
+    g.add_argument("--write-plan", type=Path, help="also write the plan used (JSON)")
+    add_recording_options(p)
+    p.set_defaults(func=cmd_inject)
+
     p = sub.add_parser("replay", help="replay a recorded file to Kafka")
     p.add_argument("file", type=Path)
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="the detectors' configuration: its [recording] table and its key_groups",
+    )
     add_recording_options(p)
     _add_stream_options(p)
     p.set_defaults(func=cmd_replay)
@@ -523,7 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("anomalies", help="list anomalies from a store")
     p.add_argument("store", type=Path)
-    p.add_argument("--turbine", type=int)
+    p.add_argument("--turbine", help="a turbine name (R80711) or integer id")
     p.add_argument("--since", type=parse_time)
     p.add_argument("--until", type=parse_time)
     p.add_argument("--format", choices=("csv", "json"), default="csv")
@@ -534,7 +871,34 @@ def build_parser() -> argparse.ArgumentParser:
         "or topic:partition:offset:row), by the cosine similarity of their sensor contributions",
     )
     p.add_argument("--top", type=int, default=5, help="with --similar-to: how many (default 5)")
+    p.add_argument(
+        "--episodes",
+        action="store_true",
+        help="list alarm episodes instead (turbine, start, end, duration, alarms, peak, "
+        "top sensors, state); --since/--until keep the episodes overlapping the range",
+    )
     p.set_defaults(func=cmd_anomalies)
+
+    p = sub.add_parser(
+        "rebaseline",
+        help="forget turbines' models after maintenance (a store or state file of a stopped "
+        "detector; the running service takes the control topic)",
+    )
+    p.add_argument(
+        "path", type=Path, nargs="?", help="store directory, model.npz or a checkpoint file"
+    )
+    p.add_argument(
+        "--turbine", action="append", required=True, help="turbine name or id (repeatable)"
+    )
+    p.add_argument("--bootstrap-servers", help="the running service: send a control record instead")
+    p.add_argument(
+        "--topic", default="turbine.readings", help="readings topic (default %(default)s)"
+    )
+    p.add_argument(
+        "--key-groups", type=int, default=12, help="the producers' key groups (default 12)"
+    )
+    p.add_argument("--reason", default="", help="a note carried by the event (e.g. the repair)")
+    p.set_defaults(func=cmd_rebaseline)
 
     p = sub.add_parser(
         "report", help="write an HTML anomaly report with figures (timelines, heatmap, ...)"
@@ -567,7 +931,11 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--speed", type=float, default=0.0, help="times the recorded pace; 0 = as fast as possible"
     )
-    g.add_argument("--key-groups", type=int, default=12, help="turbine groups (the record keys)")
+    g.add_argument(
+        "--key-groups",
+        type=int,
+        help="turbine groups, the record keys (default: the configuration's, else 12)",
+    )
     g.add_argument(
         "--batch-steps",
         type=int,
@@ -590,6 +958,7 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bootstrap-servers", help="HOST:PORT[,HOST:PORT...]")
     g.add_argument("--topic", help="readings topic (default turbine.readings)")
     g.add_argument("--anomalies-topic", help="default turbine.anomalies")
+    g.add_argument("--episodes-topic", help="episode events (default turbine.episodes)")
     g.add_argument("--dlq-topic", help="dead letters (default turbine.readings.dlq)")
     g.add_argument("--group", help="consumer group (default turbine-detectors)")
     g.add_argument(

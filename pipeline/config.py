@@ -11,7 +11,95 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.calibration import check_calibration_shapes
+from pipeline.durations import Duration
 from pipeline.errors import ConfigError
+from pipeline.recordings.spec import RecordingSpec
+
+
+class Regime(BaseModel):
+    """Operating regimes: models keyed by (turbine, bin of one sensor's raw value).
+
+    ``edges`` (strictly increasing) cut the sensor's range into
+    ``len(edges) + 1`` bins; readings below the first edge or above the last
+    fall into the end bins.
+
+    >>> Regime(sensor="wind_speed", edges=(3.0, 5.0)).n_bins
+    3
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sensor: str = Field(description="The sensor whose raw value picks the bin.")
+    edges: tuple[float, ...] = Field(min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Regime:
+        e = np.asarray(self.edges, dtype=np.float64)
+        if not np.isfinite(e).all():
+            raise ConfigError(f"regime edges must be finite numbers, got {list(self.edges)}")
+        if e.size > 1 and not (np.diff(e) > 0).all():
+            bad = int(np.flatnonzero(np.diff(e) <= 0)[0])
+            raise ConfigError(
+                f"regime edges must be strictly increasing: {self.edges[bad]} is followed by "
+                f"{self.edges[bad + 1]}"
+            )
+        return self
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.edges) + 1
+
+
+class SensorRange(BaseModel):
+    """A range on one sensor's raw value (``above`` < value < ``below``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sensor: str
+    above: float | None = None
+    below: float | None = None
+
+
+class LearnRule(BaseModel):
+    """One condition a reading must meet to be learned (``learn_when``).
+
+    Either a range on a sensor's raw value (``above`` and/or ``below``) or a
+    status sensor whose value must be one of the ``normal`` codes.  A reading
+    that fails the rule is neither learned nor scored; it is reported with
+    the rule's ``state`` (e.g. ``"stopped"``).
+
+    >>> LearnRule(sensor="power", above=20.0, state="stopped").state
+    'stopped'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sensor: str
+    above: float | None = Field(None, description="Learn only readings above this value.")
+    below: float | None = Field(None, description="Learn only readings below this value.")
+    normal: tuple[float, ...] | None = Field(
+        None, min_length=1, description="Status codes that mean normal operation."
+    )
+    state: str = Field("not_learning", min_length=1, max_length=40, pattern=r"^[a-z0-9_]+$")
+    where: SensorRange | None = Field(
+        None,
+        description="The rule applies only to readings in this range of another sensor "
+        "(e.g. pitch below 5 deg only where the wind is below rated: curtailment).",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> LearnRule:
+        ranged = self.above is not None or self.below is not None
+        if ranged == (self.normal is not None):
+            raise ConfigError(
+                f"learn_when rule on {self.sensor!r}: give either above/below or normal codes"
+            )
+        if self.above is not None and self.below is not None and self.above >= self.below:
+            raise ConfigError(
+                f"learn_when rule on {self.sensor!r}: above={self.above} is not below "
+                f"below={self.below}"
+            )
+        return self
 
 
 class DetectorConfig(BaseModel):
@@ -58,16 +146,101 @@ class DetectorConfig(BaseModel):
         None, gt=1, description="Exponential forgetting: effective readings remembered."
     )
     ridge: float = Field(1e-6, ge=0, description="Relative ridge that regularises covariances.")
-    chart: Literal["none", "mewma"] = Field(
+    chart: Literal["none", "mewma", "residual"] = Field(
         "none",
         description="'mewma': learn and score a per-turbine EWMA of the calibrated readings "
-        "(a MEWMA chart with its covariance estimated from data), for persistent shifts.",
+        "(a MEWMA chart with its covariance estimated from data), for persistent shifts. "
+        "'residual': also a per-turbine EWMA of the whitened conditional residuals with "
+        "time constant chart_span (slow faults), each statistic at half the alarm rate.",
     )
     mewma_lambda: float = Field(0.2, gt=0, le=1, description="EWMA weight of the newest reading.")
+    conditions: tuple[str, ...] = Field(
+        (),
+        description="Exogenous sensors that define the operating point: conditioned on, "
+        "not scored. The score is the squared distance of the other sensors given them, "
+        "chi-square with D - k degrees of freedom.",
+    )
+    fleet_relative: tuple[str, ...] = Field(
+        (),
+        description="Sensors scored as their deviation from the fleet's median at the same "
+        "time (in the same batch), e.g. an outdoor temperature that all turbines share.",
+    )
+    sensor_floor: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-sensor noise floor (a standard deviation in the sensor's units) "
+        "added to every model's variance: deviations below a sensor's meaningful tolerance "
+        "are not anomalies (a pitch of -1 deg +- 0.01 would otherwise make 0.2 deg a fault).",
+    )
+    regime: Regime | None = Field(None, description="Models per (turbine, bin of a sensor).")
+    learn_when: tuple[LearnRule, ...] = Field(
+        (), description="Conditions (all of them) a reading must meet to be learned."
+    )
+    learn_gate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Tail probability of the learning gate: readings above the alarm "
+        "threshold but inside the gate are still learned. None: the alarm threshold.",
+    )
+    warmup_span: Duration | None = Field(
+        None, description="Time a model must have learned over before it scores."
+    )
+    memory_span: Duration | None = Field(
+        None, description="Exponential forgetting with this time constant (seasonal drift)."
+    )
+    chart_span: Duration | None = Field(
+        None,
+        description="MEWMA with a time constant instead of a fixed lambda (irregular steps).",
+    )
+    chart_floor: float = Field(
+        1.0,
+        ge=0,
+        description="The residual chart's variance floor, in units of the EWMA variance of "
+        "white noise (lambda / (2 - lambda)), added to every chart model.",
+    )
+    chart_sensors: tuple[str, ...] = Field(
+        (),
+        description="The scored sensors the residual chart watches (default all); the others "
+        "are left to the point score (a pitch that sits at -1 deg and jumps at start-ups "
+        "makes a poor chart).",
+    )
+    chart_false_alarm_rate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Tail probability of the residual chart's threshold (default: half the "
+        "false_alarm_rate); the chart statistic is reported scaled to the alarm threshold.",
+    )
+    rebaseline_after: Duration | None = Field(
+        None,
+        description="An alarm persisting at a steady level this long is accepted as the new "
+        "normal: the model restarts from the readings since it began.",
+    )
+    rebaseline_share: float = Field(
+        0.8, gt=0, le=1, description="Share of alarms over the span for re-baselining."
+    )
+    rebaseline_steady: float = Field(
+        1.0,
+        gt=0,
+        description="Steadiness: the two halves of the span differ by at most this many "
+        "standard deviations (Mahalanobis distance of their means).",
+    )
     nan_policy: Literal["skip", "error"] = Field(
         "skip", description="NaN/inf readings: skip and count them, or raise."
     )
     max_turbines: int = Field(100_000, ge=1, description="Bound on distinct turbines.")
+    recording: RecordingSpec | None = Field(
+        None,
+        description="How to read recorded files (the [recording] table: columns, sensors "
+        "and their names, sentinels); command-line options override it.",
+    )
+    # 30 minutes: three 10-minute SCADA averages, so a fault that dips under the threshold
+    # for one or two readings stays one episode; at 1 s data it still separates false
+    # alarms, which come about once per 1/false_alarm_rate readings (~3 h at 1e-4).
+    episode_gap: Duration = Field(
+        1800.0,
+        description="Alarms of one turbine less than this apart form one episode.",
+    )
 
     @model_validator(mode="after")
     def _shapes(self) -> DetectorConfig:
@@ -88,7 +261,47 @@ class DetectorConfig(BaseModel):
                 f"({len(self.turbines)},): one factor per turbine, or a {{id: factor}} map "
                 "for some of them"
             )
+        if self.learn_gate is not None and self.learn_gate > self.false_alarm_rate:
+            raise ConfigError(
+                f"learn_gate {self.learn_gate} is above false_alarm_rate "
+                f"{self.false_alarm_rate}: the gate must be at or beyond the alarm threshold"
+            )
+        if any(not (v >= 0 and np.isfinite(v)) for v in self.sensor_floor.values()):
+            raise ConfigError("sensor_floor values must be finite and >= 0")
+        if len(set(self.conditions)) != len(self.conditions):
+            raise ConfigError("conditions lists the same sensor twice")
+        if set(self.conditions) & set(self.fleet_relative):
+            raise ConfigError("a sensor cannot be both a condition and fleet-relative")
+        if self.sensors is not None:
+            self.check_sensor_roles(self.sensors)
         return self
+
+    def check_sensor_roles(self, sensors: tuple[str, ...]) -> None:
+        """Raise a ConfigError naming any sensor a role names that is not in ``sensors``."""
+        named = [("conditions", c) for c in self.conditions]
+        named += [("fleet_relative", c) for c in self.fleet_relative]
+        if self.regime is not None:
+            named.append(("regime", self.regime.sensor))
+        named += [("learn_when", r.sensor) for r in self.learn_when]
+        named += [("learn_when", r.where.sensor) for r in self.learn_when if r.where]
+        named += [("sensor_floor", name) for name in self.sensor_floor]
+        named += [("chart_sensors", name) for name in self.chart_sensors]
+        for role, name in named:
+            if name not in sensors:
+                raise ConfigError(
+                    f"{role} names sensor {name!r}, which is not one of the sensors {list(sensors)}"
+                )
+        for name in self.chart_sensors:
+            if name in self.conditions:
+                raise ConfigError(f"chart_sensors names {name!r}, a condition (never scored)")
+        if len(self.conditions) >= len(sensors):
+            raise ConfigError(
+                f"conditions {list(self.conditions)} leave no sensor to score of {list(sensors)}"
+            )
+
+    def degrees_of_freedom(self, n_features: int) -> int:
+        """Degrees of freedom of the score: D minus the conditioning sensors."""
+        return n_features - len(self.conditions)
 
     def _declared_features(self) -> int | None:
         for vec in (self.sensors, self.offsets, self.gains):
@@ -165,7 +378,24 @@ class DetectorConfig(BaseModel):
         d = n_features if n_features is not None else self._declared_features()
         if d is None:
             raise ConfigError("the number of sensors is not known yet")
-        return chi2_threshold(self.false_alarm_rate, d)
+        # The residual chart and the point score each get half the false-alarm rate.
+        rate = self.false_alarm_rate / (2.0 if self.chart == "residual" else 1.0)
+        return chi2_threshold(rate, self.degrees_of_freedom(d))
+
+    def chart_threshold(self, n_features: int) -> float:
+        """The residual chart's own threshold on its squared distance."""
+        from pipeline.mahalanobis import chi2_threshold
+
+        rate = self.chart_false_alarm_rate or self.false_alarm_rate / 2.0
+        return chi2_threshold(rate, self.degrees_of_freedom(n_features))
+
+    def gate(self, n_features: int) -> float:
+        """The learning gate on squared distances (the alarm threshold when not set)."""
+        from pipeline.mahalanobis import chi2_threshold
+
+        if self.learn_gate is None:
+            return self.threshold(n_features)
+        return chi2_threshold(self.learn_gate, self.degrees_of_freedom(n_features))
 
 
 def load_config(path: str | Path, **overrides: object) -> DetectorConfig:

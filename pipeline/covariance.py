@@ -364,13 +364,19 @@ class GroupedCovariance:
         counts, means, m2 = grouped_moments(x, groups.astype(np.intp, copy=False), self.n_groups)
         return self.merge_moments(counts, means, m2)
 
-    def merge_moments(self, counts: F64, means: F64, m2: F64) -> NDArray[np.intp]:
-        """Combine per-group moments (shapes (G,), (G, D), (G, D, D)) into the state."""
+    def merge_moments(
+        self, counts: F64, means: F64, m2: F64, decay: F64 | None = None
+    ) -> NDArray[np.intp]:
+        """Combine per-group moments (shapes (G,), (G, D), (G, D, D)) into the state.
+
+        ``decay`` (shape (G,)), when given, is the weight each group's old state
+        keeps (forgetting in time); otherwise ``memory`` (in readings) decides.
+        """
         changed = np.flatnonzero(counts)
         if changed.size == 0:
             return changed
         n_b = counts[changed]
-        w = decay_weight(n_b, self.memory)
+        w = decay_weight(n_b, self.memory) if decay is None else decay[changed]
         n, mean, c2 = combine(
             self.counts[changed] * w,
             self.means[changed],

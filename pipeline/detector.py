@@ -4,11 +4,19 @@ Semantics (the same for the embedded run and the Kafka service):
 
 * a batch is scored against the models as they were before the batch
   (score, then learn), so no reading ever influences its own score;
-* a turbine whose model has learned fewer than ``min_samples`` readings is
-  scored against the fleet model of its key group (turbine id mod
-  ``key_groups``); before that model is warm too, the reading is learned but
-  not scored (no alarm);
-* readings flagged anomalous are not learned (``learn_anomalies=False``);
+* a model is kept per turbine and, with ``regime``, per (turbine, bin of
+  the regime sensor); fleet models per (key group, bin) are the exact
+  merges of their turbines' models;
+* a model that has learned fewer than ``min_samples`` readings (or over
+  less than ``warmup_span``) is stood in for by its fleet model; before
+  that model is warm too, the reading is learned but not scored (no alarm);
+* with ``conditions`` the score is the squared distance of the other
+  sensors given the conditioning ones (a Schur complement: the lower block
+  of the Cholesky factor with the conditions ordered first);
+* readings above the learning gate (the alarm threshold unless
+  ``learn_gate`` is set) are not learned (``learn_anomalies=False``);
+* readings failing a ``learn_when`` rule are neither learned nor scored and
+  are reported with the rule's state (e.g. ``stopped``);
 * NaN/inf readings are skipped and counted (``nan_policy='skip'``).
 
 All state depends only on each turbine's own readings and on its key
@@ -28,6 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.linalg import blas
 
 from pipeline.calibration import calibrate
+from pipeline.charts import ewma_by_count, ewma_by_time
 from pipeline.config import DetectorConfig
 from pipeline.covariance import (
     F64,
@@ -47,9 +56,13 @@ from pipeline.mahalanobis import (
     squared_norms,
     whiten_grouped,
 )
+from pipeline.names import TurbineNames
+from pipeline.policy import fleet_deviation, learning_states, regime_bins, time_decay
+from pipeline.rebaseline import RebaselineRuns
 from pipeline.turbines import TurbineIndex
 
-SKIPPED, WARMUP, TURBINE, FLEET = -1, 0, 1, 2
+FILTERED, SKIPPED, WARMUP, TURBINE, FLEET = -2, -1, 0, 1, 2
+_CHART_CLIP = 3.0  # whitened residuals beyond +-3 sd enter the residual chart as +-3
 
 
 @dataclass(frozen=True)
@@ -61,11 +74,12 @@ class BatchResult:
     timestamps : ndarray of shape (n,)
     turbine_ids : ndarray of shape (n,)
     distances : ndarray of shape (n,)
-        Squared Mahalanobis distance (or MEWMA statistic) of each reading;
+        Squared Mahalanobis distance (or chart statistic) of each reading;
         0 where the reading was not scored (see ``scored_by``).
     is_anomaly : ndarray of shape (n,)
         Alarm flags: ``distances > threshold`` for scored readings.
     scored_by : ndarray of shape (n,)
+        -2 not learned nor scored (a ``learn_when`` state, see ``states``),
         -1 skipped (NaN/inf), 0 warming up (learned, not scored),
         1 the turbine's model, 2 the fleet model of its key group.
     threshold : float
@@ -73,8 +87,15 @@ class BatchResult:
     anomaly_index : ndarray of shape (k,)
         Positions of the anomalies in the batch.
     contributions : ndarray of shape (k, D)
-        Each sensor's share of each anomaly's squared distance (rows sum to
-        the distance).
+        Each sensor's share of each anomaly's statistic (rows sum to it; the
+        conditioning sensors' shares are 0).
+    states : ndarray of shape (n,)
+        0 for a reading in normal operation, j for one that failed
+        ``learn_when`` rule j - 1 (its name is ``state_names[j]``).
+    state_names : tuple of str
+        ``("normal", <each rule's state>...)``.
+    rebaselined : ndarray of shape (r,)
+        Turbine ids whose model was re-baselined after this batch.
     """
 
     timestamps: F64
@@ -86,6 +107,9 @@ class BatchResult:
     anomaly_index: NDArray[np.intp]
     contributions: F64
     sensors: tuple[str, ...] = field(default=())
+    states: NDArray[np.int8] | None = None
+    state_names: tuple[str, ...] = ("normal",)
+    rebaselined: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def n_readings(self) -> int:
@@ -96,8 +120,20 @@ class BatchResult:
         return int(np.count_nonzero(self.scored_by == SKIPPED))
 
     @property
+    def n_filtered(self) -> int:
+        """Readings outside ``learn_when`` (stops, curtailment...): not anomalies."""
+        return int(np.count_nonzero(self.scored_by == FILTERED))
+
+    @property
     def n_anomalies(self) -> int:
         return int(self.anomaly_index.size)
+
+    def state_counts(self) -> dict[str, int]:
+        """Readings per non-normal state in this batch."""
+        if self.states is None:
+            return {}
+        counts = np.bincount(self.states, minlength=len(self.state_names))
+        return {name: int(counts[j]) for j, name in enumerate(self.state_names) if j and counts[j]}
 
 
 class Detector:
@@ -126,11 +162,16 @@ class Detector:
     def __init__(self, config: DetectorConfig | None = None, n_features: int | None = None) -> None:
         self.config = config if config is not None else DetectorConfig()
         self.turbines = TurbineIndex(self.config.turbines, self.config.max_turbines)
+        # The names behind hashed turbine ids (pipeline/names.py), kept for display.
+        self.names = TurbineNames()
         self.n_features: int | None = None
         self.readings = 0
         self.skipped = 0
         self.anomalies = 0
         self.batches = 0
+        self.filtered = 0
+        self.rebaselines = 0
+        self.state_names = ("normal", *(r.state for r in self.config.learn_when))
         d = n_features or (len(self.config.sensors) if self.config.sensors else None)
         if d is not None:
             self._init_models(d)
@@ -139,8 +180,27 @@ class Detector:
     def _init_models(self, d: int) -> None:
         cfg = self.config
         cfg.check_features(d)
+        roles = bool(
+            cfg.conditions
+            or cfg.regime
+            or cfg.learn_when
+            or cfg.fleet_relative
+            or cfg.sensor_floor
+            or cfg.chart_sensors
+        )
+        if roles:
+            if cfg.sensors is None:
+                raise SchemaError(
+                    "conditions, regime, learn_when and fleet_relative name sensors: "
+                    "the configuration needs the sensor names"
+                )
+            cfg.check_sensor_roles(cfg.sensors)
+        sensors = tuple(cfg.sensors or ())
         self.n_features = d
         self.threshold = cfg.threshold(d)
+        self.gate = cfg.gate(d)
+        # The residual chart's statistic, scaled so that the alarm threshold applies to it.
+        self._chart_scale = self.threshold / cfg.chart_threshold(d)
         self.min_samples, self.fleet_min_samples = cfg.warmup(d)
         self._offsets = cfg.offsets_array(d)
         self._gains = cfg.gains_array(d)
@@ -150,21 +210,69 @@ class Detector:
             and not self._offsets.any()
             and bool(np.all(self._gains == 1.0))
         )
-        g = cfg.key_groups
-        self._groups = GroupedCovariance(g, d, memory=cfg.memory)
-        self._group_chol = np.broadcast_to(np.eye(d), (g, d, d)).copy()
+        self._k = len(cfg.conditions)
+        if self._k:
+            first = [sensors.index(c) for c in cfg.conditions]
+            self._perm: NDArray[np.intp] | None = np.array(
+                first + [j for j in range(d) if j not in first], dtype=np.intp
+            )
+        else:
+            self._perm = None
+        if cfg.sensor_floor:
+            floor = np.array([cfg.sensor_floor.get(name, 0.0) for name in sensors]) ** 2
+            self._floor: F64 | None = floor[self._perm] if self._perm is not None else floor
+        else:
+            self._floor = None
+        self._bins = cfg.regime.n_bins if cfg.regime is not None else 1
+        self._regime_col = sensors.index(cfg.regime.sensor) if cfg.regime is not None else -1
+        self._rule_cols = [sensors.index(r.sensor) for r in cfg.learn_when]
+        self._where_cols = [
+            sensors.index(r.where.sensor) if r.where is not None else -1 for r in cfg.learn_when
+        ]
+        self._relative_cols = [sensors.index(s) for s in cfg.fleet_relative]
+        self._track_time = (
+            cfg.warmup_span is not None
+            or cfg.memory_span is not None
+            or cfg.rebaseline_after is not None
+        )
+        g, b = cfg.key_groups, self._bins
+        self._groups = GroupedCovariance(g * b, d, memory=cfg.memory)
+        self._group_chol = np.broadcast_to(np.eye(d), (g * b, d, d)).copy()
         self._groups_dirty = False
-        t = len(self.turbines)
-        self._models = GroupedCovariance(t, d, memory=cfg.memory)
-        self._chol = np.broadcast_to(np.eye(d), (t, d, d)).copy()
+        m = len(self.turbines) * b
+        self._models = GroupedCovariance(m, d, memory=cfg.memory)
+        self._chol = np.broadcast_to(np.eye(d), (m, d, d)).copy()
+        self._first_time = np.full(m, np.nan)
+        self._last_time = np.full(m, np.nan)
         self._factor = np.ones(0)
         self._group_of = np.zeros(0, dtype=np.intp)
+        t = len(self.turbines)
         self._ewma = np.zeros((t, d))
         self._ewma_started = np.zeros(t, dtype=bool)
+        r = d - self._k
+        self._chart_s = np.zeros((t, r))
+        self._chart_time = np.full(t, np.nan)
+        self._chart_since = np.full(t, np.nan)  # when each chart model began to learn
+        self._chart_step = 0.0  # the stream's time step, for the chart's variance floor
+        # The scored sensors the residual chart watches (1) or leaves to the point score (0).
+        self._chart_mask = np.ones(r)
+        if cfg.chart_sensors:
+            order = self._perm[self._k :] if self._perm is not None else np.arange(d)
+            watched = [sensors[j] in cfg.chart_sensors for j in order]
+            self._chart_mask = np.asarray(watched, dtype=np.float64)
+        self._chart_models = GroupedCovariance(t, r)
+        self._chart_chol = np.broadcast_to(np.eye(r), (t, r, r)).copy()
+        self._runs = (
+            RebaselineRuns(
+                m, d, self._k, cfg.rebaseline_after, cfg.rebaseline_share, cfg.rebaseline_steady
+            )
+            if cfg.rebaseline_after is not None
+            else None
+        )
         self._sync_turbines()
 
     def _sync_turbines(self) -> None:
-        """Grow the per-turbine arrays after new turbines were registered."""
+        """Grow the per-turbine and per-model arrays after new turbines were registered."""
         t, known = len(self.turbines), self._factor.size
         if t == known:
             return
@@ -173,12 +281,27 @@ class Detector:
         self._factor = np.concatenate((self._factor, self.config.factor_of(new_ids)))
         groups = np.mod(new_ids, self.config.key_groups).astype(np.intp)
         self._group_of = np.concatenate((self._group_of, groups))
-        self._models.grow(t)
-        extra = t - self._chol.shape[0]
+        m = t * self._bins
+        self._models.grow(m)
+        extra = m - self._chol.shape[0]
         if extra > 0:
             self._chol = np.concatenate((self._chol, np.broadcast_to(np.eye(d), (extra, d, d))))
-            self._ewma = np.concatenate((self._ewma, np.zeros((extra, d))))
-            self._ewma_started = np.concatenate((self._ewma_started, np.zeros(extra, bool)))
+            self._first_time = np.concatenate((self._first_time, np.full(extra, np.nan)))
+            self._last_time = np.concatenate((self._last_time, np.full(extra, np.nan)))
+        extra_t = t - self._ewma.shape[0]
+        if extra_t > 0:
+            r = d - self._k
+            self._ewma = np.concatenate((self._ewma, np.zeros((extra_t, d))))
+            self._ewma_started = np.concatenate((self._ewma_started, np.zeros(extra_t, bool)))
+            self._chart_s = np.concatenate((self._chart_s, np.zeros((extra_t, r))))
+            self._chart_time = np.concatenate((self._chart_time, np.full(extra_t, np.nan)))
+            self._chart_since = np.concatenate((self._chart_since, np.full(extra_t, np.nan)))
+            self._chart_models.grow(t)
+            self._chart_chol = np.concatenate(
+                (self._chart_chol, np.broadcast_to(np.eye(r), (extra_t, r, r)))
+            )
+        if self._runs is not None:
+            self._runs.grow(m)
 
     # ------------------------------------------------------------------ input
     def _prepare(
@@ -222,17 +345,48 @@ class Detector:
             raise SchemaError("the detector has seen no data yet")
         return self.n_features
 
-    def _calibrated(self, ids: NDArray[np.int64], x: F64) -> tuple[NDArray[np.intp], F64]:
-        """Dense turbine indices (n,) and calibrated readings, transposed: (D, n)."""
+    def _calibrated(
+        self, ids: NDArray[np.int64], x: F64, ts: F64
+    ) -> tuple[NDArray[np.intp], NDArray[np.intp], F64]:
+        """Dense turbine indices (n,), model indices (n,) and model-ready readings (D, n).
+
+        Model-ready: calibrated, fleet-relative sensors as deviations from the
+        fleet median, smoothed (``chart = "mewma"``), conditions first.
+        """
         idx = self.turbines.lookup(ids)
         self._sync_turbines()
         if self._identity:
             x_t = np.ascontiguousarray(x.T)  # (D, n): what calibrate() would return, unscaled
         else:
             x_t = calibrate(x, self._offsets, self._gains, np.take(self._factor, idx)).T
+        for j in self._relative_cols:
+            if not x_t.flags.writeable or x_t.base is x:
+                x_t = np.array(x_t)
+            x_t[j] = fleet_deviation(ts, x_t[j])
         if self.config.chart == "mewma" and idx.size:
-            x_t = self._smooth(idx, x_t)
-        return idx, x_t
+            x_t = ewma_by_count(idx, x_t, self.config.mewma_lambda, self._ewma, self._ewma_started)
+        if self._perm is not None:
+            x_t = np.ascontiguousarray(x_t[self._perm])
+        regime = self.config.regime
+        if regime is not None and self._bins > 1:
+            bins = regime_bins(x[:, self._regime_col], regime.edges)
+            model = idx * self._bins + bins
+        else:
+            model = idx
+        return idx, model, x_t
+
+    def _live(
+        self, raw: F64, valid: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.intp], NDArray[np.int8] | None]:
+        """Positions of the readings to score and learn, and each reading's state code (n,)."""
+        if not self._rule_cols:
+            return (np.arange(valid.size) if valid.all() else np.flatnonzero(valid)), None
+        states = np.zeros(valid.size, dtype=np.int8)
+        pos = np.flatnonzero(valid)
+        states[pos] = learning_states(
+            raw[pos], self.config.learn_when, self._rule_cols, self._where_cols
+        )
+        return pos[states[pos] == 0], states
 
     # ------------------------------------------------------------------ public API
     def process(
@@ -243,42 +397,73 @@ class Detector:
         Parameters
         ----------
         timestamps : array-like of shape (n,)
-            Seconds since the epoch (passed through to the result).
+            Seconds since the epoch (non-decreasing per turbine).
         turbine_ids : array-like of shape (n,)
-            Integer turbine id of each reading.
+            Integer turbine id of each reading (names: :mod:`pipeline.names`).
         values : array-like of shape (n, D)
             Raw sensor readings.
         """
         ts, ids, raw, valid = self._prepare(timestamps, turbine_ids, values)
         n = raw.shape[0]
-        all_valid = bool(valid.all())
-        pos = np.flatnonzero(valid)
-        if all_valid:
-            idx, x_t = self._calibrated(ids, raw)
+        live, states = self._live(raw, valid)
+        everything = live.size == n
+        if everything:
+            idx, model_of, x_t = self._calibrated(ids, raw, ts)
+            ts_l = ts
         else:
-            idx, x_t = self._calibrated(ids[pos], raw[pos])
-        stat, scored_by, diff_t, z_t, model, chol = self._score(idx, x_t)
+            ts_l = ts[live]
+            idx, model_of, x_t = self._calibrated(ids[live], raw[live], ts_l)
+        stat, scored_by, diff_t, z_t, model, chol = self._score(model_of, x_t, ts_l)
+        chart = None
+        if self.config.chart == "residual":
+            chart = self._chart(idx, ts_l, z_t, scored_by)
+        point = stat
+        if chart is not None:
+            stat = np.maximum(stat, chart[0])
         flags = stat > self.threshold
         hit = np.flatnonzero(flags)
-        contrib = self._contributions(diff_t[:, hit], z_t[:, hit], model[hit], chol)
-        if self.config.learn_anomalies or hit.size == 0:
-            self._learn(idx, x_t)
+        contrib = self._contributions(diff_t, z_t, model, chol, hit, chart, idx)
+        # The learning gate applies to each reading's own score: a reading that is
+        # normal on its own is learned even while the residual chart alarms (else
+        # the chart would lock its turbine out until a re-baseline).
+        if self.config.learn_anomalies:
+            learn = None
+        elif self.gate > self.threshold or chart is not None:
+            learn = np.flatnonzero(point <= self.gate)
         else:
-            keep = np.flatnonzero(~flags)
-            self._learn(idx[keep], np.take(x_t, keep, axis=1))
+            learn = None if hit.size == 0 else np.flatnonzero(~flags)
+        if self._runs is not None:
+            s = scored_by > 0
+            self._runs.observe(
+                model_of[s], ts_l[s], np.take(x_t, np.flatnonzero(s), axis=1), flags[s]
+            )
+        if learn is None:
+            self._learn(model_of, x_t, ts_l)
+            learned = np.ones(idx.size, dtype=bool)
+        else:
+            self._learn(model_of[learn], np.take(x_t, learn, axis=1), ts_l[learn])
+            learned = np.zeros(idx.size, dtype=bool)
+            learned[learn] = True
+        if chart is not None:
+            self._learn_chart(idx, chart, learned & (scored_by > 0) & (chart[0] <= self.threshold))
+        rebaselined = self._settle_runs(ts_l) if self._runs is not None else np.zeros(0, np.int64)
 
-        if all_valid:
+        if everything:
             distances, is_anomaly, by, where = stat, flags, scored_by, hit
         else:
             distances = np.zeros(n)
-            distances[pos] = stat
+            distances[live] = stat
             is_anomaly = np.zeros(n, dtype=bool)
-            is_anomaly[pos] = flags
+            is_anomaly[live] = flags
             by = np.full(n, SKIPPED, dtype=np.int8)
-            by[pos] = scored_by
-            where = pos[hit]
+            if states is not None:
+                by[valid & (states > 0)] = FILTERED
+            by[live] = scored_by
+            where = live[hit]
+        n_filtered = 0 if states is None else int(np.count_nonzero(valid & (states > 0)))
         self.readings += n
-        self.skipped += n - pos.size
+        self.skipped += int(np.count_nonzero(~valid))
+        self.filtered += n_filtered
         self.anomalies += int(hit.size)
         self.batches += 1
         return BatchResult(
@@ -291,23 +476,62 @@ class Detector:
             anomaly_index=where,
             contributions=contrib,
             sensors=self.config.sensors or (),
+            states=states,
+            state_names=self.state_names,
+            rebaselined=rebaselined,
         )
 
     def learn(self, timestamps: ArrayLike, turbine_ids: ArrayLike, values: ArrayLike) -> int:
         """Learn a batch without scoring it (a training period); returns readings learned."""
-        _, ids, raw, valid = self._prepare(timestamps, turbine_ids, values)
-        if not valid.all():
-            ids, raw = ids[valid], raw[valid]
-        idx, x_t = self._calibrated(ids, raw)
-        self._learn(idx, x_t)
-        self.skipped += int(valid.size - ids.size)
+        ts, ids, raw, valid = self._prepare(timestamps, turbine_ids, values)
+        live, states = self._live(raw, valid)
+        _, model_of, x_t = self._calibrated(ids[live], raw[live], ts[live])
+        self._learn(model_of, x_t, ts[live])
+        self.skipped += int(np.count_nonzero(~valid))
+        if states is not None:
+            self.filtered += int(np.count_nonzero(valid & (states > 0)))
+        return int(live.size)
+
+    def rebaseline(self, turbine_ids: ArrayLike) -> int:
+        """Forget the models of these turbines (all regime bins): they warm up afresh.
+
+        What an operator does after maintenance.  The turbines' fleet models
+        stand in while they warm up.  Returns the number of turbines reset.
+        """
+        ids = np.unique(np.asarray(turbine_ids, dtype=np.int64).reshape(-1))
+        if self.n_features is None or ids.size == 0:
+            return 0
+        pos = self.turbines.find(ids)
+        if (pos < 0).any():
+            raise SchemaError(f"unknown turbine {self.names.name_of(int(ids[pos < 0][0]))}")
+        d = self._features()
+        rows = (pos[:, None] * self._bins + np.arange(self._bins)[None, :]).reshape(-1)
+        self._models.counts[rows] = 0.0
+        self._models.means[rows] = 0.0
+        self._models.m2[rows] = 0.0
+        self._chol[rows] = np.eye(d)
+        self._first_time[rows] = np.nan
+        self._last_time[rows] = np.nan
+        self._ewma_started[pos] = False
+        self._chart_s[pos] = 0.0
+        self._chart_time[pos] = np.nan
+        self._chart_since[pos] = np.nan
+        self._chart_models.counts[pos] = 0.0
+        self._chart_models.means[pos] = 0.0
+        self._chart_models.m2[pos] = 0.0
+        if self._runs is not None:
+            self._runs.reset(rows)
+        self._groups_dirty = True
+        if not self.config.per_turbine:
+            self._groups_dirty = False  # fleet-only: the fleet model keeps what it learned
+        self.rebaselines += int(ids.size)
         return int(ids.size)
 
     # ------------------------------------------------------------------ scoring
     def _score(
-        self, idx: NDArray[np.intp], x_t: F64
+        self, idx: NDArray[np.intp], x_t: F64, ts: F64
     ) -> tuple[F64, NDArray[np.int8], F64, F64, NDArray[np.intp], F64]:
-        """Score readings ``x_t`` (D, n) against the models as they are.
+        """Score readings ``x_t`` (D, n) of models ``idx`` (n,) against the models as they are.
 
         Returns the statistic (n,), the model kind (n,), the deviations and
         whitened deviations (D, n), and each reading's model as an index into
@@ -316,12 +540,17 @@ class Detector:
         model).
         """
         d, n = x_t.shape
+        k = self._k
         stat = np.zeros(n)
         if self.config.per_turbine:
             warm = np.take(self._models.counts, idx) >= self.min_samples
+            span = self.config.warmup_span
+            if span is not None:
+                learned = np.take(self._last_time, idx) - np.take(self._first_time, idx)
+                warm &= np.nan_to_num(learned, nan=-1.0) >= span
         else:
             warm = np.zeros(n, dtype=bool)
-        fleet_only = not self.config.per_turbine and self.config.key_groups == 1
+        fleet_only = not self.config.per_turbine and self.config.key_groups == 1 and self._bins == 1
         if n and warm.all():
             by = np.full(n, TURBINE, dtype=np.int8)
             model, chol = idx, self._chol
@@ -336,7 +565,7 @@ class Detector:
                 diff_t = x_t - groups.means[0][:, None]
             else:
                 chol = np.concatenate((self._chol, group_chol))
-                g = np.take(self._group_of, idx)
+                g = self._fleet_of(idx)
                 fleet = ~warm & (np.take(groups.counts, g) >= self.fleet_min_samples)
                 by = np.where(warm, TURBINE, np.where(fleet, FLEET, WARMUP)).astype(np.int8)
                 model = np.where(warm, idx, g + self._chol.shape[0])
@@ -348,48 +577,113 @@ class Detector:
         if fleet_only and n and scored.all():
             # X L^T = diff^T with BLAS trsm on the (n, D) F-ordered view: no copy.
             z_t = blas.dtrsm(1.0, chol[-1], diff_t.T, side=1, lower=1, trans_a=1).T
-            stat = squared_norms(z_t)
+            stat = squared_norms(z_t[k:] if k else z_t)
         elif n and scored.all():
             z_t = whiten_grouped(diff_t, model, chol)
-            stat = squared_norms(z_t)
+            stat = squared_norms(z_t[k:] if k else z_t)
         else:
             z_t = np.zeros_like(diff_t)
             if scored.any():
                 s = np.flatnonzero(scored)
                 z_s = whiten_grouped(np.take(diff_t, s, axis=1), model[s], chol)
                 z_t[:, s] = z_s
-                stat[s] = squared_norms(z_s)
+                stat[s] = squared_norms(z_s[k:] if k else z_s)
         return stat, by, diff_t, z_t, model, chol
 
-    def _smooth(self, idx: NDArray[np.intp], x_t: F64) -> F64:
-        """Per-turbine EWMA of calibrated readings (D, n), in arrival order.
+    def _fleet_of(self, model: NDArray[np.intp]) -> NDArray[np.intp]:
+        """Fleet model (key group, bin) of each turbine model index (n,)."""
+        b = self._bins
+        if b == 1:
+            return np.take(self._group_of, model)
+        return np.take(self._group_of, model // b) * b + model % b
 
-        ``s_i = lambda * x_i + (1 - lambda) * s_(i-1)``, starting at a turbine's
-        first reading.  The models then learn and score the smoothed readings,
-        so the covariance of the EWMA is estimated from data (the textbook
-        ``lambda / (2 - lambda) * Sigma`` holds only for independent readings,
-        and sensor data are autocorrelated).  Loops over the position of a
-        reading within its turbine's run in the batch, vectorised across
-        turbines: never over readings.
+    def _chart(
+        self, idx: NDArray[np.intp], ts: F64, z_t: F64, scored_by: NDArray[np.int8]
+    ) -> tuple[F64, F64, F64, NDArray[np.intp]]:
+        """The residual MEWMA chart: statistic (n,), smoothed residuals and their whitening.
+
+        Each turbine's whitened conditional residuals (the scored sensors'
+        ``z``) are smoothed with the time constant ``chart_span``; the
+        statistic is the squared distance of the smoothed value from its own
+        learned distribution (per turbine: the EWMA of autocorrelated
+        residuals is wider than the textbook ``lambda / (2 - lambda)``).
+        Residuals are clipped at +-``_CHART_CLIP`` first, so one gross reading
+        (which the point score flags anyway) does not swamp the chart, and a
+        chart scores only once its model has learned over 10 spans.
         """
-        lam = self.config.mewma_lambda
-        out = np.empty_like(x_t)
-        order = np.argsort(idx, kind="stable")
-        sorted_idx = idx[order]
-        starts = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
-        lengths = np.diff(np.r_[starts, sorted_idx.size])
-        turb = sorted_idx[starts]
-        fresh = ~self._ewma_started[turb]
-        self._ewma[turb[fresh]] = x_t[:, order[starts[fresh]]].T
-        self._ewma_started[turb] = True
-        for k in range(int(lengths.max()) if lengths.size else 0):
-            live = lengths > k
-            rows = order[starts[live] + k]
-            t = turb[live]
-            z = lam * x_t[:, rows].T + (1.0 - lam) * self._ewma[t]
-            out[:, rows] = z.T
-            self._ewma[t] = z
-        return out
+        span = self.config.chart_span or 86400.0
+        k = self._k
+        scored = np.flatnonzero(scored_by > 0)
+        n, r = idx.size, z_t.shape[0] - k
+        stat = np.zeros(n)
+        s_t = np.zeros((r, n))
+        cz_t = np.zeros((r, n))
+        if scored.size == 0:
+            return stat, s_t, cz_t, scored
+        who = idx[scored]
+        s = ewma_by_time(
+            who,
+            ts[scored],
+            np.clip(z_t[k:, scored], -_CHART_CLIP, _CHART_CLIP) * self._chart_mask[:, None],
+            span,
+            self._chart_s,
+            self._chart_time,
+        )
+        warm = np.take(self._chart_models.counts, who) >= self.min_samples
+        learned = ts[scored] - np.take(self._chart_since, who)
+        warm &= np.nan_to_num(learned, nan=-1.0) >= 10.0 * span
+        self._chart_factors(ts[scored])
+        cdiff = s - gather_rows(self._chart_models.means, who)
+        cz = whiten_grouped(cdiff, who, self._chart_chol)
+        t2 = np.where(warm, squared_norms(cz) * self._chart_scale, 0.0)
+        stat[scored] = t2
+        s_t[:, scored] = cdiff
+        cz_t[:, scored] = cz
+        return stat, s_t, cz_t, scored
+
+    def _chart_factors(self, ts: F64) -> None:
+        """The chart models' factors, their variance floored at ``chart_floor`` white noise.
+
+        An EWMA of white noise of unit variance with weight ``lambda`` per step
+        has variance ``lambda / (2 - lambda)``; ``chart_floor`` times that is
+        added to every chart model's diagonal, so a residual that hardly ever
+        moves (a pitch at -1 deg below rated) cannot make a chart of itself.
+        The step is the batch's median time step (the last one seen when a
+        batch holds a single time).
+        """
+        uts = np.unique(ts)
+        if uts.size > 1:
+            self._chart_step = float(np.median(np.diff(uts)))
+        span = self.config.chart_span or 86400.0
+        lam = -np.expm1(-self._chart_step / span) if self._chart_step > 0 else 1.0
+        r = self._chart_models.n_features
+        cov = covariance_of(self._chart_models.counts, self._chart_models.m2)
+        cov = cov + np.eye(r) * (self.config.chart_floor * lam / (2.0 - lam))
+        self._chart_chol, _ = regularised_cholesky(cov, self.config.ridge)
+
+    def _learn_chart(
+        self,
+        idx: NDArray[np.intp],
+        chart: tuple[F64, F64, F64, NDArray[np.intp]],
+        learn: NDArray[np.bool_],
+    ) -> None:
+        _, cdiff, _, _ = chart
+        sel = np.flatnonzero(learn)
+        if sel.size == 0:
+            return
+        who = idx[sel]
+        fresh = np.isnan(self._chart_since[who])
+        self._chart_since[who[fresh]] = self._chart_time[who[fresh]]
+        s = np.take(cdiff, sel, axis=1) + gather_rows(self._chart_models.means, who)
+        c, mu, m2 = grouped_moments(np.ascontiguousarray(s.T), who, self._chart_models.n_groups)
+        self._chart_models.merge_moments(c, mu, m2)
+
+    def _factors(self, counts: F64, m2: F64) -> F64:
+        """Cholesky factors (G, D, D) of the models' covariances plus the sensor floors."""
+        cov = covariance_of(counts, m2)
+        if self._floor is not None:
+            cov = cov + np.diag(self._floor)
+        return regularised_cholesky(cov, self.config.ridge)[0]
 
     def _fleet_view(self) -> tuple[GroupedCovariance, F64]:
         """The key groups' fleet models and their Cholesky factors, up to date.
@@ -401,54 +695,140 @@ class Detector:
         """
         if self.config.per_turbine and self._groups_dirty:
             m = self._models
+            b = self._bins
             gc, gm, gm2 = _pool_groups(
-                m.counts, m.means, m.m2, self._group_of, self.config.key_groups
+                m.counts,
+                m.means,
+                m.m2,
+                self._fleet_of(np.arange(m.n_groups)),
+                self.config.key_groups * b,
             )
             self._groups.counts, self._groups.means, self._groups.m2 = gc, gm, gm2
-            self._group_chol, _ = regularised_cholesky(covariance_of(gc, gm2), self.config.ridge)
+            self._group_chol = self._factors(gc, gm2)
             self._groups_dirty = False
         return self._groups, self._group_chol
 
-    def _contributions(self, diff_t: F64, z_t: F64, model: NDArray[np.intp], chol: F64) -> F64:
+    def _contributions(
+        self,
+        diff_t: F64,
+        z_t: F64,
+        model: NDArray[np.intp],
+        chol: F64,
+        hit: NDArray[np.intp],
+        chart: tuple[F64, F64, F64, NDArray[np.intp]] | None,
+        idx: NDArray[np.intp],
+    ) -> F64:
         """Per-sensor shares (k, D) of the anomalies' statistics, before the models learn.
 
         Parameters
         ----------
-        diff_t, z_t : ndarray of shape (D, k)
-            Deviations and whitened deviations of the anomalies.
-        model : ndarray of shape (k,)
+        diff_t, z_t : ndarray of shape (D, n)
+            Deviations and whitened deviations of the scored readings.
+        model : ndarray of shape (n,)
         chol : ndarray of shape (G, D, D)
+        hit : ndarray of shape (h,)
+            The anomalies among the n readings.
+        chart : the residual chart's (statistic, smoothed deviations, their whitening, -)
+        idx : ndarray of shape (n,)
+            The turbine of each reading.
         """
-        d = self._features()
-        if model.size == 0:
+        d, k = self._features(), self._k
+        if hit.size == 0:
             return np.zeros((0, d))
-        return contributions_from_whitened(diff_t, z_t, model, chol)
+        dz, zz, mh = np.take(diff_t, hit, axis=1), np.take(z_t, hit, axis=1), model[hit]
+        if k:
+            # Responses given conditions: L22 z_r = diff_r - L21 z_c, a residual of
+            # the regression on the conditions, and S_(r|c)^-1 e = L22^-T z_r.
+            l21 = chol[mh][:, k:, :k]
+            e = dz[k:] - np.einsum("hrk,kh->rh", l21, zz[:k])
+            shares = contributions_from_whitened(
+                e, zz[k:], mh, np.ascontiguousarray(chol[:, k:, k:])
+            )
+        else:
+            shares = contributions_from_whitened(dz, zz, mh, chol)
+        if chart is not None:
+            point = np.einsum("rh,rh->h", zz[k:], zz[k:])
+            use = chart[0][hit] > point
+            if use.any():
+                u = np.flatnonzero(use)
+                turb = idx[hit[u]]
+                shares[u] = self._chart_scale * contributions_from_whitened(
+                    np.take(chart[1], hit[u], axis=1),
+                    np.take(chart[2], hit[u], axis=1),
+                    turb,
+                    self._chart_chol,
+                )
+        if self._perm is None:
+            return shares
+        out = np.zeros((hit.size, d))
+        out[:, self._perm[k:]] = shares
+        return out
 
     # ------------------------------------------------------------------ learning
-    def _learn(self, idx: NDArray[np.intp], x_t: F64) -> None:
-        """Learn calibrated readings ``x_t`` of shape (D, n)."""
+    def _learn(self, model: NDArray[np.intp], x_t: F64, ts: F64) -> None:
+        """Learn model-ready readings ``x_t`` of shape (D, n), of models ``model`` (n,)."""
         if x_t.shape[1] == 0:
             return
         x = x_t.T  # (n, D) view; the moment functions read it column by column
-        ridge = self.config.ridge
-        n_groups = self.config.key_groups
         if self.config.per_turbine:
-            counts, means, m2 = grouped_moments(x, idx, len(self.turbines))
-            changed = self._models.merge_moments(counts, means, m2)
-            self._chol[changed], _ = regularised_cholesky(
-                covariance_of(self._models.counts[changed], self._models.m2[changed]), ridge
+            n_models = self._models.n_groups
+            counts, means, m2 = grouped_moments(x, model, n_models)
+            decay = self._decay(model, ts, self._models.counts) if self._track_time else None
+            changed = self._models.merge_moments(counts, means, m2, decay)
+            self._chol[changed] = self._factors(
+                self._models.counts[changed], self._models.m2[changed]
             )
             self._groups_dirty = True
             return
+        n_groups = self._groups.n_groups
         if n_groups == 1:
             n_b, mean_b, m2_b = batch_moments(x)
             gc, gm, gm2 = np.array([n_b]), mean_b[None], m2_b[None]
         else:
-            gc, gm, gm2 = grouped_moments(x, np.take(self._group_of, idx), n_groups)
+            gc, gm, gm2 = grouped_moments(x, self._fleet_of(model), n_groups)
         changed_g = self._groups.merge_moments(gc, gm, gm2)
-        self._group_chol[changed_g], _ = regularised_cholesky(
-            covariance_of(self._groups.counts[changed_g], self._groups.m2[changed_g]), ridge
+        self._group_chol[changed_g] = self._factors(
+            self._groups.counts[changed_g], self._groups.m2[changed_g]
         )
+
+    def _decay(self, model: NDArray[np.intp], ts: F64, counts: F64) -> F64 | None:
+        """Forgetting weights per model (M,) for this batch, and the models' learned times."""
+        n_models = counts.size
+        newest = np.full(n_models, -np.inf)
+        np.maximum.at(newest, model, ts)
+        oldest = np.full(n_models, np.inf)
+        np.minimum.at(oldest, model, ts)
+        seen = np.isfinite(newest)
+        fresh = seen & np.isnan(self._first_time)
+        self._first_time[fresh] = oldest[fresh]
+        decay = None
+        span = self.config.memory_span
+        if span is not None:
+            elapsed = np.where(seen, newest - self._last_time, 0.0)
+            decay = time_decay(elapsed, span, counts, float(self.min_samples))
+        self._last_time[seen] = np.fmax(self._last_time[seen], newest[seen])
+        return decay
+
+    def _settle_runs(self, ts: F64) -> NDArray[np.int64]:
+        """Accept the re-baselining runs that are due; the turbine ids re-baselined."""
+        if self._runs is None or ts.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        now = np.full(self._models.n_groups, float(ts.max()))
+        accepted = self._runs.settle(now, self._chol)
+        if accepted.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        n, mean, m2, since = self._runs.take(accepted)
+        self._models.counts[accepted] = n
+        self._models.means[accepted] = mean
+        self._models.m2[accepted] = m2
+        self._first_time[accepted] = since
+        self._last_time[accepted] = now[accepted]
+        self._chol[accepted] = self._factors(n, m2)
+        turbines = np.unique(accepted // self._bins)
+        self._chart_s[turbines] = 0.0
+        self._groups_dirty = True
+        self.rebaselines += int(turbines.size)
+        return self.turbines.ids[turbines].copy()
 
     # ------------------------------------------------------------------ views
     @property
@@ -459,25 +839,30 @@ class Detector:
         return self._fleet_view()[0].total()
 
     def turbine_model(self, turbine_id: int) -> WelfordCovariance:
-        """One turbine's covariance model (a copy)."""
+        """One turbine's covariance model (a copy; the merge of its regime bins)."""
         if self.n_features is None:
             raise SchemaError("the detector has seen no data yet")
         i = int(self.turbines.find(np.array([turbine_id], dtype=np.int64))[0])
         if i < 0:
             raise SchemaError(f"unknown turbine {turbine_id}")
+        if self._bins > 1:
+            return self._models.total(np.arange(i * self._bins, (i + 1) * self._bins))
         return WelfordCovariance.from_state(
             {"n": self._models.counts[i], "mean": self._models.means[i], "m2": self._models.m2[i]}
         )
 
     def sample_counts(self) -> NDArray[np.float64]:
-        """Readings learned by each turbine's model, shape (T,) in ``turbines.ids`` order."""
-        return self._models.counts.copy() if self.n_features is not None else np.zeros(0)
+        """Readings learned by each turbine's models, shape (T,) in ``turbines.ids`` order."""
+        if self.n_features is None:
+            return np.zeros(0)
+        return self._models.counts.reshape(-1, self._bins).sum(axis=1)
 
     def warming_up(self) -> int:
-        """How many known turbines have not yet learned ``min_samples`` readings."""
+        """How many known turbines have no model that has learned ``min_samples`` readings."""
         if self.n_features is None:
             return 0
-        return int(np.count_nonzero(self._models.counts < self.min_samples))
+        warm = (self._models.counts >= self.min_samples).reshape(-1, self._bins).any(axis=1)
+        return int(np.count_nonzero(~warm))
 
     def worst_condition(self) -> float:
         """Largest condition number over the warm turbine models (1 when none)."""
@@ -491,11 +876,15 @@ class Detector:
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, np.ndarray]:
-        """All learned state as plain arrays (``np.savez``-able, no pickle)."""
+        """All learned state as plain arrays (``np.savez``-able, no pickle).
+
+        Per-model arrays have T * B rows (turbine-major, then regime bin).
+        """
         if self.n_features is None:
-            return {"config": np.asarray(self.config.model_dump_json())}
-        return {
+            return {"config": np.asarray(self.config.model_dump_json()), **self.names.state()}
+        out = {
             "config": np.asarray(self.config.model_dump_json()),
+            **self.names.state(),
             "turbine_ids": self.turbines.ids.copy(),
             "turbine_counts": self._models.counts.copy(),
             "turbine_means": self._models.means.copy(),
@@ -505,10 +894,30 @@ class Detector:
             "group_m2": self._groups.m2.copy(),
             "ewma": self._ewma.copy(),
             "ewma_started": self._ewma_started.copy(),
+            "model_first_time": self._first_time.copy(),
+            "model_last_time": self._last_time.copy(),
+            "chart_s": self._chart_s.copy(),
+            "chart_time": self._chart_time.copy(),
+            "chart_since": self._chart_since.copy(),
+            "chart_step": np.asarray(self._chart_step),
+            "chart_counts": self._chart_models.counts.copy(),
+            "chart_means": self._chart_models.means.copy(),
+            "chart_m2": self._chart_models.m2.copy(),
             "counters": np.array(
-                [self.readings, self.skipped, self.anomalies, self.batches], dtype=np.int64
+                [
+                    self.readings,
+                    self.skipped,
+                    self.anomalies,
+                    self.batches,
+                    self.filtered,
+                    self.rebaselines,
+                ],
+                dtype=np.int64,
             ),
         }
+        if self._runs is not None:
+            out.update(self._runs.state())
+        return out
 
     @classmethod
     def from_state(
@@ -518,6 +927,7 @@ class Detector:
         if config is None:
             config = DetectorConfig.model_validate(json.loads(str(state["config"])))
         det = cls(config)
+        det.names = TurbineNames.from_state(state)
         if "turbine_means" not in state:
             return det
         means = np.asarray(state["turbine_means"], dtype=np.float64)
@@ -527,64 +937,116 @@ class Detector:
             det._init_models(d)
         elif det.n_features != d:
             raise SchemaError(f"state has {d} sensors, the configuration {det.n_features}")
-        if group_means.shape[0] != config.key_groups:
+        b = det._bins
+        if group_means.shape[0] != config.key_groups * b:
             raise SchemaError(
-                f"state has {group_means.shape[0]} key groups, the configuration "
-                f"{config.key_groups}"
+                f"state has {group_means.shape[0]} fleet models, the configuration "
+                f"{config.key_groups} key groups x {b} regime bins"
             )
         ids = np.asarray(state["turbine_ids"], dtype=np.int64)
+        if means.shape[0] != ids.size * b:
+            raise SchemaError(
+                f"state has {means.shape[0]} models for {ids.size} turbines, the configuration "
+                f"{b} regime bins"
+            )
         if ids.size:
             det.turbines.lookup(ids)
             det._sync_turbines()
         pos = det.turbines.lookup(ids)
-        det._models.counts[pos] = state["turbine_counts"]
-        det._models.means[pos] = means
-        det._models.m2[pos] = state["turbine_m2"]
+        rows = (pos[:, None] * b + np.arange(b)[None, :]).reshape(-1)
+        det._models.counts[rows] = state["turbine_counts"]
+        det._models.means[rows] = means
+        det._models.m2[rows] = state["turbine_m2"]
         det._ewma[pos] = state["ewma"]
         det._ewma_started[pos] = state["ewma_started"]
+        if "model_first_time" in state:
+            det._first_time[rows] = state["model_first_time"]
+            det._last_time[rows] = state["model_last_time"]
+        if "chart_s" in state and np.asarray(state["chart_s"]).shape[1:] == det._chart_s.shape[1:]:
+            det._chart_s[pos] = state["chart_s"]
+            det._chart_time[pos] = state["chart_time"]
+            det._chart_since[pos] = state["chart_since"]
+            det._chart_step = float(state["chart_step"])
+            det._chart_models.counts[pos] = state["chart_counts"]
+            det._chart_models.means[pos] = state["chart_means"]
+            det._chart_models.m2[pos] = state["chart_m2"]
+        if det._runs is not None:
+            det._runs.restore(state, rows)
         det._groups.counts[:] = state["group_counts"]
         det._groups.means[:] = group_means
         det._groups.m2[:] = state["group_m2"]
-        det.readings, det.skipped, det.anomalies, det.batches = (
-            int(v) for v in np.asarray(state["counters"])
+        counters = [int(v) for v in np.asarray(state["counters"])] + [0, 0]
+        (det.readings, det.skipped, det.anomalies, det.batches, det.filtered, det.rebaselines) = (
+            counters[:6]
         )
         det._refactor()
         return det
 
     def _refactor(self) -> None:
-        ridge = self.config.ridge
         if self._models.n_groups:
-            self._chol, _ = regularised_cholesky(self._models.covariance, ridge)
+            self._chol = self._factors(self._models.counts, self._models.m2)
         if self.config.per_turbine:
             self._groups_dirty = True
         else:
-            self._group_chol, _ = regularised_cholesky(self._groups.covariance, ridge)
+            self._group_chol = self._factors(self._groups.counts, self._groups.m2)
 
     def merge(self, other: Detector) -> Detector:
-        """Combine another detector's learned state into this one, exactly (Chan)."""
+        """Combine another detector's learned state into this one, exactly (Chan).
+
+        Models and the residual chart's models merge exactly; learned time
+        spans take the union.  Open re-baselining runs and chart positions
+        are taken from ``other`` for turbines this detector has not seen.
+        """
+        self.names.merge(other.names)
         if other.n_features is None:
             return self
         if self.n_features is None:
             self._init_models(other.n_features)
         if other.n_features != self.n_features or other.config.key_groups != self.config.key_groups:
             raise SchemaError("cannot merge detectors with different sensors or key groups")
+        if other._bins != self._bins or other._k != self._k:
+            raise SchemaError("cannot merge detectors with different regimes or conditions")
+        known = self.turbines.find(other.turbines.ids) >= 0
         pos = self.turbines.lookup(other.turbines.ids)
         self._sync_turbines()
+        b = self._bins
+        rows = (pos[:, None] * b + np.arange(b)[None, :]).reshape(-1)
         n, mean, m2 = combine(
-            self._models.counts[pos],
-            self._models.means[pos],
-            self._models.m2[pos],
+            self._models.counts[rows],
+            self._models.means[rows],
+            self._models.m2[rows],
             other._models.counts,
             other._models.means,
             other._models.m2,
         )
-        self._models.counts[pos], self._models.means[pos], self._models.m2[pos] = n, mean, m2
+        self._models.counts[rows], self._models.means[rows], self._models.m2[rows] = n, mean, m2
+        self._first_time[rows] = np.fmin(self._first_time[rows], other._first_time)
+        self._last_time[rows] = np.fmax(self._last_time[rows], other._last_time)
+        cm = self._chart_models
+        cm.counts[pos], cm.means[pos], cm.m2[pos] = combine(
+            cm.counts[pos],
+            cm.means[pos],
+            cm.m2[pos],
+            other._chart_models.counts,
+            other._chart_models.means,
+            other._chart_models.m2,
+        )
+        new = pos[~known]
+        self._chart_s[new] = other._chart_s[~known]
+        self._chart_time[new] = other._chart_time[~known]
+        self._chart_since[pos] = np.fmin(self._chart_since[pos], other._chart_since)
+        if self._runs is not None and other._runs is not None:
+            new_rows = (new[:, None] * b + np.arange(b)[None, :]).reshape(-1)
+            other_rows = (np.flatnonzero(~known)[:, None] * b + np.arange(b)[None, :]).reshape(-1)
+            self._runs.restore({k: v[other_rows] for k, v in other._runs.state().items()}, new_rows)
         if not self.config.per_turbine:
             self._groups.merge(other._groups)
         self.readings += other.readings
         self.skipped += other.skipped
         self.anomalies += other.anomalies
         self.batches += other.batches
+        self.filtered += other.filtered
+        self.rebaselines += other.rebaselines
         self._refactor()
         return self
 

@@ -186,3 +186,209 @@ def alarm_mask(
     k = key(timestamps, turbine_ids)
     pos = np.minimum(np.searchsorted(alarms, k), alarms.size - 1)
     return alarms[pos] == k
+
+
+# ---------------------------------------------------------------------- episodes
+SECONDS_PER_MONTH = 365.25 / 12 * 86_400.0
+
+
+class LabelRuns:
+    """Labelled faults as runs of consecutive label-1 readings per turbine, streamed.
+
+    A run ends at the turbine's next unlabelled reading; runs may span
+    batches (the open run of each turbine is carried).  The scored readings'
+    time span per turbine is kept too, for :func:`turbine_months`.
+
+    >>> runs = LabelRuns()
+    >>> runs.update(np.arange(6.0), np.zeros(6, int), np.array([0, 1, 1, 0, 1, 1], bool))
+    >>> runs.update(np.array([6.0, 7.0]), np.zeros(2, int), np.array([1, 0], bool))
+    >>> runs.finish()
+    (array([0, 0]), array([1., 4.]), array([2., 6.]))
+    """
+
+    def __init__(self) -> None:
+        z = np.zeros(0)
+        self._open = (np.zeros(0, dtype=np.int64), z, z)  # by turbine: id, start, end
+        self._done: list[tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]] = []
+        self.covered_turbines = np.zeros(0, dtype=np.int64)
+        self.first_seen = z
+        self.last_seen = z
+
+    def update(
+        self,
+        timestamps: NDArray[np.float64],
+        turbine_ids: NDArray[np.int64],
+        labels: NDArray[np.bool_],
+    ) -> None:
+        """Add one batch of scored readings (arrays of shape (n,), in stream order)."""
+        if timestamps.size == 0:
+            return
+        self._cover(timestamps, turbine_ids)
+        order = np.lexsort((timestamps, turbine_ids))
+        t, ids, lab = timestamps[order], turbine_ids[order], labels[order].astype(bool)
+        first = np.r_[True, ids[1:] != ids[:-1]]
+        last = np.r_[ids[1:] != ids[:-1], True]
+        o_ids, o_start, o_end = self._open
+        pos = np.minimum(np.searchsorted(o_ids, ids[first]), max(o_ids.size - 1, 0))
+        has = (o_ids[pos] == ids[first]) if o_ids.size else np.zeros(first.sum(), bool)
+        continues = has & lab[first]
+        ended = has & ~lab[first]
+        self._done.append((o_ids[pos[ended]], o_start[pos[ended]], o_end[pos[ended]]))
+        seen = np.zeros(o_ids.size, dtype=bool)
+        seen[pos[has]] = True
+        starts = lab & (first | ~np.r_[False, lab[:-1]])
+        ends = lab & (last | ~np.r_[lab[1:], False])
+        r_ids, r_start, r_end = ids[starts], t[starts].copy(), t[ends]
+        carried = np.zeros(t.size, dtype=bool)
+        carried[np.flatnonzero(first)[continues]] = True
+        r_start[carried[starts]] = o_start[pos[continues]]
+        still = (ends & last)[ends]
+        self._done.append((r_ids[~still], r_start[~still], r_end[~still]))
+        keep = ~seen
+        ids_open = np.r_[o_ids[keep], r_ids[still]]
+        order_open = np.argsort(ids_open, kind="stable")
+        self._open = (
+            ids_open[order_open],
+            np.r_[o_start[keep], r_start[still]][order_open],
+            np.r_[o_end[keep], r_end[still]][order_open],
+        )
+
+    def _cover(self, timestamps: NDArray[np.float64], turbine_ids: NDArray[np.int64]) -> None:
+        ids = np.r_[self.covered_turbines, turbine_ids]
+        turbines, inverse = np.unique(ids, return_inverse=True)
+        lo = np.full(turbines.size, np.inf)
+        hi = np.full(turbines.size, -np.inf)
+        np.minimum.at(lo, inverse.ravel(), np.r_[self.first_seen, timestamps])
+        np.maximum.at(hi, inverse.ravel(), np.r_[self.last_seen, timestamps])
+        self.covered_turbines, self.first_seen, self.last_seen = turbines, lo, hi
+
+    def finish(self) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+        """Close the open runs; every run as (turbine (r,), first (r,), last (r,)) by start."""
+        self._done.append(self._open)
+        self._open = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+        ids = np.concatenate([d[0] for d in self._done]).astype(np.int64)
+        start = np.concatenate([d[1] for d in self._done]).astype(np.float64)
+        end = np.concatenate([d[2] for d in self._done]).astype(np.float64)
+        self._done = [(ids, start, end)]
+        order = np.lexsort((ids, start))
+        return ids[order], start[order], end[order]
+
+    @property
+    def turbine_months(self) -> float:
+        """Turbine-months covered: each turbine's first-to-last scored time, summed."""
+        return float(np.sum(self.last_seen - self.first_seen)) / SECONDS_PER_MONTH
+
+
+def first_overlap(
+    q_turbines: NDArray[np.int64],
+    q_starts: NDArray[np.float64],
+    q_ends: NDArray[np.float64],
+    r_turbines: NDArray[np.int64],
+    r_starts: NDArray[np.float64],
+    r_ends: NDArray[np.float64],
+) -> NDArray[np.intp]:
+    """For each interval q (q,), the earliest interval r (r,) of its turbine overlapping it.
+
+    Intervals are closed, ``[start, end]``; one turbine's r intervals must not
+    overlap each other (episodes, label runs).  -1 where none overlaps.
+
+    >>> first_overlap(np.array([1, 1, 2]), np.array([0.0, 9, 0]), np.array([5.0, 9, 1]),
+    ...               np.array([1, 1]), np.array([3.0, 7]), np.array([4.0, 8]))
+    array([ 0, -1, -1])
+    """
+    out = np.full(q_starts.size, -1, dtype=np.intp)
+    order = np.lexsort((r_starts, r_turbines))
+    rt = r_turbines[order]
+    for u in np.intersect1d(q_turbines, r_turbines).tolist():  # a loop over turbines
+        qi = np.flatnonzero(q_turbines == u)
+        block = order[np.searchsorted(rt, u, "left") : np.searchsorted(rt, u, "right")]
+        j = np.searchsorted(r_ends[block], q_starts[qi], "left")  # first ending at/after q
+        jj = np.minimum(j, block.size - 1)
+        ok = (j < block.size) & (r_starts[block[jj]] <= q_ends[qi])
+        out[qi[ok]] = block[jj[ok]]
+    return out
+
+
+@dataclass
+class EpisodeScores:
+    """Labelled faults against alarm episodes.
+
+    ``faults`` labelled runs; ``detected`` those an episode overlaps;
+    ``false_episodes`` episodes overlapping no run; ``delays`` from each
+    detected fault's start to its first overlapping episode's start (0 when
+    the episode began before the fault).
+
+    >>> s = score_episodes(np.array([1]), np.array([100.0]), np.array([200.0]),
+    ...                    np.array([1, 1]), np.array([10.0, 130.0]), np.array([20.0, 150.0]), 2.0)
+    >>> s.faults, s.detected, s.false_episodes, s.delay_median_s, s.false_per_turbine_month
+    (1, 1, 1, 30.0, 0.5)
+    """
+
+    faults: int = 0
+    detected: int = 0
+    episodes: int = 0
+    false_episodes: int = 0
+    turbine_months: float = 0.0
+    delays: tuple[float, ...] = ()
+
+    def merge(self, other: EpisodeScores) -> None:
+        """Add another stream's figures."""
+        self.faults += other.faults
+        self.detected += other.detected
+        self.episodes += other.episodes
+        self.false_episodes += other.false_episodes
+        self.turbine_months += other.turbine_months
+        self.delays += other.delays
+
+    @property
+    def delay_median_s(self) -> float:
+        return float(np.median(self.delays)) if self.delays else math.nan
+
+    @property
+    def delay_p90_s(self) -> float:
+        return float(np.percentile(self.delays, 90)) if self.delays else math.nan
+
+    @property
+    def false_per_turbine_month(self) -> float:
+        return self.false_episodes / self.turbine_months if self.turbine_months else math.nan
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "faults": self.faults,
+            "detected": self.detected,
+            "detected_fraction": self.detected / self.faults if self.faults else math.nan,
+            "episodes": self.episodes,
+            "false_episodes": self.false_episodes,
+            "turbine_months": self.turbine_months,
+            "false_episodes_per_turbine_month": self.false_per_turbine_month,
+            "delay_median_s": self.delay_median_s,
+            "delay_p90_s": self.delay_p90_s,
+        }
+
+
+def score_episodes(
+    fault_turbines: NDArray[np.int64],
+    fault_starts: NDArray[np.float64],
+    fault_ends: NDArray[np.float64],
+    episode_turbines: NDArray[np.int64],
+    episode_starts: NDArray[np.float64],
+    episode_ends: NDArray[np.float64],
+    turbine_months: float,
+) -> EpisodeScores:
+    """Faults (f,) against episodes (e,): detections, false episodes, delays."""
+    hit = first_overlap(
+        fault_turbines, fault_starts, fault_ends, episode_turbines, episode_starts, episode_ends
+    )
+    matched = first_overlap(
+        episode_turbines, episode_starts, episode_ends, fault_turbines, fault_starts, fault_ends
+    )
+    found = hit >= 0
+    delays = np.maximum(episode_starts[hit[found]] - fault_starts[found], 0.0)
+    return EpisodeScores(
+        faults=int(fault_starts.size),
+        detected=int(found.sum()),
+        episodes=int(episode_starts.size),
+        false_episodes=int(np.count_nonzero(matched < 0)),
+        turbine_months=float(turbine_months),
+        delays=tuple(delays.tolist()),
+    )

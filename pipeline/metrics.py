@@ -18,10 +18,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from pipeline.names import TurbineNames
+
 NAMESPACE = "turbine"
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
 DISTANCE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 256, 1024, 4096)
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+REBASELINE_REASONS = ("operator", "persistent_alarm")
 
 
 class BulkHistogram(Collector):
@@ -210,11 +215,29 @@ class DetectorMetrics:
             namespace=ns,
             registry=registry,
         )
+        self.rebaselines = Counter(
+            "rebaselines",
+            "Turbine models re-baselined: by an operator's control record, or after a "
+            "persistent, steady alarm",
+            ["reason"],
+            namespace=ns,
+            registry=registry,
+        )
+        for reason in REBASELINE_REASONS:  # known label values start at 0 (alerts see a jump)
+            self.rebaselines.labels(reason=reason)
+        self.readings_in_state = Counter(
+            "readings_in_state",
+            "Readings in an operating state (learn_when: stopped, curtailed...): neither "
+            "learned nor scored, not anomalies",
+            ["state"],
+            namespace=ns,
+            registry=registry,
+        )
         self.up_since = Gauge(
             "start_time_seconds", "When this detector started", namespace=ns, registry=registry
         )
 
-    def turbine_label(self, turbine: int) -> str:
+    def turbine_label(self, turbine: int | str) -> str:
         key = str(turbine)
         if key in self._turbine_labels:
             return key
@@ -224,23 +247,32 @@ class DetectorMetrics:
         return "other"
 
     def count_anomalies(
-        self, turbines: np.ndarray, kinds: np.ndarray | None, labelled: bool
+        self,
+        turbines: np.ndarray,
+        kinds: np.ndarray | None,
+        labelled: bool,
+        names: TurbineNames | None = None,
     ) -> None:
-        """Count a batch's anomalies: turbine ids (k,) and fault kinds (k,) ('' = normal)."""
+        """Count a batch's anomalies: turbine ids (k,) and fault kinds (k,) ('' = normal).
+
+        The ``turbine`` label is the turbine's name when ``names`` knows one.
+        """
         if turbines.size == 0:
             return
         if kinds is None or not labelled:
-            names, codes = np.array(["unknown"]), np.zeros(turbines.size, dtype=np.intp)
+            kind_names, codes = np.array(["unknown"]), np.zeros(turbines.size, dtype=np.intp)
         else:
-            names, codes = np.unique(kinds, return_inverse=True)
-            names = np.where(names == "", "none", names)
+            kind_names, codes = np.unique(kinds, return_inverse=True)
+            kind_names = np.where(kind_names == "", "none", kind_names)
         pairs, counts = np.unique(
             np.stack([turbines.astype(np.int64), codes.astype(np.int64)]),
             axis=1,
             return_counts=True,
         )
         for (t, c), n in zip(pairs.T.tolist(), counts.tolist(), strict=True):  # per label pair
-            self.anomalies.labels(turbine=self.turbine_label(t), fault_kind=str(names[c])).inc(n)
+            shown = t if names is None else names.name_of(t)
+            label = self.turbine_label(shown)
+            self.anomalies.labels(turbine=label, fault_kind=str(kind_names[c])).inc(n)
 
 
 class ProducerMetrics:

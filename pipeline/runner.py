@@ -17,8 +17,11 @@ from pipeline.batching import iter_batches
 from pipeline.config import DetectorConfig, make_config
 from pipeline.detector import BatchResult, Detector
 from pipeline.durable import atomic_file
+from pipeline.episodes import Episodes, EpisodeTracker
 from pipeline.errors import ConfigError, InputError, StoreError
-from pipeline.evaluation import Confusion, DelayTracker
+from pipeline.evaluation import Confusion, DelayTracker, EpisodeScores, LabelRuns, score_episodes
+from pipeline.names import TurbineNames
+from pipeline.quirks import QuirkCounts, Quirks
 from pipeline.recordings import Chunk, Recording, RecordingSpec, read_recording
 from pipeline.store import MODEL, AnomalyStore
 
@@ -37,15 +40,23 @@ def config_for(config: DetectorConfig, sensors: tuple[str, ...], source: str) ->
     return make_config({**config.model_dump(), "sensors": sensors}, source=source)
 
 
-def check_turbines(detector: Detector, batch: Chunk, path: str, id_col: str) -> None:
+def check_turbines(
+    detector: Detector,
+    batch: Chunk,
+    path: str,
+    id_col: str,
+    names: TurbineNames | None = None,
+) -> None:
     """Unknown turbines of a declared fleet, as a located input error."""
     if not detector.turbines.fixed:
         return
     unknown = np.flatnonzero(detector.turbines.find(batch.turbine_ids) < 0)
     if unknown.size:
         i = int(unknown[0])
+        tid = int(batch.turbine_ids[i])
+        name = names.name_of(tid) if names is not None else str(tid)
         raise InputError(
-            f"unknown turbine {int(batch.turbine_ids[i])} (not in the configured fleet)",
+            f"unknown turbine {name} (not in the configured fleet)",
             path=path,
             line=int(batch.lines[i]),
             column=id_col,
@@ -95,6 +106,13 @@ class RunReport:
     confusion: Confusion | None = None
     top: TopAnomalies = field(default_factory=TopAnomalies)
     threshold: float = float("nan")
+    states: dict[str, int] = field(default_factory=dict)
+    rebaselined: list[tuple[float, int]] = field(default_factory=list)
+    quirks: QuirkCounts = field(default_factory=QuirkCounts)
+    names: TurbineNames = field(default_factory=TurbineNames)
+    attribution: str | None = None
+    episodes: Episodes | None = None
+    episode_scores: EpisodeScores | None = None
 
 
 def _split_training(
@@ -135,9 +153,27 @@ def run_recording(
 
     ``on_batch(batch, result)`` is called after each scored batch (the
     report uses it to keep every reading's distance for a few turbines).
+
+    The readings pass through :class:`pipeline.quirks.Quirks` first:
+    duplicate and out-of-order readings are dropped, the recording's
+    sentinels blanked, all counted in ``RunReport.quirks``.  The turbine
+    names the recording met are merged into ``detector.names`` (and the
+    store's manifest).  A sensor with no usable reading in the whole file is
+    an input error.
+
+    Every scored batch also feeds an :class:`EpisodeTracker` (gap
+    ``config.episode_gap``): the episodes it closes go to the store, those
+    still open at the end of the file are closed then, and all are in
+    ``report.episodes`` (with ``report.episode_scores`` against the labels).
     """
     path = str(recording.path)
-    report = RunReport(path=path, sensors=recording.sensors)
+    report = RunReport(
+        path=path,
+        sensors=recording.sensors,
+        names=recording.names,
+        attribution=recording.spec.attribution,
+    )
+    quirks = Quirks.for_spec(recording.spec, recording.sensors)
     labelled = recording.has_labels
     if labelled:
         report.confusion = Confusion()
@@ -145,24 +181,35 @@ def run_recording(
     start = time.perf_counter()
     per_turbine: dict[int, int] = {}
     delays = DelayTracker()
+    tracker = EpisodeTracker(recording.sensors, detector.config.episode_gap)
+    closed: list[Episodes] = []
+    runs = LabelRuns()
     try:
-        head, rest = _split_training(recording, train_rows)
+        head, rest = _split_training(quirks.filter(recording), train_rows)
         for chunk in head:
-            check_turbines(detector, chunk, path, id_col)
+            check_turbines(detector, chunk, path, id_col, recording.names)
             detector.learn(chunk.timestamps, chunk.turbine_ids, chunk.values)
             report.learned_only += len(chunk)
             bar.update(len(chunk))
         for number, batch in iter_batches(rest, batch_steps):
-            check_turbines(detector, batch, path, id_col)
+            check_turbines(detector, batch, path, id_col, recording.names)
             result = detector.process(batch.timestamps, batch.turbine_ids, batch.values)
             if on_batch is not None:
                 on_batch(batch, result)
             report.threshold = result.threshold
+            done = tracker.update_result(result).closed
+            closed.append(done)
             if store is not None:
                 store.append(result, partitions=-1, offsets=number)
+                store.append_episodes(done)
                 store.advance({-1: number + 1})
             report.readings += result.n_readings
             report.skipped += result.n_skipped
+            for name, count in result.state_counts().items():
+                report.states[name] = report.states.get(name, 0) + count
+            if result.rebaselined.size:
+                when = float(batch.timestamps.max())
+                report.rebaselined += [(when, int(t)) for t in result.rebaselined.tolist()]
             report.anomalies += result.n_anomalies
             report.batches += 1
             if result.n_anomalies:
@@ -173,18 +220,41 @@ def run_recording(
                     per_turbine[t] = per_turbine.get(t, 0) + c
                 report.top.add(result)
             if report.confusion is not None and batch.labels is not None:
-                scored = result.scored_by >= 0
+                scored = result.scored_by >= 0  # stops (learn_when states) are not counted
                 lab = batch.labels.astype(bool)[scored]
                 alarm = result.is_anomaly[scored]
                 report.confusion.add(lab, alarm)
                 delays.update(batch.timestamps[scored], batch.turbine_ids[scored], lab, alarm)
+                runs.update(batch.timestamps[scored], batch.turbine_ids[scored], lab)
             bar.update(len(batch))
     finally:
         bar.close()
+    report.quirks = quirks.counts
+    unusable = quirks.unusable()
+    if unusable and (report.readings or report.learned_only):
+        sensor = unusable[0]
+        marks = dict(quirks.sentinels).get(recording.sensors.index(sensor))
+        why = f"empty or the sentinel {', '.join(f'{m:g}' for m in marks)}" if marks else "empty"
+        raise InputError(
+            f"sensor {sensor!r}: every reading is {why}, so no reading can be scored "
+            "(leave it out of --sensors)",
+            path=path,
+        )
+    detector.names.merge(recording.names)
+    if store is not None:
+        store.add_names(detector.names)
+    closed.append(tracker.close_all())
+    report.episodes = Episodes.concat(closed, recording.sensors)
+    if store is not None:
+        store.append_episodes(closed[-1])
     if report.confusion is not None:
         delays.finish()
         report.confusion.delays = tuple(delays.delays)
         report.confusion.missed_faults = delays.missed
+        e = report.episodes
+        report.episode_scores = score_episodes(
+            *runs.finish(), e.turbine_ids, e.starts, e.ends, runs.turbine_months
+        )
     if store is not None:
         store.flush()
     report.per_turbine = dict(sorted(per_turbine.items()))

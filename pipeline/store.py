@@ -9,6 +9,8 @@ Layout of a store directory::
                                    data order; cols: sensors; values: contributions)
     chunk-000001-meta.npz          per row: timestamp; per anomaly: source partition,
                                    offset and row (the event id), threshold, model
+    episodes-000001.npz            alarm episodes closed since the previous flush
+                                   (``Episodes.save``: turbine, start, end, peak, ...)
     model.npz                      (embedded run) the detector's final state,
                                    ``np.savez(**Detector.state())``
 
@@ -29,6 +31,13 @@ The store remembers, per source partition, the next offset not yet stored;
 anomalies from an offset below that are dropped on append, so a replay after
 a crash adds no duplicate.  ``truncate`` rolls the store back to a position
 saved in a checkpoint.
+
+Alarm episodes (``pipeline/episodes.py``) closed by the writer are appended
+with :meth:`AnomalyStore.append_episodes`, wait beside the pending anomalies
+and go to disk at the same flush, one ``episodes-NNNNNN.npz`` file each,
+listed in the manifest's ``episodes`` (written whole to a temporary name
+and renamed, before the manifest names it); :meth:`AnomalyStore.episodes`
+and :func:`read_episodes` read them back.
 """
 
 from __future__ import annotations
@@ -48,7 +57,9 @@ from scipy import sparse
 from pipeline.config import DetectorConfig
 from pipeline.detector import BatchResult
 from pipeline.durable import atomic_file, fsync_path
-from pipeline.errors import StoreError
+from pipeline.episodes import Episodes
+from pipeline.errors import SchemaError, StoreError
+from pipeline.names import TurbineNames
 
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -297,6 +308,9 @@ class AnomalyStore:
         self._pending_count = 0
         self._positions = {int(k): int(v) for k, v in self._manifest["positions"].items()}
         self._readings = int(self._manifest.get("readings", 0))
+        # Readings per operating state (learn_when: stopped, curtailed...), not anomalies.
+        self._states = {str(k): int(v) for k, v in self._manifest.get("states", {}).items()}
+        self._pending_episodes: list[Episodes] = []
 
     # ------------------------------------------------------------------ manifest
     def _load_manifest(self, path: Path) -> dict:
@@ -359,6 +373,19 @@ class AnomalyStore:
         return int(self._manifest.get("train_rows", 0))
 
     @property
+    def names(self) -> TurbineNames:
+        """The names behind hashed turbine ids (manifest ``turbine_names``)."""
+        try:
+            return TurbineNames.from_json(self._manifest.get("turbine_names"))
+        except SchemaError as exc:
+            raise StoreError(f"{self.directory}: {exc}") from None
+
+    def add_names(self, names: TurbineNames) -> None:
+        """Keep ``names`` in the manifest (written by the next flush)."""
+        if len(names):
+            self._manifest["turbine_names"] = self.names.merge(names).to_json()
+
+    @property
     def turbines(self) -> NDArray[np.int64]:
         """Turbine id of each column of the distance matrices, shape (turbines,)."""
         return np.asarray(self._manifest["turbines"], dtype=np.int64)
@@ -399,6 +426,8 @@ class AnomalyStore:
                 old |= (part_all == p) & (off_all < floor)
             n -= int(np.count_nonzero(old))
         self._readings += n
+        for name, count in result.state_counts().items():
+            self._states[name] = self._states.get(name, 0) + count
         hit = result.anomaly_index
         if hit.size == 0:
             return 0
@@ -445,14 +474,18 @@ class AnomalyStore:
             self._positions[int(p)] = max(self._positions.get(int(p), 0), int(o))
 
     def flush(self) -> None:
-        """Write pending anomalies as a chunk and the manifest, durably."""
+        """Write pending anomalies as a chunk, pending episodes, and the manifest, durably."""
         if self._pending:
             table = Anomalies.concat(self._pending, self.sensors)
             self._write_chunk(table)
             self._pending = []
             self._pending_count = 0
+        if self._pending_episodes:
+            self._write_episodes(Episodes.concat(self._pending_episodes, self.sensors))
+            self._pending_episodes = []
         self._manifest["positions"] = {str(p): o for p, o in sorted(self._positions.items())}
         self._manifest["readings"] = self._readings
+        self._manifest["states"] = dict(sorted(self._states.items()))
         self._write_manifest()
 
     def _write_chunk(self, table: Anomalies) -> None:
@@ -508,6 +541,74 @@ class AnomalyStore:
             }
         )
 
+    # ------------------------------------------------------------------ episodes
+    def append_episodes(self, episodes: Episodes) -> int:
+        """Queue closed alarm episodes (written at the next flush); returns how many."""
+        if len(episodes) == 0:
+            return 0
+        if not self._manifest["sensors"]:
+            self._manifest["sensors"] = list(episodes.sensors)
+        if tuple(episodes.sensors) != self.sensors:
+            raise StoreError(
+                f"episodes of sensors {list(episodes.sensors)} for a store of {list(self.sensors)}"
+            )
+        self._pending_episodes.append(episodes)
+        return len(episodes)
+
+    def _write_episodes(self, table: Episodes) -> None:
+        entries = self._manifest.setdefault("episodes", [])
+        stem = f"episodes-{len(entries) + 1:06d}"
+        with atomic_file(self.directory / f"{stem}.npz") as f:
+            table.save(f)
+        entries.append(
+            {
+                "name": stem,
+                "episodes": len(table),
+                "t_min": float(table.starts.min()),
+                "t_max": float(table.ends.max()),
+                "turbines": sorted(set(table.turbine_ids.tolist())),
+            }
+        )
+
+    def pending_episodes(self) -> Episodes:
+        """Episodes appended but not yet flushed (a checkpoint keeps them)."""
+        return Episodes.concat(self._pending_episodes, self.sensors)
+
+    def restore_pending_episodes(self, table: Episodes | None) -> None:
+        """Put back the pending episodes saved in a checkpoint (after :meth:`truncate`)."""
+        self._pending_episodes = [table] if table is not None and len(table) else []
+
+    def iter_episodes(
+        self,
+        turbine: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Iterator[Episodes]:
+        """Flushed episodes file by file; ``since``/``until`` keep those overlapping the range."""
+        for entry in self._manifest.get("episodes", []):
+            if not _may_match(entry, turbine, since, until):
+                continue
+            table = Episodes.load(self.directory / f"{entry['name']}.npz")
+            keep = np.ones(len(table), dtype=bool)
+            if turbine is not None:
+                keep &= table.turbine_ids == turbine
+            if since is not None:
+                keep &= table.ends >= since
+            if until is not None:
+                keep &= table.starts <= until
+            if keep.any():
+                yield table if keep.all() else table.select(keep)
+
+    def episodes(
+        self,
+        turbine: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Episodes:
+        """Flushed episodes matching the filters, as one table by (start, turbine)."""
+        parts = list(self.iter_episodes(turbine, since, until))
+        return Episodes.concat(parts, self.sensors).chronological()
+
     def pending(self) -> Anomalies:
         """Anomalies appended but not yet flushed (a checkpoint keeps them)."""
         return Anomalies.concat(self._pending, self.sensors)
@@ -524,8 +625,10 @@ class AnomalyStore:
         """What a checkpoint needs to roll the store back: flushed chunks and offsets."""
         return {
             "chunks": len(self._manifest["chunks"]),
+            "episode_files": len(self._manifest.get("episodes", [])),
             "positions": {str(p): o for p, o in self._positions.items()},
             "readings": self._readings,
+            "states": dict(self._states),
             "turbines": len(self._manifest["turbines"]),
         }
 
@@ -538,11 +641,19 @@ class AnomalyStore:
         self._columns = {int(t): i for i, t in enumerate(self._manifest["turbines"])}
         self._positions = {int(k): int(v) for k, v in dict(position["positions"]).items()}  # type: ignore[call-overload]
         self._readings = int(position["readings"])  # type: ignore[call-overload]
+        states = position.get("states", {})
+        self._states = {str(k): int(v) for k, v in dict(states).items()}  # type: ignore[call-overload]
         self._pending, self._pending_count = [], 0
+        episode_files = self._manifest.get("episodes", [])
+        keep_episodes = int(position.get("episode_files", 0))  # type: ignore[call-overload]
+        self._manifest["episodes"] = episode_files[:keep_episodes]
+        self._pending_episodes = []
         self.flush()
         for c in dropped:
             for part in ("distance", "contrib", "meta"):
                 (self.directory / f"{c['name']}-{part}.npz").unlink(missing_ok=True)
+        for e in episode_files[keep_episodes:]:
+            (self.directory / f"{e['name']}.npz").unlink(missing_ok=True)
         return sum(int(c["anomalies"]) for c in dropped)
 
     def close(self) -> None:
@@ -557,6 +668,11 @@ class AnomalyStore:
     def readings(self) -> int:
         """Readings appended (scored or not), flushed or pending."""
         return self._readings
+
+    @property
+    def states(self) -> dict[str, int]:
+        """Readings per operating state (``learn_when``): not scored, not anomalies."""
+        return dict(self._states)
 
     def stats(self) -> dict[str, int]:
         """Anomalies (non-zeros) and bytes on disk of the flushed chunks."""
@@ -696,6 +812,19 @@ def read_anomalies(
     return Anomalies.concat(
         [a for s in stores for a in s.iter_chunks(turbine, since, until)], sensors
     )
+
+
+def read_episodes(
+    path: str | Path,
+    turbine: int | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> Episodes:
+    """All flushed episodes under ``path`` (one store or a partitioned set), by start."""
+    stores = [AnomalyStore(p) for p in store_paths(path)]
+    sensors = next((s.sensors for s in stores if s.sensors), ())
+    parts = [e for s in stores for e in s.iter_episodes(turbine, since, until)]
+    return Episodes.concat(parts, sensors).chronological()
 
 
 def parse_event_id(text: str) -> tuple[int, int, int]:

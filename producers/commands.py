@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from pipeline.batching import iter_batches
 from pipeline.metrics import ProducerMetrics
+from pipeline.names import TurbineNames
+from pipeline.quirks import Quirks
 from pipeline.recordings import RecordingSpec, read_recording
 from pipeline.simulator import FleetSimulator, SimulationParams
 from producers.kafka_client import KafkaSettings, ensure_topics
@@ -49,6 +53,7 @@ def _publish(
     producer_id: str,
     total: int | None,
     desc: str,
+    names: TurbineNames | None = None,
 ) -> int:
     settings = kafka_settings(args)
     registry = CollectorRegistry()
@@ -58,7 +63,7 @@ def _publish(
         ensure_topics(settings, {args.topic: args.partitions})
     bar = _progress(total, desc, not args.quiet and sys.stderr.isatty())
     with BatchPublisher(
-        settings, args.topic, sensors, args.key_groups, producer_id, metrics=metrics
+        settings, args.topic, sensors, args.key_groups, producer_id, metrics=metrics, names=names
     ) as pub:
         sent, stopped = send_batches(pub, batches, args.speed, bar)
     if bar is not None:
@@ -82,15 +87,35 @@ def stream_simulation(args: argparse.Namespace, params: SimulationParams) -> int
     )
 
 
+def content_producer_id(path: Path, *context: object) -> str:
+    """The default producer id of a replay: a hash of the file's whole content.
+
+    The same file replayed twice (under any name) is the same stream, so its
+    batches are de-duplicated; two different files never are.  ``context``
+    (the batch size, the reading options) is hashed too: the same file cut
+    into other batches is another stream.
+    """
+    digest = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    digest.update(repr(context).encode())
+    return f"replay-{digest.hexdigest()}"
+
+
 def replay(args: argparse.Namespace, spec: RecordingSpec) -> int:
     """Replay a recorded file at its recorded pace times --speed (0: as fast as possible)."""
     with read_recording(args.file, spec) as rec:
-        producer_id = args.producer_id or f"replay-{args.file.name}"
+        producer_id = args.producer_id or content_producer_id(args.file, args.batch_steps, spec)
+        # The readings the embedded run scores: duplicates and steps back dropped,
+        # sentinels blanked (pipeline/quirks.py), so the service learns nothing twice.
+        quirks = Quirks.for_spec(spec, rec.sensors)
         return _publish(
             args,
             rec.sensors,
-            iter_batches(rec, args.batch_steps),
+            iter_batches(quirks.filter(rec), args.batch_steps),
             producer_id,
             getattr(rec, "n_rows", None),
             args.file.name,
+            getattr(rec, "names", None),
         )

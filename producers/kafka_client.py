@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +66,11 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile: str | None = None
     ssl_password: SecretStr | None = None
     connect_timeout_s: float = Field(60.0, description="How long to wait for a broker at start.")
+    compression_type: Literal["none", "gzip", "lz4", "zstd", "snappy"] = Field(
+        "none",
+        description="Codec of the records this client produces; every codec is read whatever "
+        "this says (their Python packages are dependencies).",
+    )
 
     def client_config(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python clients (secrets revealed only here)."""
@@ -119,6 +124,35 @@ def retry_until_connected(
             delay = min(delay * 2, 10.0)
 
 
+def retry_broker_call(what: str, call: Any, stopped: Any = None) -> Any:
+    """``call()``, retried with backoff while the broker does not answer.
+
+    Only retriable errors (kafka-python's ``RetriableError``: timeouts, lost
+    connections, stale metadata; and ``OSError``) are retried, until
+    ``stopped()`` says so; any other error is logged and gives up at once.
+    Returns ``call()``'s result, or None when it gave up.
+    """
+    from kafka.errors import RetriableError
+
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:  # kafka-python's errors
+            retriable = isinstance(exc, RetriableError | OSError)
+            if not retriable or (stopped is not None and stopped()):
+                log.error("broker_call_failed what=%s error=%r giving_up", what, exc)
+                return None
+            log.warning(
+                "broker_unreachable what=%s error=%s retry_in=%.1fs",
+                what,
+                exc.__class__.__name__,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
 def make_producer(settings: KafkaSettings, **overrides: Any) -> Any:
     """An idempotent producer (acks=all, retries) for large batch records."""
     from kafka import KafkaProducer
@@ -134,6 +168,9 @@ def make_producer(settings: KafkaSettings, **overrides: Any) -> Any:
         "max_request_size": 16 << 20,
         "request_timeout_ms": 30_000,
         "delivery_timeout_ms": 300_000,  # rides out a broker restart
+        "compression_type": None
+        if settings.compression_type == "none"
+        else settings.compression_type,
         **overrides,
     }
     return retry_until_connected(lambda: KafkaProducer(**cfg), settings, "producer")
@@ -155,25 +192,30 @@ def make_consumer(settings: KafkaSettings, **overrides: Any) -> Any:
 
 
 def ensure_topics(settings: KafkaSettings, topics: dict[str, int]) -> None:
-    """Create the topics (name -> partitions) that do not exist yet."""
+    """Create the topics (name -> partitions) that do not exist yet.
+
+    Every admin call is retried with backoff while the broker does not answer,
+    up to ``connect_timeout_s``.
+    """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = retry_until_connected(
-        lambda: KafkaAdminClient(**settings.client_config()), settings, "admin client"
-    )
-    try:
-        existing = set(admin.list_topics())
-        new = [
-            NewTopic(name, num_partitions=p, replication_factor=1)
-            for name, p in topics.items()
-            if name not in existing
-        ]
-        if new:
-            try:
-                admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
-            log.info("topics_created names=%s", ",".join(t.name for t in new))
-    finally:
-        admin.close()
+    def attempt() -> None:
+        admin = KafkaAdminClient(**settings.client_config())
+        try:
+            existing = set(admin.list_topics())
+            new = [
+                NewTopic(name, num_partitions=p, replication_factor=1)
+                for name, p in topics.items()
+                if name not in existing
+            ]
+            if new:
+                try:
+                    admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass
+                log.info("topics_created names=%s", ",".join(t.name for t in new))
+        finally:
+            admin.close()
+
+    retry_until_connected(attempt, settings, "admin client")

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.metrics import ProducerMetrics
+from pipeline.names import TurbineNames
 from pipeline.recordings import Chunk
-from pipeline.wire import BINARY_TYPE, SCHEMA_VERSION, BatchMeta, encode_batch
+from pipeline.wire import BINARY_TYPE, BatchMeta, encode_batch, version_for
 from producers.kafka_client import KafkaIOError, KafkaSettings, make_producer
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class BatchPublisher:
     producer_id : str
         Stable across restarts of the same stream: the detectors drop batches
         they already processed from this producer (no reading doubled).
+    names : TurbineNames, optional
+        The names of the stream's turbines: with any, records are schema
+        version 2 and carry them (a chunk's own ``names`` attribute, when it
+        has one, takes precedence); without, version 1.
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class BatchPublisher:
         site: str = "default",
         metrics: ProducerMetrics | None = None,
         producer: Any | None = None,
+        names: TurbineNames | None = None,
     ) -> None:
         self.settings = settings
         self.topic = topic
@@ -60,6 +66,7 @@ class BatchPublisher:
         self.site = site
         self.metrics = metrics
         self._producer = producer
+        self.names = names
         self.sent_readings = 0
         self.sent_records = 0
         self.delivered = 0
@@ -74,13 +81,18 @@ class BatchPublisher:
 
     def publish(self, number: int, batch: Chunk) -> int:
         """Send one engine batch (readings of shape (n, D)), split by key group."""
+        names = getattr(batch, "names", None) or self.names
+        version = version_for(names)
+        headers = [
+            ("content-type", BINARY_TYPE.encode()),
+            ("schema-version", str(version).encode()),
+        ]
         groups = np.mod(batch.turbine_ids, self.key_groups)
         order = np.argsort(groups, kind="stable")
         cuts = np.flatnonzero(np.diff(groups[order])) + 1
         for part in np.split(order, cuts):  # a loop over key groups, not readings
             g = int(groups[part[0]])
             meta = BatchMeta(
-                schema_version=SCHEMA_VERSION,
                 site=self.site,
                 sensors=list(self.sensors),
                 producer_id=self.producer_id,
@@ -91,17 +103,14 @@ class BatchPublisher:
             )
             kinds = batch.kinds[part] if batch.kinds is not None else None
             value = encode_batch(
-                meta, batch.timestamps[part], batch.turbine_ids[part], batch.values[part], kinds
+                meta,
+                batch.timestamps[part],
+                batch.turbine_ids[part],
+                batch.values[part],
+                kinds,
+                names,
             )
-            future = self.producer.send(
-                self.topic,
-                key=group_key(g),
-                value=value,
-                headers=[
-                    ("content-type", BINARY_TYPE.encode()),
-                    ("schema-version", str(SCHEMA_VERSION).encode()),
-                ],
-            )
+            future = self.producer.send(self.topic, key=group_key(g), value=value, headers=headers)
             future.add_callback(self._delivered)
             future.add_errback(self._failed, number, g)
             self.sent_records += 1

@@ -32,6 +32,21 @@ def skab_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lhb_csv() -> Path:
+    """La Haute Borne's SCADA file in ../shared/data; skip (fail in CI) when absent.
+
+    La Haute Borne wind farm data, ENGIE (opendata-renewables.engie.com),
+    Open Licence 2.0, as distributed with NREL OpenOA.
+    """
+    path = DATA / "lhb" / "la-haute-borne-data-2014-2015.csv"
+    if not path.is_file():
+        if IN_CI:
+            pytest.fail(f"CI=true but the shared data file {path} is missing")
+        pytest.skip(f"shared data file {path} is absent (La Haute Borne SCADA)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def kafka_servers() -> Iterator[str]:
     """Bootstrap servers of a real broker (see tests/kafka_support.py)."""
     from tests.kafka_support import NoBroker, any_broker, wait_for_metadata

@@ -13,9 +13,12 @@ from hypothesis import strategies as st
 from consumers.events import json_numbers, render_events
 from pipeline import Detector, DetectorConfig
 from pipeline.detector import BatchResult
+from pipeline.names import TurbineNames
 
 
-def reference_event(result, j, *, sensors, topic, partition, offsets, rows, produced, kinds, meta):
+def reference_event(
+    result, j, *, sensors, topic, partition, offsets, rows, produced, kinds, meta, names=None
+):
     """The naive oracle: a dict per anomaly, as the wire contract describes it."""
     i = int(result.anomaly_index[j])
     contrib = result.contributions[j]
@@ -29,6 +32,9 @@ def reference_event(result, j, *, sensors, topic, partition, offsets, rows, prod
     return {
         "event_id": f"{topic}:{partition}:{offsets[i]}:{rows[i]}",
         "turbine_id": int(result.turbine_ids[i]),
+        "turbine": names.name_of(tid)
+        if names is not None and (tid := int(result.turbine_ids[i])) in names
+        else int(result.turbine_ids[i]),
         "timestamp": num(result.timestamps[i]),
         "time": str(np.datetime64(ms, "ms")) + "Z",
         "distance2": num(result.distances[i]),
@@ -43,17 +49,18 @@ def reference_event(result, j, *, sensors, topic, partition, offsets, rows, prod
     }
 
 
-def scored_batch(rng, d=4, n_turbines=30):
+def scored_batch(rng, d=4, n_turbines=30, fleet=None):
+    fleet = np.arange(n_turbines) if fleet is None else fleet
     det = Detector(DetectorConfig(min_samples=30, key_groups=1))
-    det.learn(np.zeros(3000), np.arange(3000) % n_turbines, rng.normal(size=(3000, d)))
-    ids = np.tile(np.arange(n_turbines), 20)
+    det.learn(np.zeros(3000), fleet[np.arange(3000) % n_turbines], rng.normal(size=(3000, d)))
+    ids = np.tile(fleet, 20)
     x = rng.normal(size=(ids.size, d))
     x[rng.random(ids.size) < 0.1] += 6.0
     ts = 1.767e9 + np.repeat(np.arange(20.0), n_turbines) + 0.123
     return det.process(ts, ids, x)
 
 
-def render_both(result, sensors, kinds, rng, producer_id="sim-1", site="north"):
+def render_both(result, sensors, kinds, rng, producer_id="sim-1", site="north", names=None):
     n = result.n_readings
     offsets = np.repeat(np.arange(1000, 1000 + (n + 9) // 10), 10)[:n]
     rows = np.tile(np.arange(10), (n + 9) // 10)[:n]
@@ -67,6 +74,7 @@ def render_both(result, sensors, kinds, rng, producer_id="sim-1", site="north"):
         producer_id=producer_id,
         site=site,
         detected_at=1.767e9 + 0.5,
+        names=names,
         **common,
     )
     want = [
@@ -77,6 +85,7 @@ def render_both(result, sensors, kinds, rng, producer_id="sim-1", site="north"):
             produced=produced,
             kinds=kinds,
             meta=(producer_id, site, 1.767e9 + 0.5),
+            names=names,
             **common,
         )
         for j in range(result.n_anomalies)
@@ -95,6 +104,20 @@ def test_events_equal_the_reference(rng):
     assert keys == [str(w["turbine_id"]).encode() for w in want]
     assert ids == [w["event_id"].encode() for w in want]
     assert {w["fault_kind"] for w in want} >= {None, "spike"}
+
+
+def test_named_turbines_show_their_names(rng):
+    names = TurbineNames()
+    fleet = names.ids_of([f"R{80700 + t}" for t in range(10)] + [str(t) for t in range(20)])
+    result = scored_batch(rng, fleet=fleet)
+    sensors = ("temperature", "rotor_speed", "pressure", "vibration")
+    keys, values, ids, want = render_both(result, sensors, None, rng, names=names)
+    got = [json.loads(v) for v in values]
+    assert got == want
+    shown = {type(e["turbine"]) for e in got}
+    assert shown == {str, int}  # names as strings, integer ids as integers
+    assert all(e["turbine"] == e["turbine_id"] for e in got if isinstance(e["turbine"], int))
+    assert {e["turbine"] for e in got if isinstance(e["turbine"], str)} <= set(names.labels(fleet))
 
 
 def test_no_anomaly_no_event(rng):

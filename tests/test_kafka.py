@@ -251,7 +251,7 @@ def malformed_records() -> list[tuple[str, bytes, list[tuple[str, bytes]]]]:
         ("shape_mismatch", with_meta(n=41), ctype),
         ("truncated", good[:6], ctype),
         ("bad_magic", b"XXXX" + good[4:], ctype),
-        ("unknown_schema_version", with_meta(schema_version=2), ctype),
+        ("unknown_schema_version", with_meta(schema_version=3), ctype),
         ("unknown_schema_version", good, [*ctype, ("schema-version", b"7")]),
         ("bad_metadata", good[:8] + b"{not json" + good[17:], ctype),
         ("sensor_mismatch", _valid(97, sensors=("a", "b", "c")), ctype),

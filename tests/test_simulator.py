@@ -37,7 +37,7 @@ def test_calibration_recovers_shared_physics():
     sim, data = simulate(turbines=4, steps=200, seed=2, fault_fraction=0)
     cal = sim.fleet.calibration()
     det = Detector(DetectorConfig(**cal))
-    idx, x_t = det._calibrated(data.turbine_ids, data.values)
+    _, _, x_t = det._calibrated(data.turbine_ids, data.values, data.timestamps)
     expected = (
         (data.values - sim.fleet.offsets)
         * sim.fleet.gains

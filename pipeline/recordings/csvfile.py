@@ -1,15 +1,18 @@
 """Reading long-format CSV recordings in bounded chunks, with located errors.
 
 Each chunk of lines is parsed by NumPy's C parser (``np.loadtxt``), a few
-columns at a time.  When the parser rejects a chunk, a slow scan of that
-chunk only finds the first bad cell, so the error names the file, the line
-and the column.  Empty cells are missing readings (NaN).
+columns at a time.  Empty cells are missing readings (NaN): a chunk that has
+some is parsed again with them written as ``nan``.  When the parser still
+rejects a chunk, a slow scan of that chunk only finds the first bad cell, so
+the error names the file, the line and the column.  The id column holds
+integer ids or turbine names (``R80711``): names become fixed int64 ids
+(:mod:`pipeline.names`) and ``CsvRecording.names`` keeps the way back.  ISO
+8601 times honour their UTC offsets (:mod:`pipeline.recordings.isotime`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -17,12 +20,24 @@ from typing import BinaryIO
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SchemaError
+from pipeline.names import TurbineNames
+from pipeline.recordings.isotime import TimeFormatError, parse_times
 from pipeline.recordings.spec import LABEL_COL, Chunk, RecordingSpec
 
 
 def _cells(line: str, sep: str) -> list[str]:
     return [c.strip() for c in line.split(sep)]
+
+
+def _cell(line: str, sep: str, col: int) -> str:
+    """Cell ``col`` of a line, stripped (the line split only as far as that cell)."""
+    return line.split(sep, col + 1)[col].strip()
+
+
+def _is_integer(cell: str) -> bool:
+    value = float(cell)
+    return math.isfinite(value) and value == round(value) and abs(value) < 2**53
 
 
 def _is_number(cell: str) -> bool:
@@ -52,6 +67,7 @@ class CsvRecording:
         except OSError as exc:
             raise InputError(f"cannot open: {exc.strerror}", path=str(self.path)) from None
         self._line = 0
+        self.names = TurbineNames()
         try:
             self._read_header()
         except BaseException:
@@ -131,11 +147,27 @@ class CsvRecording:
             raise self._error(
                 f"expected {len(names)} columns (as the header), found {len(cells)}", self._line
             )
-        self.sensor_index = [i for i in candidates if _is_number(cells[i])]
+        if spec.sensors is not None:
+            self.sensor_index = []
+            for col, _ in spec.sensors:
+                if col not in names:
+                    raise self._error(
+                        f"--sensors: no column {col!r} (columns: {', '.join(names)})",
+                        self._header_line,
+                    )
+                if names.index(col) not in candidates:
+                    raise self._error(
+                        f"--sensors: column {col!r} is the time, id, label or a dropped column",
+                        self._header_line,
+                    )
+                self.sensor_index.append(names.index(col))
+            self.sensors = tuple(name for _, name in spec.sensors)
+        else:
+            self.sensor_index = [i for i in candidates if _is_number(cells[i])]
+            if not self.sensor_index:
+                raise self._error("no numeric sensor columns", self._line)
+            self.sensors = tuple(names[i] for i in self.sensor_index)
         self.ignored = [names[i] for i in candidates if i not in self.sensor_index]
-        if not self.sensor_index:
-            raise self._error("no numeric sensor columns", self._line)
-        self.sensors = tuple(names[i] for i in self.sensor_index)
         self.time_is_number = _is_number(cells[self.time_index])
         self.has_labels = self.label_index is not None
         self.has_kinds = self.kind_index is not None
@@ -148,6 +180,11 @@ class CsvRecording:
 
     # ------------------------------------------------------------------ chunks
     def __iter__(self) -> Iterator[Chunk]:
+        for chunk, _ in self.iter_text():
+            yield chunk
+
+    def iter_text(self) -> Iterator[tuple[Chunk, list[str]]]:
+        """Chunks with the text of their lines (line endings removed), for rewriting."""
         while True:
             batch = self._pending
             self._pending = []
@@ -159,7 +196,7 @@ class CsvRecording:
                     batch.append((self._line, text))
             if not batch:
                 return
-            yield self._parse(batch)
+            yield self._parse(batch), [b[1] for b in batch]
 
     def _parse(self, batch: list[tuple[int, str]]) -> Chunk:
         line_no = np.fromiter((b[0] for b in batch), dtype=np.int64, count=len(batch))
@@ -187,40 +224,83 @@ class CsvRecording:
         if self.id_index is None:
             ids = np.zeros(len(text), dtype=np.int64)
         else:
-            raw_ids = self._numbers(text, line_no, [self.id_index])[:, 0]
-            whole = (
-                np.isfinite(raw_ids) & (raw_ids == np.round(raw_ids)) & (np.abs(raw_ids) < 2**53)
-            )
-            if not whole.all():
-                i = int(np.flatnonzero(~whole)[0])
-                raise self._error(
-                    f"turbine id {_cells(text[i], sep)[self.id_index]!r} is not an integer",
-                    int(line_no[i]),
-                    self.spec.id_col,
-                )
-            ids = raw_ids.astype(np.int64)
+            ids = self._turbine_ids(text, line_no)
         labels = None
         if self.label_index is not None:
             raw = self._numbers(text, line_no, [self.label_index])[:, 0]
             labels = (np.nan_to_num(raw, nan=0.0) != 0).astype(np.int8)
         kinds = None
         if self.kind_index is not None:
-            kinds = np.array([_cells(t, sep)[self.kind_index] for t in text], dtype=np.str_)
+            kinds = np.array([_cell(t, sep, self.kind_index) for t in text], dtype=np.str_)
         return Chunk(ts, ids, values, labels, kinds, line_no)
+
+    def _turbine_ids(self, text: list[str], line_no: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Integer ids as they are; names (any cell that is not a number) hashed to ids."""
+        col = self.id_index
+        assert col is not None  # noqa: S101 (only called with an id column)
+        try:
+            raw_ids = self._loadtxt(text, [col])[:, 0]
+        except ValueError:
+            return self._named_ids(text, line_no, col)
+        whole = np.isfinite(raw_ids) & (raw_ids == np.round(raw_ids)) & (np.abs(raw_ids) < 2**53)
+        if not whole.all():
+            i = int(np.flatnonzero(~whole)[0])
+            raise self._error(
+                f"turbine id {_cells(text[i], self.spec.sep)[col]!r} is not an integer",
+                int(line_no[i]),
+                self.spec.id_col,
+            )
+        return raw_ids.astype(np.int64)
+
+    def _named_ids(
+        self, text: list[str], line_no: NDArray[np.int64], col: int
+    ) -> NDArray[np.int64]:
+        sep = self.spec.sep
+        cells = np.array([_cell(t, sep, col).strip('"') for t in text], dtype=np.str_)
+        uniq, first, inverse = np.unique(cells, return_index=True, return_inverse=True)
+        canonical = []
+        for name, i in zip(uniq.tolist(), first.tolist(), strict=True):  # distinct names only
+            problem = None
+            if name == "":
+                problem = "empty turbine id"
+            elif _is_number(name) and not _is_integer(name):
+                problem = f"turbine id {name!r} is not an integer"
+            if problem is not None:
+                raise self._error(problem, int(line_no[i]), self.spec.id_col)
+            # A number is an integer id however it is written ("7.0", "007"), as in a
+            # column of numbers only.
+            canonical.append(str(int(float(name))) if _is_number(name) else name)
+        try:
+            return self.names.ids_of(canonical)[inverse.ravel()]
+        except SchemaError as exc:
+            raise self._error(str(exc), column=self.spec.id_col) from None
+
+    def _loadtxt(self, text: list[str], cols: list[int]) -> NDArray[np.float64]:
+        return np.loadtxt(
+            text,
+            delimiter=self.spec.sep,
+            usecols=cols,
+            dtype=np.float64,
+            ndmin=2,
+            comments=None,
+            quotechar=None,
+        )
 
     def _numbers(
         self, text: list[str], line_no: NDArray[np.int64], cols: list[int]
     ) -> NDArray[np.float64]:
         try:
-            return np.loadtxt(
-                text,
-                delimiter=self.spec.sep,
-                usecols=cols,
-                dtype=np.float64,
-                ndmin=2,
-                comments=None,
-                quotechar=None,
-            )
+            return self._loadtxt(text, cols)
+        except ValueError:
+            pass
+        # Empty cells (missing readings) written as nan, still in the C parser.
+        sep = self.spec.sep
+        twice, nan_cell = sep + sep, sep + "nan" + sep
+        filled = [
+            (sep + t + sep).replace(twice, nan_cell).replace(twice, nan_cell)[1:-1] for t in text
+        ]
+        try:
+            return self._loadtxt(filled, cols)
         except ValueError:
             pass
         # Slow path, this chunk only: find the first bad cell, or accept empty cells as NaN.
@@ -242,27 +322,18 @@ class CsvRecording:
 
     def _datetimes(self, text: list[str], line_no: NDArray[np.int64]) -> NDArray[np.float64]:
         sep, col = self.spec.sep, self.time_index
-        cells = [_cells(t, sep)[col] for t in text]
-        stamps = np.empty(len(cells), dtype="datetime64[ms]")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # numpy's notice about time zone suffixes
-            try:
-                stamps[:] = np.array(cells, dtype="datetime64[ms]")
-            except ValueError:
-                for r, cell in enumerate(cells):
-                    try:
-                        stamps[r] = np.datetime64(cell, "ms")
-                    except ValueError:
-                        raise self._error(
-                            f"unreadable timestamp {cell[:40]!r} "
-                            "(expected ISO 8601 or epoch seconds)",
-                            int(line_no[r]),
-                            self.spec.time_col,
-                        ) from None
-        if np.isnat(stamps).any():
-            r = int(np.flatnonzero(np.isnat(stamps))[0])
-            raise self._error("missing timestamp", int(line_no[r]), self.spec.time_col)
-        return stamps.astype(np.int64) / 1000.0
+        cells = [_cell(t, sep, col).strip('"') for t in text]
+        empty = next((r for r, c in enumerate(cells) if c == ""), None)
+        if empty is not None:
+            raise self._error("missing timestamp", int(line_no[empty]), self.spec.time_col)
+        try:
+            return parse_times(cells)
+        except TimeFormatError as exc:
+            raise self._error(
+                f"unreadable timestamp {exc.cell[:40]!r} (expected ISO 8601 or epoch seconds)",
+                int(line_no[exc.index]),
+                self.spec.time_col,
+            ) from None
 
     def close(self) -> None:
         self._file.close()

@@ -14,6 +14,7 @@ member                    dtype           shape
 ``fault_code.npy``        int8            (n,) optional: 0 normal, k: fault_kinds[k]
 ``fault_kinds.npy``       unicode         (K+1,) the kind names, "" first
 ``fault_kind.npy``        unicode         (n,) optional, instead of the two above
+``turbine_names.npy``     unicode         (k,) optional: the names behind hashed ids
 ``format_version.npy``    int64           ()
 ========================  ==============  =====================================
 
@@ -32,7 +33,8 @@ from typing import IO
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SchemaError
+from pipeline.names import TurbineNames
 from pipeline.recordings.spec import Chunk, RecordingSpec
 
 FORMAT_VERSION = 1
@@ -140,6 +142,37 @@ class NpzRecording:
             self._kind_names = kinds
         self.has_kinds = "fault_kind" in self._layout or self._kind_names is not None
         self.ignored: list[str] = []
+        self.names = TurbineNames()
+        if "turbine_names" in names:
+            with self._zip.open(names["turbine_names"]) as f:
+                try:
+                    stored = np.lib.format.read_array(f, allow_pickle=False)
+                except ValueError as exc:
+                    raise self._error(f"bad turbine_names: {exc}", column="turbine_names") from None
+            if stored.ndim != 1 or stored.dtype.kind != "U":
+                raise self._error(
+                    "turbine_names must be a 1-D array of names", column="turbine_names"
+                )
+            try:
+                self.names = TurbineNames.from_state({"turbine_names": stored})
+            except SchemaError as exc:
+                raise self._error(str(exc), column="turbine_names") from None
+        if self.spec.sensors is not None:
+            self._select_sensors(self.spec.sensors)
+
+    def _select_sensors(self, pairs: tuple[tuple[str, str], ...]) -> None:
+        """Keep (and rename) the sensors ``pairs`` names, as the CSV reader does."""
+        index = []
+        for col, _ in pairs:
+            if col not in self.sensors:
+                raise self._error(
+                    f"--sensors: no sensor {col!r} (sensors: {', '.join(self.sensors)})",
+                    column="sensors",
+                )
+            index.append(self.sensors.index(col))
+        self.ignored = [s for i, s in enumerate(self.sensors) if i not in index]
+        self._sensor_index: list[int] | None = index
+        self.sensors = tuple(name for _, name in pairs)
 
     def _header(self, key: str, kinds: str) -> tuple[tuple[int, ...], np.dtype, int]:
         """Declared shape, dtype and header length of member ``key``, read and checked.
@@ -183,6 +216,7 @@ class NpzRecording:
                 raise self._error(f"bad {key} array: {exc}", column=key) from None
 
     def __iter__(self) -> Iterator[Chunk]:
+        pick = getattr(self, "_sensor_index", None)
         streams = {}
         try:
             for key, (_, _, header_len) in self._layout.items():
@@ -204,7 +238,9 @@ class NpzRecording:
                     arrays["turbine_id"].astype(np.int64)
                     if "turbine_id" in arrays
                     else np.zeros(k, dtype=np.int64),
-                    arrays["values"].astype(np.float64, copy=False),
+                    arrays["values"].astype(np.float64, copy=False)
+                    if pick is None
+                    else arrays["values"][:, pick].astype(np.float64),
                     arrays["label"].astype(np.int8) if "label" in arrays else None,
                     self._kinds_of(arrays),
                     np.arange(start, start + k, dtype=np.int64),

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.errors import ConfigError
 
 # Default column names of the long format.
 TIME_COL = "timestamp"
@@ -20,6 +22,9 @@ class RecordingSpec(BaseModel):
 
     >>> RecordingSpec(sep=";", time_col="datetime", label_col="anomaly").id_col
     'turbine_id'
+    >>> spec = RecordingSpec(sensors="Ba_avg=pitch,P_avg", sentinels={"pitch": -1e9})
+    >>> spec.sensors, spec.sentinels
+    ((('Ba_avg', 'pitch'), ('P_avg', 'P_avg')), (('pitch', (-1000000000.0,)),))
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,6 +49,78 @@ class RecordingSpec(BaseModel):
     max_line_bytes: int = Field(
         1 << 20, ge=64, description="Longest CSV line accepted (a guard against garbage)."
     )
+    sensors: tuple[tuple[str, str], ...] | None = Field(
+        None,
+        description="Sensor columns to read, in order, as (column, sensor name) pairs; "
+        "None: every numeric column under its own name.  Also accepted as "
+        "'COL[=NAME],...', a list of such items, or a {column: name} table.",
+    )
+    sentinels: tuple[tuple[str, tuple[float, ...]], ...] = Field(
+        (),
+        description="Per sensor (its name, or its column), values that mean 'no reading' "
+        "(e.g. -273.2 for a temperature): read as missing.  Also accepted as a "
+        "{sensor: value or [values]} table or 'SENSOR=V[;V...],...'.",
+    )
+
+    attribution: str | None = Field(
+        None,
+        description="The data's source and licence, shown wherever results from it are "
+        "(the detect summary, the report).",
+    )
+
+    @field_validator("sensors", mode="before")
+    @classmethod
+    def _sensor_pairs(cls, raw: object) -> object:
+        if raw is None:
+            return None
+        if isinstance(raw, str):
+            raw = [item for item in raw.split(",") if item.strip()]
+        if isinstance(raw, dict):
+            items = [(str(k), str(v)) for k, v in raw.items()]
+        elif isinstance(raw, list | tuple):
+            items = []
+            for item in raw:
+                if isinstance(item, str):
+                    col, _, name = item.partition("=")
+                    items.append((col.strip(), name.strip() or col.strip()))
+                else:
+                    items.append(tuple(item))
+        else:
+            return raw
+        if not items:
+            raise ConfigError("sensors: no sensor column named")
+        for col, name in items:
+            if not col or not name:
+                raise ConfigError(f"sensors: empty column or name in {col}={name}")
+        for what, names in (("column", [c for c, _ in items]), ("name", [n for _, n in items])):
+            dup = next((x for x in names if names.count(x) > 1), None)
+            if dup is not None:
+                raise ConfigError(f"sensors: {what} {dup!r} named twice")
+        return tuple(items)
+
+    @field_validator("sentinels", mode="before")
+    @classmethod
+    def _sentinel_pairs(cls, raw: object) -> object:
+        if isinstance(raw, str):
+            table: dict[str, object] = {}
+            for item in raw.split(","):
+                if item.strip():
+                    key, _, values = item.partition("=")
+                    table[key.strip()] = [v for v in values.split(";") if v.strip()]
+            raw = table
+        if isinstance(raw, dict):
+            pairs = []
+            for key, values in raw.items():
+                vals = values if isinstance(values, list | tuple) else [values]
+                try:
+                    numbers = tuple(float(v) for v in vals)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"sentinels: {key}: not a number in {vals!r}") from None
+                if not numbers:
+                    raise ConfigError(f"sentinels: {key}: no value given")
+                pairs.append((str(key), numbers))
+            return tuple(pairs)
+        return raw
 
 
 @dataclass(frozen=True)

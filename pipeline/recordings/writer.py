@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.durable import publish
 from pipeline.errors import InputError, SchemaError
+from pipeline.names import TurbineNames
 from pipeline.recordings.npzfile import FORMAT_VERSION
 from pipeline.recordings.spec import ID_COL, KIND_COL, LABEL_COL, TIME_COL, Chunk
 
@@ -34,6 +35,10 @@ class RecordingWriter:
         Whether chunks carry labels and fault kinds.
     sep : str
         CSV separator.
+    names : TurbineNames, optional
+        The names behind hashed turbine ids: the CSV id column holds the
+        names, the ``.npz`` a ``turbine_names`` array.  Names met later
+        (``names`` grows as its recording is read) are written too.
     """
 
     def __init__(
@@ -43,12 +48,14 @@ class RecordingWriter:
         labels: bool = False,
         kinds: bool = False,
         sep: str = ",",
+        names: TurbineNames | None = None,
     ) -> None:
         self.path = Path(path)
         self.sensors = tuple(sensors)
         self.labels = labels
         self.kinds = kinds
         self.sep = sep
+        self.names = names if names is not None else TurbineNames()
         self.rows = 0
         self._kind_names: list[str] = []
         self.binary = self.path.suffix.lower() == ".npz"
@@ -114,7 +121,22 @@ class RecordingWriter:
                 numeric.append(labels[:, None])
                 fmt.append("%d")
             buf = io.StringIO()
+            named = len(self.names) > 0
+            if named:  # the id column as names: the numeric part without it, joined after
+                del numeric[1], fmt[1]
             np.savetxt(buf, np.hstack(numeric), fmt=fmt, delimiter=self.sep)
+            if named:
+                sep = self.sep
+                rows = buf.getvalue().splitlines()
+                ids = self.names.labels(chunk.turbine_ids)
+                bad = next((name for name in set(ids) if sep in name), None)
+                if bad is not None:
+                    raise SchemaError(f"turbine name {bad!r} contains the separator {sep!r}")
+                joined = (
+                    f"{ln.partition(sep)[0]}{sep}{name}{sep}{ln.partition(sep)[2]}"
+                    for ln, name in zip(rows, ids, strict=True)
+                )
+                buf = io.StringIO("\n".join(joined) + "\n")
             if self.kinds:
                 lines = buf.getvalue().splitlines()
                 self._csv.write(
@@ -166,6 +188,11 @@ class RecordingWriter:
                             dst.write(block)
             small = [
                 ("sensors", np.array(self.sensors, dtype=np.str_)),
+                *(
+                    [("turbine_names", self.names.state()["turbine_names"])]
+                    if len(self.names)
+                    else []
+                ),
                 ("format_version", np.array(FORMAT_VERSION, dtype=np.int64)),
             ]
             if self.kinds:

@@ -11,6 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.detector import Detector
+from pipeline.episodes import Episodes
+from pipeline.names import TurbineNames
 from pipeline.report.common import correlations, iso, thin, to_datetime64
 from pipeline.report.data import FleetSummary, Series
 from pipeline.store import Anomalies
@@ -38,8 +40,10 @@ def timeline_figure(
     statistic: str = "squared distance",
     max_points: int = 20_000,
     xlim: tuple[float, float] | None = None,
+    names: TurbineNames | None = None,
+    episodes: Episodes | None = None,
 ) -> Figure:
-    """One panel per turbine: distance against threshold, anomalies, labelled faults.
+    """One panel per turbine: distance against threshold, anomalies, labelled faults, episodes.
 
     Parameters
     ----------
@@ -57,6 +61,11 @@ def timeline_figure(
         Longer series are thinned to their envelope (see :func:`thin`).
     xlim : (float, float), optional
         Time range shown (epoch seconds); default the series'.
+    names : TurbineNames, optional
+        Turbine names for the titles (default: the ids).
+    episodes : Episodes, optional
+        Alarm episodes, drawn as green bars along the top of their turbine's panel
+        (at least 0.3 % of the time axis wide, so a one-alarm episode shows).
 
     Examples
     --------
@@ -65,6 +74,7 @@ def timeline_figure(
     >>> len(timeline_figure({3: s}, {3: 1}, 20.0, True).axes)
     1
     """
+    label = (names or TurbineNames()).name_of
     n = max(1, len(series))
     fig = Figure(figsize=(11, 1.2 + 2.1 * n), layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
@@ -89,11 +99,13 @@ def timeline_figure(
             )
         hit = s.anomalous
         ax.scatter(t[hit], d[hit], s=9, color="tab:red", zorder=3, label="anomaly")
+        if episodes is not None:
+            _episode_bars(ax, episodes.select(episodes.turbine_ids == turbine), xlim, s)
         ax.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.1f}")
         ax.set_yscale("log")
         ax.set_ylabel(statistic)
         ax.set_title(
-            f"turbine {turbine}: {counts.get(turbine, int(hit.sum())):,} anomalies",
+            f"turbine {label(turbine)}: {counts.get(turbine, int(hit.sum())):,} anomalies",
             loc="left",
             fontsize=10,
         )
@@ -109,7 +121,31 @@ def timeline_figure(
     return fig
 
 
-def heatmap_figure(summary: FleetSummary, max_turbines: int) -> Figure:
+def _episode_bars(
+    ax: Axes, episodes: Episodes, xlim: tuple[float, float] | None, s: Series
+) -> None:
+    """The episodes of one turbine as bars in the top strip of its panel."""
+    if len(episodes) == 0:
+        return
+    import matplotlib.dates as mdates
+
+    lo, hi = xlim if xlim is not None else (float(s.timestamps.min()), float(s.timestamps.max()))
+    days = 86_400.0
+    width = np.maximum(episodes.durations, 0.003 * max(hi - lo, 1.0)) / days
+    left = mdates.date2num(to_datetime64(episodes.starts))
+    ax.broken_barh(
+        list(zip(left.tolist(), width.tolist(), strict=True)),
+        (0.9, 0.08),
+        transform=ax.get_xaxis_transform(),
+        color="tab:green",
+        alpha=0.8,
+        label="alarm episode",
+    )
+
+
+def heatmap_figure(
+    summary: FleetSummary, max_turbines: int, names: TurbineNames | None = None
+) -> Figure:
     """Anomalies per turbine (rows) and time bucket (columns).
 
     Shows every turbine with anomalies, or the ``max_turbines`` with the
@@ -136,7 +172,7 @@ def heatmap_figure(summary: FleetSummary, max_turbines: int) -> Figure:
     )
     step = max(1, math.ceil(r / 40))
     ticks = np.arange(0, r, step)
-    ax.set_yticks(ticks + 0.5, [str(t) for t in summary.turbines[rows][ticks].tolist()])
+    ax.set_yticks(ticks + 0.5, (names or TurbineNames()).labels(summary.turbines[rows][ticks]))
     ax.tick_params(axis="y", labelsize=7)
     ax.invert_yaxis()
     ax.set_ylabel("turbine")
@@ -153,7 +189,9 @@ def heatmap_figure(summary: FleetSummary, max_turbines: int) -> Figure:
     return fig
 
 
-def contributions_figure(top: Anomalies, max_sensors: int = 12) -> Figure:
+def contributions_figure(
+    top: Anomalies, max_sensors: int = 12, names: TurbineNames | None = None
+) -> Figure:
     """Each sensor's contribution to each of the worst events (one panel each).
 
     Parameters
@@ -176,7 +214,8 @@ def contributions_figure(top: Anomalies, max_sensors: int = 12) -> Figure:
     shown = min(d, max_sensors)
     fig = Figure(figsize=(11, 0.9 + nrows * (0.9 + 0.28 * shown)), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    names = np.asarray(top.sensors, dtype=object)
+    label = (names or TurbineNames()).name_of
+    sensor_names = np.asarray(top.sensors, dtype=object)
     for i, ax in enumerate(axes):
         if i >= len(top):
             ax.set_axis_off()
@@ -185,10 +224,11 @@ def contributions_figure(top: Anomalies, max_sensors: int = 12) -> Figure:
         order = np.argsort(-np.abs(c), kind="stable")[:shown][::-1]
         colors = np.where(c[order] >= 0, "tab:red", "tab:blue")
         ax.barh(np.arange(shown), c[order], color=colors.tolist())
-        ax.set_yticks(np.arange(shown), names[order].tolist(), fontsize=8)
+        ax.set_yticks(np.arange(shown), sensor_names[order].tolist(), fontsize=8)
         ax.axvline(0, color="black", lw=0.6)
         ax.set_title(
-            f"turbine {int(top.turbine_ids[i])}, {iso(float(top.timestamps[i]))}\n"
+            f"turbine {label(int(top.turbine_ids[i]))}, "
+            f"{iso(float(top.timestamps[i]))}\n"
             f"d\u00b2 = {float(top.distances[i]):,.1f}",
             fontsize=9,
         )

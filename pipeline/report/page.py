@@ -15,8 +15,10 @@ import numpy as np
 from pipeline.config import DetectorConfig
 from pipeline.detector import Detector
 from pipeline.durable import atomic_file
+from pipeline.episodes import Episodes
 from pipeline.errors import ConfigError
 from pipeline.evaluation import Confusion
+from pipeline.names import TurbineNames
 from pipeline.recordings import RecordingSpec
 from pipeline.report.common import (
     CONTRIBUTIONS,
@@ -161,6 +163,11 @@ def write_report(
     stores = open_stores(store)
     summary = summarise(stores, opts)
     model = load_model(store, checkpoint_dir)
+    names = TurbineNames()
+    for st in stores:
+        names.merge(st.names)
+    if model is not None:
+        names.merge(model.names)
     report = Report(index=out / "index.html")
     notes = report.notes
     worst_ids = worst(summary.turbines, summary.counts, opts.worst_turbines)
@@ -173,6 +180,7 @@ def write_report(
             raise
     statistic = statistic_name(config)
     threshold = float(summary.thresholds.max()) if summary.thresholds.size else math.nan
+    episodes = Episodes.concat([st.episodes() for st in stores], summary.sensors).chronological()
 
     # 1. timelines
     run: RunReport | None = None
@@ -209,18 +217,20 @@ def write_report(
             statistic,
             opts.max_points,
             None if run is not None else (float(summary.edges[0]), float(summary.edges[-1])),
+            episodes=episodes,
+            names=names,
         )
         report.figures[TIMELINE] = _save(fig, out / TIMELINE, opts.dpi)
 
     # 2. heatmap
     if summary.anomalies:
-        fig = heatmap_figure(summary, opts.heatmap_turbines)
+        fig = heatmap_figure(summary, opts.heatmap_turbines, names)
         report.figures[HEATMAP] = _save(fig, out / HEATMAP, opts.dpi)
 
     # 3. contributions and seen before
     similar: list[tuple[Anomalies, F64]] = []
     if len(summary.top):
-        fig = contributions_figure(summary.top)
+        fig = contributions_figure(summary.top, names=names)
         report.figures[CONTRIBUTIONS] = _save(fig, out / CONTRIBUTIONS, opts.dpi)
         seen = SeenBefore(summary.top.contributions, opts.similar, summary.top.timestamps)
         latest = float(summary.top.timestamps.max())
@@ -235,7 +245,20 @@ def write_report(
         if fig_c is not None:
             report.figures[CORRELATION] = _save(fig_c, out / CORRELATION, opts.dpi)
 
-    page = _page(store, input_path, stores, summary, config, run, report, similar, model, opts)
+    page = _page(
+        store,
+        input_path,
+        stores,
+        summary,
+        config,
+        run,
+        report,
+        similar,
+        model,
+        opts,
+        names,
+        episodes,
+    )
     with atomic_file(report.index) as f:
         f.write(page.encode("utf-8"))
     return report
@@ -252,8 +275,13 @@ def _page(
     similar: list[tuple[Anomalies, F64]],
     model: Detector | None,
     opts: ReportOptions,
+    names: TurbineNames | None = None,
+    episodes: Episodes | None = None,
 ) -> str:
     esc = html.escape
+    name_of = (names or TurbineNames()).name_of
+    if episodes is None:
+        episodes = Episodes.empty(summary.sensors)
     parts: list[str] = []
     add = parts.append
     add("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>")
@@ -261,6 +289,11 @@ def _page(
     add("<h1>Anomaly report</h1>")
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     add(f"<p class='note'>store <code>{esc(str(store))}</code>, generated {generated}</p>")
+    source = config.recording.attribution if config and config.recording else None
+    if run is not None and run.attribution:
+        source = run.attribution
+    if source:
+        add(f"<p class='note'>Data: {esc(source)}</p>")
     for note in report.notes:
         add(f"<p class='warn'>{esc(note)}</p>")
     t0, t1 = float(summary.edges[0]), float(summary.edges[-1])
@@ -269,9 +302,23 @@ def _page(
         ("chunks", summary.chunks),
         ("readings scored", f"{summary.readings:,}"),
         ("anomalies", f"{summary.anomalies:,}"),
+        ("alarm episodes", f"{len(episodes):,}"),
         ("turbines with anomalies", f"{int(np.count_nonzero(summary.counts)):,}"),
         ("sensors", ", ".join(summary.sensors)),
     ]
+    if names is not None and len(names):
+        facts.append(("turbine names", ", ".join(n for _, n in names.items())))
+    if run is not None:
+        q = run.quirks
+        sentinel = ", ".join(f"{s} {k:,}" for s, k in sorted(q.sentinel.items()))
+        facts.append(
+            (
+                "data quirks (input)",
+                f"{q.duplicate:,} duplicate readings dropped, {q.out_of_order:,} out of order "
+                f"dropped, {q.sentinels:,} sentinel values read as missing"
+                + (f" ({sentinel})" if sentinel else ""),
+            )
+        )
     if summary.anomalies:
         facts.append(("time range of the anomalies", f"{iso(t0)} to {iso(t1)} UTC"))
     if summary.thresholds.size:
@@ -320,6 +367,8 @@ def _page(
                 "The stored anomalies' distances (log scale) against the threshold (dashed). "
                 "Pass --input FILE to draw every reading and the labelled faults."
             )
+        if len(episodes):
+            caption += " Green bars along the top: alarm episodes (section 6)."
         add(_figure(TIMELINE, "distance timelines of the worst turbines", caption))
     else:
         add("<p class='note'>No anomalies in the store.</p>")
@@ -352,7 +401,7 @@ def _page(
             (
                 ids[i],
                 iso(float(top.timestamps[i])),
-                int(top.turbine_ids[i]),
+                name_of(int(top.turbine_ids[i])),
                 f"{float(top.distances[i]):,.1f}",
                 _top_sensors(top.contributions[i], top.sensors),
             )
@@ -365,7 +414,7 @@ def _page(
             f"<code>turbine anomalies STORE --similar-to EVENT --top {opts.similar}</code>).</p>"
         )
         for i, (matches, sim) in enumerate(similar):
-            add(f"<h4>{esc(ids[i])} (turbine {int(top.turbine_ids[i])})</h4>")
+            add(f"<h4>{esc(ids[i])} (turbine {esc(name_of(int(top.turbine_ids[i])))})</h4>")
             if len(matches) == 0:
                 add("<p class='note'>Nothing earlier: the first of its kind.</p>")
                 continue
@@ -378,7 +427,7 @@ def _page(
                             f"{float(sim[j]):.4f}",
                             mids[j],
                             iso(float(matches.timestamps[j])),
-                            int(matches.turbine_ids[j]),
+                            name_of(int(matches.turbine_ids[j])),
                             f"{float(matches.distances[j]):,.1f}",
                             _top_sensors(matches.contributions[j], matches.sensors),
                         )
@@ -418,8 +467,62 @@ def _page(
         )
     else:
         add("<p class='note'>The models have not learned enough readings yet.</p>")
+    add("<h2>6. Alarm episodes</h2>")
+    add(episode_section(episodes, config, opts.top_events * 2))
     add("</body></html>\n")
     return "\n".join(parts)
+
+
+def episode_section(episodes: Episodes, config: DetectorConfig | None, n: int) -> str:
+    """The longest episodes as a table (``turbine anomalies STORE --episodes`` lists all)."""
+    if len(episodes) == 0:
+        return "<p class='note'>No alarm episodes in the store.</p>"
+    gap = config.episode_gap if config is not None else None
+    longest = episodes.select(np.argsort(-episodes.durations, kind="stable")[:n])
+    top = longest.top_sensors()
+    rows = [
+        (
+            int(longest.turbine_ids[i]),
+            iso(float(longest.starts[i])),
+            iso(float(longest.ends[i])),
+            _duration(float(longest.durations[i])),
+            int(longest.alarms[i]),
+            f"{float(longest.peak_distances[i]):,.1f}",
+            ", ".join(top[i]),
+            str(longest.states[i]),
+        )
+        for i in range(len(longest))  # at most n rows
+    ]
+    intro = (
+        f"<p class='note'>{len(episodes):,} episodes: a turbine's alarms less than "
+        + (f"{gap:g} s" if gap is not None else "the configured gap")
+        + " apart count as one (<code>episode_gap</code>). The longest "
+        f"{len(longest)}; <code>turbine anomalies STORE --episodes</code> lists them all.</p>"
+    )
+    header = (
+        "turbine",
+        "start (UTC)",
+        "end (UTC)",
+        "duration",
+        "alarms",
+        "peak",
+        "top sensors",
+        "state",
+    )
+    return intro + _table(header, rows)
+
+
+def _duration(seconds: float) -> str:
+    """A duration for people.
+
+    >>> _duration(42.0), _duration(5400.0), _duration(200000.0)
+    ('42 s', '1.5 h', '2.3 d')
+    """
+    if seconds < 3600:
+        return f"{seconds:.0f} s"
+    if seconds < 86_400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
 
 
 def statistic_name(config: DetectorConfig | None) -> str:

@@ -1,0 +1,373 @@
+"""Conditioning sensors, regimes, learning filters and the learning policy, against oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from pipeline import Detector, DetectorConfig
+from pipeline.config import make_config
+from pipeline.detector import FILTERED, FLEET, TURBINE
+from pipeline.errors import ConfigError
+
+SENSORS = ("wind", "temp", "power", "pitch")
+
+
+def correlated(rng, n, d=4, mean=None):
+    mix = np.array(
+        [[1.0, 0.0, 0.0, 0.0], [0.2, 1.0, 0.0, 0.0], [0.9, 0.1, 0.4, 0.0], [0.5, -0.3, 0.2, 0.3]]
+    )[:d, :d]
+    x = rng.normal(size=(n, d)) @ mix.T
+    return x + (np.zeros(d) if mean is None else mean)
+
+
+def explicit_conditional(train, x, k):
+    """d^2(r | c) from np.cov by the regression of r on c (no Cholesky, no Schur trick)."""
+    mu = train.mean(axis=0)
+    cov = np.cov(train, rowvar=False)
+    scc, scr, srr = cov[:k, :k], cov[:k, k:], cov[k:, k:]
+    beta = np.linalg.solve(scc, scr)  # (k, R)
+    e = (x[:, k:] - mu[k:]) - (x[:, :k] - mu[:k]) @ beta
+    s = srr - scr.T @ beta
+    return np.einsum("nr,nr->n", e, np.linalg.solve(s, e.T).T)
+
+
+def test_conditional_score_is_the_regression_residual_distance(rng):
+    config = DetectorConfig(
+        sensors=SENSORS, conditions=("wind", "temp"), key_groups=1, min_samples=50, ridge=0.0
+    )
+    det = Detector(config)
+    train = correlated(rng, 2000)
+    det.learn(np.arange(2000.0), np.zeros(2000, dtype=int), train)
+    x = correlated(rng, 300)
+    x[::7, 2] += 3.0  # power off its curve given the wind
+    r = det.process(np.full(300, 3000.0), np.zeros(300, dtype=int), x)
+    np.testing.assert_allclose(r.distances, explicit_conditional(train, x, 2), rtol=1e-7)
+    assert r.threshold == pytest.approx(stats.chi2.isf(1e-4, 2))
+    assert r.n_anomalies > 0
+    # Contributions: responses only, summing to the score.
+    np.testing.assert_array_equal(r.contributions[:, :2], 0.0)
+    np.testing.assert_allclose(r.contributions.sum(axis=1), r.distances[r.anomaly_index], rtol=1e-8)
+
+
+def test_conditions_are_ordered_first_whatever_their_column(rng):
+    a = DetectorConfig(sensors=SENSORS, conditions=("wind",), key_groups=1, min_samples=50)
+    perm = [2, 0, 3, 1]  # the same sensors, in another column order
+    b = DetectorConfig(
+        sensors=tuple(SENSORS[j] for j in perm), conditions=("wind",), key_groups=1, min_samples=50
+    )
+    train, x = correlated(rng, 1000), correlated(rng, 50) + 0.5
+    da, db = Detector(a), Detector(b)
+    da.learn(np.arange(1000.0), np.zeros(1000, dtype=int), train)
+    db.learn(np.arange(1000.0), np.zeros(1000, dtype=int), train[:, perm])
+    ra = da.process(np.full(50, 2e3), np.zeros(50, dtype=int), x)
+    rb = db.process(np.full(50, 2e3), np.zeros(50, dtype=int), x[:, perm])
+    np.testing.assert_allclose(ra.distances, rb.distances, rtol=1e-9)
+    np.testing.assert_allclose(ra.contributions[:, perm], rb.contributions, rtol=1e-9, atol=1e-12)
+
+
+def test_regime_models_match_explicit_per_bin_covariances(rng):
+    edges = (-0.5, 0.5)
+    config = DetectorConfig(
+        sensors=SENSORS,
+        regime={"sensor": "wind", "edges": edges},
+        key_groups=1,
+        min_samples=30,
+        ridge=0.0,
+    )
+    det = Detector(config)
+    n = 3000
+    train, ids = correlated(rng, n), rng.integers(0, 3, n)
+    det.learn(np.arange(float(n)), ids, train)
+    x, xid = correlated(rng, 200), rng.integers(0, 3, 200)
+    r = det.process(np.full(200, 1e4), xid, x)
+    bins = np.searchsorted(edges, train[:, 0], side="right")
+    xbins = np.searchsorted(edges, x[:, 0], side="right")
+    for i in range(200):
+        rows = train[(ids == xid[i]) & (bins == xbins[i])]
+        e = x[i] - rows.mean(axis=0)
+        expected = e @ np.linalg.solve(np.cov(rows, rowvar=False), e)
+        assert r.distances[i] == pytest.approx(expected, rel=1e-7)
+    assert (r.scored_by == TURBINE).all()
+
+
+def test_readings_outside_the_edges_fall_in_the_end_bins_and_nan_is_skipped(rng):
+    config = DetectorConfig(
+        sensors=SENSORS, regime={"sensor": "wind", "edges": (0.0, 1.0)}, key_groups=1
+    )
+    det = Detector(config)
+    x = correlated(rng, 10)
+    x[0, 0] = -1e9
+    x[1, 0] = 1e9
+    x[2, 0] = np.nan
+    r = det.process(np.arange(10.0), np.zeros(10, dtype=int), x)
+    assert r.n_skipped == 1 and det.sample_counts().tolist() == [9.0]
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    cut=st.integers(1, 399),
+    owner=st.lists(st.booleans(), min_size=4, max_size=4),
+)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_split_and_merge_with_regimes_and_conditions_is_exact(seed, cut, owner):
+    rng = np.random.default_rng(seed)
+    config = DetectorConfig(
+        sensors=SENSORS,
+        conditions=("wind",),
+        regime={"sensor": "wind", "edges": (-1.0, 0.0, 1.0)},
+        key_groups=2,
+        min_samples=10,
+    )
+    n = 400
+    ids, x, ts = rng.integers(0, 4, n), correlated(rng, n), np.arange(float(n))
+    whole = Detector(config)
+    whole.learn(ts[:cut], ids[:cut], x[:cut])
+    whole.learn(ts[cut:], ids[cut:], x[cut:])
+    mine = np.asarray(owner)[ids]
+    a, b = Detector(config), Detector(config)
+    a.learn(ts[mine], ids[mine], x[mine])
+    b.learn(ts[~mine], ids[~mine], x[~mine])
+    merged = a.merge(b)
+    for t in np.unique(ids).tolist():
+        w, m = whole.turbine_model(t), merged.turbine_model(t)
+        assert w.count == m.count
+        np.testing.assert_allclose(m.mean, w.mean, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(m.comoment, w.comoment, rtol=1e-9, atol=1e-9)
+    sw, sm = whole.state(), merged.state()
+    order = [int(np.flatnonzero(merged.turbines.ids == t)[0]) for t in whole.turbines.ids]
+    rows = (np.array(order)[:, None] * 4 + np.arange(4)).reshape(-1)
+    np.testing.assert_allclose(sm["turbine_counts"][rows], sw["turbine_counts"])
+    np.testing.assert_allclose(sm["group_counts"], sw["group_counts"])
+
+
+def test_learn_when_keeps_stops_out_of_the_models_and_the_anomalies(rng):
+    config = make_config(
+        {
+            "sensors": SENSORS,
+            "key_groups": 1,
+            "min_samples": 20,
+            "learn_when": [{"sensor": "power", "above": -1.0, "state": "stopped"}],
+        }
+    )
+    det = Detector(config)
+    x = correlated(rng, 500)
+    x[:, 2] = np.abs(x[:, 2])
+    det.process(np.arange(500.0), np.zeros(500, dtype=int), x)
+    stop = correlated(rng, 40)
+    stop[:, 2] = -50.0  # a stop: power far off, would be an enormous anomaly
+    r = det.process(np.full(40, 600.0), np.zeros(40, dtype=int), stop)
+    assert (r.scored_by == FILTERED).all() and r.n_anomalies == 0 and r.n_filtered == 40
+    assert r.state_counts() == {"stopped": 40}
+    assert det.turbine_model(0).count == 500
+    assert det.filtered == 40
+
+
+def test_warmup_by_time_span_as_well_as_count(rng):
+    config = DetectorConfig(sensors=SENSORS, key_groups=1, min_samples=20, warmup_span="1h")
+    det = Detector(config)
+    det.process(np.linspace(0, 600, 100), np.zeros(100, dtype=int), correlated(rng, 100))
+    # 100 readings (>= min_samples) but over 10 minutes: still warming up, so the
+    # fleet model stands in (which has no time span of its own to reach).
+    assert det.process([700.0], [0], correlated(rng, 1)).scored_by.tolist() == [FLEET]
+    det.process(np.linspace(800, 3700, 100), np.zeros(100, dtype=int), correlated(rng, 100))
+    assert det.process([3800.0], [0], correlated(rng, 1)).scored_by.tolist() == [TURBINE]
+
+
+def test_memory_span_forgets_in_time_but_never_below_warm(rng):
+    day = 86400.0
+    config = DetectorConfig(sensors=SENSORS, key_groups=1, min_samples=20, memory_span="10d")
+    det = Detector(config)
+    det.learn(np.zeros(1000), np.zeros(1000, dtype=int), correlated(rng, 1000))
+    det.learn(np.full(10, 100 * day), np.zeros(10, dtype=int), correlated(rng, 10) + 2.0)
+    model = det.turbine_model(0)
+    # exp(-10) of 1000 readings is below 20: the old state keeps 20, the new 10.
+    assert model.count == pytest.approx(30.0)
+    assert model.mean[0] == pytest.approx(2.0 * 10 / 30, abs=0.25)
+
+
+def test_learning_gate_learns_readings_between_the_threshold_and_the_gate(rng):
+    base = {"sensors": SENSORS, "key_groups": 1, "min_samples": 20}
+    gated = Detector(make_config({**base, "learn_gate": 1e-12}))
+    strict = Detector(make_config(base))
+    train = correlated(rng, 500)
+    for det in (gated, strict):
+        det.learn(np.arange(500.0), np.zeros(500, dtype=int), train)
+    x = np.zeros((1, 4))
+    x[0, 3] = 1.6  # pitch: about 5 sd off -> above the 1e-4 threshold, inside the 1e-12 gate
+    for det in (gated, strict):
+        r = det.process([600.0], [0], x)
+        assert r.is_anomaly[0] and det.threshold < r.distances[0] < gated.gate
+    assert gated.turbine_model(0).count == 501
+    assert strict.turbine_model(0).count == 500
+
+
+def lockout_stream(rng, days=40, step=600.0, shift_day=10):
+    """A turbine steady at one operating point, then for good at another, normal one."""
+    n = int(days * 86400 / step)
+    ts = np.arange(n) * step
+    x = correlated(rng, n)
+    x[ts >= shift_day * 86400, 2] += 6.0  # e.g. a new power sensor after maintenance
+    return ts, x
+
+
+def run_daily(det, ts, x):
+    flags = np.zeros(ts.size, dtype=bool)
+    for start in range(0, ts.size, 144):
+        sl = slice(start, start + 144)
+        flags[sl] = det.process(ts[sl], np.zeros(ts[sl].size, dtype=int), x[sl]).is_anomaly
+    return flags
+
+
+def test_lock_out_regression_a_new_steady_operating_point_is_learned(rng):
+    ts, x = lockout_stream(rng)
+    base = {"sensors": SENSORS, "key_groups": 1}
+    locked = run_daily(Detector(make_config(base)), ts, x)
+    det = Detector(make_config({**base, "rebaseline_after": "3d"}))
+    flags = run_daily(det, ts, x)
+    late = ts >= 20 * 86400
+    assert locked[late].mean() > 0.95, "without re-baselining the model locks out"
+    assert flags[late].mean() < 0.01, "re-baselined within the configured span"
+    first = ts >= 10 * 86400
+    assert flags[first & (ts < 12 * 86400)].mean() > 0.95, "the change itself is flagged"
+    assert det.rebaselines == 1
+
+
+def test_a_drift_is_not_rebaselined_while_it_moves(rng):
+    n = 40 * 144
+    ts = np.arange(n) * 600.0
+    x = correlated(rng, n)
+    ramp = np.clip((ts - 10 * 86400) / (30 * 86400), 0, None)
+    x[:, 2] += 40.0 * ramp  # still moving at the end of each 3-day window
+    det = Detector(make_config({"sensors": SENSORS, "key_groups": 1, "rebaseline_after": "3d"}))
+    run_daily(det, ts, x)
+    assert det.rebaselines == 0
+
+
+def test_operator_rebaseline_forgets_a_turbine(rng):
+    config = DetectorConfig(
+        sensors=SENSORS, key_groups=1, regime={"sensor": "wind", "edges": (0.0,)}
+    )
+    det = Detector(config)
+    det.learn(np.arange(400.0), np.repeat([3, 4], 200), correlated(rng, 400))
+    assert det.rebaseline([3]) == 1
+    assert det.turbine_model(3).count == 0 and det.turbine_model(4).count == 200
+    restored = Detector.from_state(det.state())
+    assert restored.rebaselines == 1 and restored.turbine_model(3).count == 0
+
+
+def test_residual_chart_adds_up_a_small_lasting_power_deficit(rng):
+    n = 60 * 144
+    ts = np.arange(n) * 600.0
+    wind = np.abs(rng.normal(8.0, 2.0, n))
+    power = 100.0 * wind + rng.normal(0, 40.0, n)
+    x = np.column_stack((wind, power))
+    faulty = ts >= 45 * 86400
+    x[faulty, 1] *= 0.95  # 5 % deficit: about 1 sd of the residual
+    base = {"sensors": ("wind", "power"), "conditions": ("wind",), "key_groups": 1}
+    point = Detector(make_config(base))
+    chart = Detector(make_config({**base, "chart": "residual", "chart_span": "6h"}))
+    fp, fc = run_daily(point, ts, x), run_daily(chart, ts, x)
+    assert fp[faulty].mean() < 0.01, "one reading at a time, the deficit is noise"
+    assert fc[faulty].mean() > 0.5, "the chart adds it up"
+    assert fc[(ts > 20 * 86400) & ~faulty].mean() < 0.01
+    hours = (ts[faulty][np.argmax(fc[faulty])] - 45 * 86400) / 3600
+    assert hours < 48
+
+
+def test_state_round_trip_with_every_feature(rng):
+    config = make_config(
+        {
+            "sensors": SENSORS,
+            "key_groups": 1,
+            "conditions": ["wind"],
+            "fleet_relative": ["temp"],
+            "regime": {"sensor": "wind", "edges": [-0.5, 0.5]},
+            "learn_when": [{"sensor": "power", "above": -2.5, "state": "stopped"}],
+            "sensor_floor": {"pitch": 0.1},
+            "warmup_span": "1h",
+            "memory_span": "30d",
+            "learn_gate": 1e-9,
+            "chart": "residual",
+            "chart_span": "2h",
+            "rebaseline_after": "1d",
+        }
+    )
+    ids = np.tile(np.arange(3), 1000)
+    ts = np.repeat(np.arange(1000) * 600.0, 3)
+    x = correlated(rng, ids.size)
+    a = Detector(config)
+    a.process(ts[:2400], ids[:2400], x[:2400])
+    b = Detector.from_state(a.state())
+    ra, rb = a.process(ts[2400:], ids[2400:], x[2400:]), b.process(ts[2400:], ids[2400:], x[2400:])
+    np.testing.assert_array_equal(ra.distances, rb.distances)
+    np.testing.assert_array_equal(ra.scored_by, rb.scored_by)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"conditions": ["wnd"]}, "conditions names sensor 'wnd'"),
+        ({"regime": {"sensor": "speed", "edges": [1, 2]}}, "regime names sensor 'speed'"),
+        (
+            {"learn_when": [{"sensor": "status", "normal": [1]}]},
+            "learn_when names sensor 'status'",
+        ),
+        ({"fleet_relative": ["t"]}, "fleet_relative names sensor 't'"),
+        ({"sensor_floor": {"x": 1.0}}, "sensor_floor names sensor 'x'"),
+        ({"chart_sensors": ["y"]}, "chart_sensors names sensor 'y'"),
+        ({"conditions": ["wind"], "chart_sensors": ["wind"]}, "a condition"),
+        ({"regime": {"sensor": "wind", "edges": [3, 2]}}, "strictly increasing: 3.0 is followed"),
+        ({"conditions": list(SENSORS)}, "leave no sensor to score"),
+        ({"learn_when": [{"sensor": "power"}]}, "either above/below or normal"),
+        ({"learn_gate": 0.1}, "the gate must be at or beyond"),
+        ({"warmup_span": "soon"}, "not a duration"),
+    ],
+)
+def test_bad_roles_are_one_line_errors_naming_the_sensor(settings, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        make_config({"sensors": SENSORS, **settings})
+    assert "\n" not in str(info.value)
+
+
+def test_residual_chart_variance_is_floored_at_white_noise(rng):
+    n = 30 * 144
+    ts = np.arange(n) * 600.0
+    x = np.column_stack((rng.normal(8, 1, n), np.full(n, -1.0)))  # a response that never moves
+    config = make_config(
+        {
+            "sensors": ("wind", "pitch"),
+            "conditions": ["wind"],
+            "key_groups": 1,
+            "chart": "residual",
+            "chart_span": "12h",
+            "chart_floor": 4.0,
+        }
+    )
+    det = Detector(config)
+    run_daily(det, ts, x)
+    lam = -np.expm1(-600.0 / 43200.0)
+    assert det._chart_chol[0, 0, 0] ** 2 >= 4.0 * lam / (2 - lam)
+
+
+def test_chart_sensors_leave_the_others_to_the_point_score(rng):
+    n = 60 * 144
+    ts = np.arange(n) * 600.0
+    wind = np.abs(rng.normal(8.0, 2.0, n))
+    x = np.column_stack((wind, 100.0 * wind + rng.normal(0, 40.0, n), rng.normal(0, 1.0, n)))
+    faulty = ts >= 45 * 86400
+    x[faulty, 2] += 2.0  # a lasting 2 sd shift of the third sensor
+    base = {
+        "sensors": ("wind", "power", "other"),
+        "conditions": ("wind",),
+        "key_groups": 1,
+        "chart": "residual",
+        "chart_span": "6h",
+    }
+    every = run_daily(Detector(make_config(base)), ts, x)
+    power_only = run_daily(Detector(make_config({**base, "chart_sensors": ["power"]})), ts, x)
+    assert every[faulty].mean() > 0.5
+    assert power_only[faulty].mean() < 0.01
