@@ -16,6 +16,9 @@ Guarantees: the models and the anomaly store see every accepted reading
 exactly once (replays after a crash are rolled back to the checkpoint and
 redone deterministically); anomaly events and dead letters are at least once,
 with deterministic ids (``topic:partition:offset:row``) for de-duplication.
+A partition whose checkpoint or store does not load is paused, never consumed
+without its state; a lost checkpoint keeps the store and rebuilds the models
+from the earliest retained offset (see :meth:`DetectorService.settle_partitions`).
 """
 
 from __future__ import annotations
@@ -347,16 +350,17 @@ class DetectorService:
         self._undecided.pop(tp.partition, None)
         self.unrestored[tp.partition] = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         self.metrics.state_errors.inc()
+        log.error(
+            "partition_state_error partition=%d file=%s error=%s "
+            "(partition paused: repair the file, then restart the detector)",
+            tp.partition,
+            path,
+            one_line(exc),
+        )
         try:
             self._consumer.pause(tp)
-        finally:
-            log.error(
-                "partition_state_error partition=%d file=%s error=%s "
-                "(partition paused: fix or remove the file, then restart or rebalance)",
-                tp.partition,
-                path,
-                one_line(exc),
-            )
+        except Exception as pause_exc:  # still safe: handle() rewinds what it cannot score
+            log.error("pause_failed partition=%d error=%s", tp.partition, one_line(pause_exc))
 
     def settle_partitions(self) -> None:
         """Decide the partitions assigned without a checkpoint (outside the callback).
@@ -373,6 +377,8 @@ class DetectorService:
         dropped by the store, and the batch numbers seen (duplicate detection)
         come back with them.
         """
+        if not self._undecided:
+            return
         for p, (tp, state) in list(self._undecided.items()):
             try:
                 committed = self._consumer.committed(tp)

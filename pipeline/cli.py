@@ -966,7 +966,11 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--checkpoint-every-batches", type=int)
     g.add_argument("--checkpoint-every-seconds", type=float)
-    g.add_argument("--stop-after-idle", type=float, help="exit 0 once caught up this long (s)")
+    g.add_argument(
+        "--stop-after-idle",
+        type=float,
+        help="exit once caught up this long (s): 0, or 2 if a partition's state did not load",
+    )
     g.add_argument("--max-record-bytes", type=int)
     g.add_argument("--partitions", type=int, help="partitions of topics it creates (default 6)")
     g.add_argument("--instance-id", help="static group membership id (fast restarts)")

@@ -92,6 +92,20 @@ def test_turbine_anomalies_on_a_damaged_chunk_is_one_line_exit_2(tmp_path, rng, 
     assert len(lines) == 1 and str(victim) in lines[0], proc.stderr
 
 
+@pytest.mark.parametrize("how", ["truncated", "garbled"])
+def test_turbine_report_on_a_damaged_model_is_one_line_exit_2(tmp_path, how):
+    """An embedded run's model.npz (its state) cut or garbled: no BadZipFile traceback."""
+    turbine(
+        "simulate", "--turbines", 5, "--steps", 300, "--seed", 1, "--output", tmp_path / "f.npz"
+    )
+    turbine("detect", "--input", tmp_path / "f.npz", "--store", tmp_path / "st")
+    victim = tmp_path / "st" / "model.npz"
+    CORRUPTIONS[how](victim)
+    proc = turbine("report", "--store", tmp_path / "st", "--output", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and str(victim) in proc.stderr
+
+
 # ---------------------------------------------------------------------- manifests
 @pytest.mark.parametrize("how", sorted(CORRUPTIONS))
 def test_a_damaged_manifest_is_a_store_error_naming_it(tmp_path, rng, how):
@@ -371,3 +385,107 @@ def test_a_store_never_checkpointed_is_started_afresh(first_run, tmp_path, caplo
     assert any("reason=never_checkpointed" in r.getMessage() for r in caplog.records)
     for p in range(TOPIC_PARTITIONS):
         assert stored_rows(partition_store(store, p)) == before[p]  # rebuilt, not doubled
+
+
+@pytest.mark.kafka
+def test_records_polled_for_a_partition_without_state_are_read_again(
+    kafka_servers, topic_factory, group_id, tmp_path
+):
+    """handle() for a partition without state: rewound, never dropped as the consumer moves on."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from consumers.service import DetectorService, ServiceSettings
+
+    topic = topic_factory("nostate", partitions=1)
+    simulate_into(kafka_servers, topic, seed=3)
+    settings = ServiceSettings(
+        bootstrap_servers=kafka_servers, topic=topic, group=group_id, store=tmp_path / "st"
+    )
+    service = DetectorService(settings, DetectorConfig(min_samples=30), CollectorRegistry())
+
+    def first_records() -> list:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            polled = service._consumer.poll(timeout_ms=500)
+            service.settle_partitions()
+            for records in polled.values():
+                if records:
+                    return records
+        raise AssertionError("no records polled in 60 s")
+
+    service._consumer = service._make_consumer()
+    try:
+        records = first_records()
+        assert records[0].offset == 0
+        service.states.clear()  # the state is gone between the poll and handle()
+        service.handle(0, records)
+        again = first_records()
+        assert again[0].offset == records[0].offset  # not skipped
+        service.handle(0, again)
+        assert service.states[0].next_offset == again[-1].offset + 1
+    finally:
+        service.close()
+
+
+@pytest.mark.kafka
+def test_turbine_detect_stop_after_idle_exits_2_naming_the_file(first_run):
+    servers, topic, group, store, _ = first_run
+    victim = checkpoint_file(store, topic, VICTIM)
+    garble(victim)
+    proc = turbine(
+        "detect",
+        "--bootstrap-servers",
+        servers,
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--store",
+        store,
+        "--anomalies-topic",
+        f"{topic}.anomalies",
+        "--dlq-topic",
+        f"{topic}.dlq",
+        "--min-samples",
+        30,
+        "--stop-after-idle",
+        2,
+        check=False,
+        timeout=180,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"partition_state_error partition={VICTIM} file={victim}" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("turbine: error: 1 partition(s) not consumed") and str(victim) in last
+
+
+@pytest.mark.kafka
+def test_a_paused_partition_shows_in_the_gauge_the_alert_reads(first_run):
+    """turbine_partitions_paused (PartitionStateUnrestorable) while the detector runs."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from consumers.service import DetectorService, ServiceSettings
+
+    servers, topic, group, store, _ = first_run
+    truncate(partition_store(store, VICTIM) / MANIFEST)
+    settings = ServiceSettings(bootstrap_servers=servers, topic=topic, group=group, store=store)
+    service = DetectorService(settings, DetectorConfig(min_samples=30), CollectorRegistry())
+    service._consumer = service._make_consumer()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(service.states) + len(service.unrestored) < 3:
+            service._consumer.poll(timeout_ms=500)
+            service.settle_partitions()
+        assert sorted(service.unrestored) == [VICTIM]
+        assert metric(service, "turbine_partitions_paused") == 1
+        assert metric(service, "turbine_partitions_owned") == TOPIC_PARTITIONS - 1
+        assert service._consumer.paused() == {
+            t for t in service._consumer.assignment() if t.partition == VICTIM
+        }
+    finally:
+        service.close()

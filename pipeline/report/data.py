@@ -16,7 +16,7 @@ from pipeline.errors import ConfigError, InputError, StoreError
 from pipeline.recordings import Chunk, RecordingSpec, read_recording
 from pipeline.report.common import F64, I64, ReportOptions, best_per_turbine
 from pipeline.runner import RunReport, config_for, run_recording
-from pipeline.store import MODEL, Anomalies, AnomalyStore, store_paths
+from pipeline.store import CORRUPT_NPZ_ERRORS, MODEL, Anomalies, AnomalyStore, store_paths
 
 
 @dataclass
@@ -256,8 +256,8 @@ def load_model(store: str | Path, checkpoint_dir: str | Path | None = None) -> D
         try:
             with np.load(root / MODEL, allow_pickle=False) as f:
                 state = {k: f[k] for k in f.files}
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{root / MODEL}: unreadable ({exc})") from None
+        except CORRUPT_NPZ_ERRORS as exc:  # cut or garbled: BadZipFile, EOFError...
+            raise StoreError(f"{root / MODEL}: unreadable ({exc.__class__.__name__})") from None
         return Detector.from_state(state)
     cp_dir = Path(checkpoint_dir) if checkpoint_dir is not None else root / "checkpoints"
     files = sorted(cp_dir.glob("*.npz")) if cp_dir.is_dir() else []
