@@ -41,7 +41,7 @@ from consumers.checkpoint import Checkpoint, CheckpointDir, StateError, one_line
 from consumers.deadletter import DEFAULT_MAX_BYTES, dead_letter
 from consumers.episode_events import CLOSED, OPENED, render_episode_events
 from consumers.events import render_events
-from consumers.undecodable import find_undecodable, is_data_fault
+from consumers.undecodable import is_data_fault, skip_undecodable
 from pipeline.config import DetectorConfig
 from pipeline.control import CONTROL_TYPE, ControlError, decode_control
 from pipeline.detector import BatchResult, Detector
@@ -983,35 +983,17 @@ class DetectorService:
 
     def _skip_undecodable(self, exc: BaseException) -> bool:
         """Find the record kafka-python cannot decode, dead-letter it and seek past it."""
+        log.warning("poll_undecodable error=%s: %s", exc.__class__.__name__, str(exc)[:200])
         try:
-            return self._skip_past_undecodable(exc)
+            found = skip_undecodable(self._consumer, self.settings)
         except Exception as probe_exc:  # the broker went away meanwhile: poll again later
             log.warning("undecodable_probe_failed error=%s", probe_exc.__class__.__name__)
             return False
-
-    def _skip_past_undecodable(self, exc: BaseException) -> bool:
-        log.warning("poll_undecodable error=%s: %s", exc.__class__.__name__, str(exc)[:200])
-        consumer = self._consumer
-        positions = {}
-        for tp in list(consumer.assignment()):
-            pos = consumer.position(tp)
-            end = consumer.highwater(tp)
-            if end is None or pos < end:
-                positions[tp] = pos
-        found = find_undecodable(self.settings, positions)
         if found is None:
             return False
         tp, offset, error = found
-        self._send_dead_letter(
-            tp.topic,
-            tp.partition,
-            offset,
-            None,
-            None,
-            "undecodable",
-            f"{type(error).__name__}: {error}",
-        )
-        consumer.seek(tp, offset + 1)
+        message = f"{type(error).__name__}: {error}"
+        self._send_dead_letter(tp.topic, tp.partition, offset, None, None, "undecodable", message)
         state = self.states.get(tp.partition)
         if state is not None and (state.next_offset is None or state.next_offset <= offset):
             state.next_offset = offset + 1

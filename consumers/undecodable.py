@@ -20,6 +20,7 @@ from typing import Any
 from producers.kafka_client import KafkaSettings, make_consumer
 
 log = logging.getLogger(__name__)
+Found = tuple[Any, int, BaseException]  # (topic partition, offset, error)
 
 
 def is_data_fault(exc: BaseException) -> bool:
@@ -36,7 +37,7 @@ def is_data_fault(exc: BaseException) -> bool:
 
 def find_undecodable(
     settings: KafkaSettings, positions: dict[Any, int], timeout_s: float = 5.0
-) -> tuple[Any, int, BaseException] | None:
+) -> Found | None:
     """The first (topic partition, offset, error) among ``positions`` whose records raise.
 
     Parameters
@@ -63,3 +64,21 @@ def find_undecodable(
         finally:
             probe.close()
     return None
+
+
+def skip_undecodable(consumer: Any, settings: KafkaSettings) -> Found | None:
+    """Probe ``consumer``'s partitions that have records left; seek one past the culprit.
+
+    Returns (topic partition, offset skipped, error), or None when every
+    partition decodes (the error was not the records').
+    """
+    positions = {}
+    for tp in list(consumer.assignment()):
+        pos = consumer.position(tp)
+        end = consumer.highwater(tp)
+        if end is None or pos < end:
+            positions[tp] = pos
+    found = find_undecodable(settings, positions)
+    if found is not None:
+        consumer.seek(found[0], found[1] + 1)
+    return found

@@ -597,7 +597,9 @@ def test_hostile_kinds_interleaved_with_valid_records(
     )
     turbine("detect", "--input", path, "--config", cal, "--store", tmp_path / "ref")
     rng = np.random.default_rng(2026)
-    producer = KafkaProducer(bootstrap_servers=kafka_servers, max_request_size=1 << 21)
+    producer = KafkaProducer(  # the valid stream and most hostile records: zstd batches
+        bootstrap_servers=kafka_servers, max_request_size=1 << 21, compression_type="zstd"
+    )
     probe = KafkaConsumer(bootstrap_servers=kafka_servers)
     names = sorted(KINDS_V2) + sorted(KCAT_KINDS)
     plan = [name for name in names for _ in range(3)]

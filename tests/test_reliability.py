@@ -328,3 +328,53 @@ def test_json_ids_stay_exact_through_the_broker(kafka_servers, topic_factory, gr
     detect(kafka_servers, topic, group_id, tmp_path / "st", "--min-samples", 20)
     anomalies = read_anomalies(tmp_path / "st")
     assert len(anomalies) >= 1 and set(anomalies.turbine_ids.tolist()) == {big}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, BIN),  # nested 100,000 deep (binary metadata)
+        (
+            b'{"sensors": ["a"], "batch": ' + b"9" * 5000 + b"}",
+            [("content-type", b"application/json")],
+        ),
+        (
+            json.dumps(
+                {
+                    "sensors": ["a"],
+                    "timestamps": [1.767e9],
+                    "turbine_ids": [0],
+                    "values": [[1.0]],
+                    "labels": ["x"],
+                }
+            ).encode(),
+            [("content-type", b"application/json")],
+        ),
+    ],
+)
+def test_a_record_after_accepted_ones_in_one_poll_never_loses_them(
+    kafka_servers, topic_factory, group_id, tmp_path, bad
+):
+    """D1: batch 30 of three key groups, then a hostile record, all in one poll: the three are
+    scored (never claimed by a checkpoint unscored), the hostile one dead-lettered."""
+    from kafka import KafkaProducer
+
+    topic = topic_factory("d1", partitions=1)
+    producer = KafkaProducer(bootstrap_servers=kafka_servers, max_request_size=1 << 21)
+    for g in range(3):
+        meta = BatchMeta(sensors=["a"], producer_id="p", batch=30, group=g)
+        ids = np.full(10, g, dtype=np.int64)
+        value = encode_batch(meta, 1.767e9 + np.arange(10.0), ids, np.ones((10, 1)))
+        producer.send(topic, key=f"group-{g}".encode(), value=value, headers=BIN)
+    value, headers = bad
+    if value[:1] == b"[":  # as binary metadata
+        value = b"TWB1" + len(value).to_bytes(4, "little") + value
+    producer.send(topic, key=b"group-0", value=value, headers=headers)
+    producer.flush()
+    producer.close()
+    proc = detect(kafka_servers, topic, group_id, tmp_path / "st", "--key-groups", 3)
+    assert "Traceback" not in proc.stderr
+    assert readings_stored(tmp_path / "st") == 30
+    dlq = dead_letters(kafka_servers, f"{topic}.dlq")
+    assert set(dlq) == {3}
+    assert dlq[3]["reason"] in (b"bad_metadata", b"bad_json")
