@@ -324,3 +324,41 @@ def test_episode_events_are_json_with_the_documented_fields_and_the_readme_says_
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for text in ("--episodes-topic", "`episode_gap` | 1800", "turbine anomalies STORE --episodes"):
         assert text in readme
+
+
+def test_integer_state_codes_are_named_and_the_engine_gives_names_not_codes():
+    from pipeline import Detector, DetectorConfig
+
+    tr = EpisodeTracker(("a",), gap=5.0)
+    up = tr.update(
+        [0.0, 1.0],
+        [1, 2],
+        [True, True],
+        [9.0, 9.0],
+        [[9.0], [9.0]],
+        np.array([0, 2]),
+        ("normal", "x", "stopped"),
+    )
+    assert up.opened.states.tolist() == ["normal", "stopped"]
+    with pytest.raises(ValueError, match="state codes"):
+        tr.update([2.0], [1], [False], [0.0], np.zeros((0, 1)), np.array([3]), ("normal",))
+
+    rng = np.random.default_rng(4)
+    config = DetectorConfig(
+        sensors=("p", "q"),
+        key_groups=1,
+        min_samples=50,
+        learn_when=[{"sensor": "p", "above": 0.0, "state": "stopped"}],
+    )
+    det = Detector(config)
+    ids = np.zeros(400, dtype=int)
+    x = np.abs(rng.normal(size=(400, 2))) + 1.0
+    det.learn(np.arange(400.0), ids, x)
+    y = np.abs(rng.normal(size=(6, 2))) + 1.0
+    y[1:3] += 50.0  # two alarms while producing
+    y[4, 0] = -1.0  # a stop: filtered, never an alarm
+    result = det.process(400.0 + np.arange(6.0), np.zeros(6, dtype=int), y)
+    assert result.states is not None and result.states.any()
+    tracker = EpisodeTracker(("p", "q"), gap=10.0)
+    opened = tracker.update_result(result).opened
+    assert opened.alarms.tolist() == [2] and opened.states.tolist() == [NORMAL]
