@@ -426,9 +426,8 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     if args.similar_to is not None:
         return similar_anomalies(args, stores, sensors, names)
     if args.episodes:
-        write_episodes(
-            sys.stdout, args.format, read_episodes(args.store, args.turbine, args.since, args.until)
-        )
+        episodes = read_episodes(args.store, args.turbine, args.since, args.until)
+        write_episodes(sys.stdout, args.format, episodes, names)
         return 0
     rows = AnomalyRows(sys.stdout, args.format, sensors, names=names)
     for st in stores:
@@ -484,6 +483,7 @@ def similar_anomalies(
 EPISODE_COLUMNS = (
     "episode",
     "turbine_id",
+    "turbine",
     "start",
     "end",
     "duration_s",
@@ -495,10 +495,13 @@ EPISODE_COLUMNS = (
 )
 
 
-def write_episodes(out: TextIO, fmt: str, table: Episodes) -> None:
+def write_episodes(
+    out: TextIO, fmt: str, table: Episodes, names: TurbineNames | None = None
+) -> None:
     """``anomalies --episodes``: one row (CSV) or object (JSON) per episode, by start.
 
-    Times are ISO 8601 UTC; CSV joins the top sensors with ``;``.
+    ``turbine_id`` is the int64 id, ``turbine`` its name (the id in decimal when
+    it has none). Times are ISO 8601 UTC; CSV joins the top sensors with ``;``.
     """
     top = table.top_sensors()
     rows = [
@@ -506,6 +509,7 @@ def write_episodes(out: TextIO, fmt: str, table: Episodes) -> None:
         for values in zip(
             table.ids(),
             table.turbine_ids.tolist(),
+            (names or TurbineNames()).labels(table.turbine_ids),
             [iso(t) for t in table.starts.tolist()],
             [iso(t) for t in table.ends.tolist()],
             table.durations.tolist(),

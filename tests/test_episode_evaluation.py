@@ -95,12 +95,13 @@ def test_score_episodes_on_a_hand_made_stream():
 STEPS = 2000
 
 
-def labelled_file(path, seed=11):
+def labelled_file(path, seed=11, names=(0, 1)):
     """Two turbines, 1 s steps, unit-normal sensors; spikes and labels placed by hand.
 
     Turbine 0: fault [1000, 1019], spikes from 1005 (delay 5); fault [1500, 1509] missed.
     Turbine 1: spikes [790, 800], fault [800, 829] (episode starts first: delay 0), and a
-    lone spike at 1700 outside any fault (a false episode).
+    lone spike at 1700 outside any fault (a false episode).  ``names`` are written in the
+    id column for turbines 0 and 1.
     """
     rng = np.random.default_rng(seed)
     t = np.repeat(np.arange(STEPS, dtype=float), 2) + 1.7e9
@@ -119,7 +120,13 @@ def labelled_file(path, seed=11):
         w.writerow(["timestamp", "turbine_id", "a", "b", "label"])
         for row in zip(t, ids, x[:, 0], x[:, 1], label, strict=True):
             w.writerow(
-                [repr(float(row[0])), int(row[1]), repr(float(row[2])), repr(float(row[3])), row[4]]
+                [
+                    repr(float(row[0])),
+                    names[int(row[1])],
+                    repr(float(row[2])),
+                    repr(float(row[3])),
+                    row[4],
+                ]
             )
     return path
 
@@ -216,3 +223,20 @@ def test_report_draws_episodes_and_tables_the_longest(labelled, tmp_path):
     assert [len(b) for b in bars] == [1, 1]
     widths = [p.get_extents().width for b in bars for p in b[0].get_paths()]
     assert len(widths) == 2 and all(w > 0 for w in widths)  # a one-alarm episode shows too
+
+
+def test_episodes_show_turbine_names(tmp_path):
+    from pipeline.names import turbine_id
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"episode_gap": 30, "false_alarm_rate": 1e-9, "key_groups": 1}))
+    path = labelled_file(tmp_path / "named.csv", names=("R80711", "R80721"))
+    store = tmp_path / "store"
+    turbine("detect", "--input", path, "--config", cfg, "--store", store, "--quiet")
+    rows = list(csv.DictReader(io.StringIO(turbine("anomalies", store, "--episodes").stdout)))
+    assert [r["turbine"] for r in rows] == ["R80721", "R80711", "R80721"]
+    assert rows[1]["turbine_id"] == str(turbine_id("R80711"))
+    only = json.loads(
+        turbine("anomalies", store, "--episodes", "--turbine", "R80711", "--format", "json").stdout
+    )
+    assert [(e["turbine"], e["alarms"]) for e in only] == [("R80711", 15)]

@@ -321,6 +321,16 @@ def test_episode_events_are_json_with_the_documented_fields_and_the_readme_says_
     assert set(docs[0]) == set(documented)
     assert [d["episode_id"] for d in docs] == up.closed.ids()
     assert [d["duration_s"] for d in docs] == up.closed.durations.tolist()
+    assert [d["turbine"] for d in docs] == [d["turbine_id"] for d in docs]
+    from pipeline.names import TurbineNames
+
+    names = TurbineNames()
+    named = EpisodeTracker(("a",), gap=4.0)
+    opened = named.update([0.0], names.ids_of(["R80711"]), [True], [9.0], [[9.0]]).opened
+    _, values, _ = ev.render_episode_events(
+        opened, ev.OPENED, producer_id="p", site="s", detected_at=1.0, names=names
+    )
+    assert json.loads(values[0])["turbine"] == "R80711"
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for text in ("--episodes-topic", "`episode_gap` | 1800", "turbine anomalies STORE --episodes"):
         assert text in readme

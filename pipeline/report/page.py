@@ -468,12 +468,14 @@ def _page(
     else:
         add("<p class='note'>The models have not learned enough readings yet.</p>")
     add("<h2>6. Alarm episodes</h2>")
-    add(episode_section(episodes, config, opts.top_events * 2))
+    add(episode_section(episodes, config, opts.top_events * 2, names))
     add("</body></html>\n")
     return "\n".join(parts)
 
 
-def episode_section(episodes: Episodes, config: DetectorConfig | None, n: int) -> str:
+def episode_section(
+    episodes: Episodes, config: DetectorConfig | None, n: int, names: TurbineNames | None = None
+) -> str:
     """The longest episodes as a table (``turbine anomalies STORE --episodes`` lists all)."""
     if len(episodes) == 0:
         return "<p class='note'>No alarm episodes in the store.</p>"
@@ -482,7 +484,7 @@ def episode_section(episodes: Episodes, config: DetectorConfig | None, n: int) -
     top = longest.top_sensors()
     rows = [
         (
-            int(longest.turbine_ids[i]),
+            (names or TurbineNames()).name_of(int(longest.turbine_ids[i])),
             iso(float(longest.starts[i])),
             iso(float(longest.ends[i])),
             _duration(float(longest.durations[i])),
