@@ -240,3 +240,39 @@ def test_episodes_show_turbine_names(tmp_path):
         turbine("anomalies", store, "--episodes", "--turbine", "R80711", "--format", "json").stdout
     )
     assert [(e["turbine"], e["alarms"]) for e in only] == [("R80711", 15)]
+
+
+def test_episodes_in_progress_come_from_the_checkpoints(labelled, tmp_path):
+    """A Kafka-layout store: closed episodes in the partition store, one still open in its
+    checkpoint; both listed (``open``), and evaluate --store counts the open one as the
+    embedded run does (closed at the end)."""
+    from consumers.checkpoint import Checkpoint, CheckpointDir
+    from pipeline.episodes import Episodes
+    from pipeline.store import AnomalyStore, episodes_in_progress, read_episodes
+
+    path, cfg = labelled
+    embedded = tmp_path / "embedded"
+    turbine("detect", "--input", path, "--config", cfg, "--store", embedded, "--quiet")
+    every = read_episodes(embedded)
+    last = int(np.argmax(every.starts))  # turbine 1's lone alarm at step 1700
+    kafka = tmp_path / "kafka"
+    store = AnomalyStore(kafka / "partition-0000", sensors=every.sensors)
+    store.append_episodes(every.select(np.arange(len(every)) != last))
+    store.flush()
+    still = every.select(np.array([last]))
+    tracker_state = {
+        **still.arrays("episode_"),
+        "episode_gap": np.asarray(30.0),
+    }
+    CheckpointDir(kafka / "checkpoints", "readings").save(
+        Checkpoint(0, 10, {}, store.position(), None, episode_state=tracker_state)
+    )
+    assert episodes_in_progress(kafka).ids() == still.ids()
+    assert len(episodes_in_progress(kafka, until=float(still.starts[0]) - 1)) == 0
+    listed = json.loads(turbine("anomalies", kafka, "--episodes", "--format", "json").stdout)
+    assert [e["open"] for e in listed] == [False, False, True]
+    assert [e["episode"] for e in listed] == Episodes.concat([every], every.sensors).ids()
+    out = json.loads(
+        turbine("evaluate", "--input", path, "--store", kafka, "--format", "json").stdout
+    )
+    assert {k: out["episodes"][k] for k in EXPECTED} == EXPECTED
