@@ -264,8 +264,18 @@ def test_episodes_in_progress_come_from_the_checkpoints(labelled, tmp_path):
         **still.arrays("episode_"),
         "episode_gap": np.asarray(30.0),
     }
+    with np.load(embedded / "model.npz", allow_pickle=False) as f:
+        model = {k: f[k] for k in f.files}
     CheckpointDir(kafka / "checkpoints", "readings").save(
-        Checkpoint(0, 10, {}, store.position(), None, episode_state=tracker_state)
+        Checkpoint(
+            0,
+            10,
+            model,
+            store.position(),
+            None,
+            sensors=every.sensors,
+            episode_state=tracker_state,
+        )
     )
     assert episodes_in_progress(kafka).ids() == still.ids()
     assert len(episodes_in_progress(kafka, until=float(still.starts[0]) - 1)) == 0
@@ -276,3 +286,7 @@ def test_episodes_in_progress_come_from_the_checkpoints(labelled, tmp_path):
         turbine("evaluate", "--input", path, "--store", kafka, "--format", "json").stdout
     )
     assert {k: out["episodes"][k] for k in EXPECTED} == EXPECTED
+    from pipeline.report import write_report
+
+    page = write_report(kafka, tmp_path / "rep").index.read_text(encoding="utf-8")
+    assert "<th>alarm episodes</th><td>3</td>" in page.replace("\n", "")

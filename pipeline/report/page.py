@@ -48,7 +48,7 @@ from pipeline.report.figures import (
 )
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport
 from pipeline.similarity import SeenBefore
-from pipeline.store import Anomalies, AnomalyStore
+from pipeline.store import Anomalies, AnomalyStore, episodes_in_progress
 
 
 @dataclass
@@ -180,7 +180,11 @@ def write_report(
             raise
     statistic = statistic_name(config)
     threshold = float(summary.thresholds.max()) if summary.thresholds.size else math.nan
-    episodes = Episodes.concat([st.episodes() for st in stores], summary.sensors).chronological()
+    # A Kafka detector's episodes still in progress are in its checkpoints, drawn as they stand.
+    ongoing = episodes_in_progress(store, checkpoint_dir=checkpoint_dir)
+    episodes = Episodes.concat(
+        [*(st.episodes() for st in stores), ongoing], summary.sensors
+    ).chronological()
 
     # 1. timelines
     run: RunReport | None = None
