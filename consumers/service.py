@@ -319,7 +319,11 @@ class DetectorService:
             state.store.truncate(cp.store_position)
             state.store.restore_pending(cp.pending)
             state.store.restore_pending_episodes(cp.pending_episodes)
-            episodes = EpisodeTracker.from_state(cp.episode_state) if cp.episode_state else None
+            episodes = (
+                EpisodeTracker.from_state(cp.episode_state, gap=self.config.episode_gap)
+                if cp.episode_state
+                else None
+            )
         except StoreError:
             raise
         except Exception as exc:  # arrays of the wrong shape, dtype, keys...

@@ -563,9 +563,16 @@ class EpisodeTracker:
         return {**self._open.arrays(PREFIX), PREFIX + "gap": np.asarray(self.gap)}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray]) -> EpisodeTracker:
-        """Rebuild from :meth:`state` (other keys, e.g. a detector's, are ignored)."""
+    def from_state(
+        cls, state: Mapping[str, np.ndarray], gap: float | None = None
+    ) -> EpisodeTracker:
+        """Rebuild from :meth:`state` (other keys, e.g. a detector's, are ignored).
+
+        ``gap`` replaces the saved gap (a configuration changed across a
+        restart applies from the next batch on); default the saved one.
+        """
         episodes = Episodes.from_arrays(state, PREFIX)
-        out = cls(episodes.sensors, float(np.asarray(state[PREFIX + "gap"])))
+        saved = float(np.asarray(state[PREFIX + "gap"]))
+        out = cls(episodes.sensors, saved if gap is None else gap)
         out._open = episodes.select(np.argsort(episodes.turbine_ids, kind="stable"))
         return out

@@ -174,6 +174,7 @@ def test_state_round_trips_through_npz_without_pickle():
     with np.load(buf, allow_pickle=False) as f:
         b = EpisodeTracker.from_state({key: f[key] for key in f.files})
     assert b.gap == a.gap and b.sensors == a.sensors
+    assert EpisodeTracker.from_state(a.state(), gap=9.0).gap == 9.0  # a new configuration
     rest = (t[half:], ids[half:], alarm[half:], dist[half:], contrib[k:], states[half:])
     ua, ub = a.update(*rest), b.update(*rest)
     assert ua.closed.ids() == ub.closed.ids()
