@@ -45,9 +45,10 @@ test: lint ## lint, then every test (starts the real servers the tests need)
 test-fast: $(STAMP) ## the tests that need no server
 	$(PY) -m pytest -q -m "not kafka and not prometheus and not docker"
 
-bench: $(STAMP) ## benchmarks; figures go to bench/results/ and the README
+bench: $(STAMP) ## benchmarks (engine, quality, real SCADA, Kafka); figures go to bench/results/ and the README
 	$(PY) -m bench.engine
 	$(PY) -m bench.quality
+	$(PY) -m bench.scada
 	$(PY) -m bench.kafka_e2e
 
 clean: ## remove outputs (not the venv)

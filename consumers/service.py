@@ -20,6 +20,7 @@ with deterministic ids (``topic:partition:offset:row``) for de-duplication.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -39,11 +40,12 @@ from consumers.episode_events import CLOSED, OPENED, render_episode_events
 from consumers.events import render_events
 from consumers.undecodable import find_undecodable, is_data_fault
 from pipeline.config import DetectorConfig
+from pipeline.control import CONTROL_TYPE, ControlError, decode_control
 from pipeline.detector import BatchResult, Detector
 from pipeline.episodes import EpisodeTracker, EpisodeUpdate
 from pipeline.errors import SchemaError, StoreError, TurbineError
 from pipeline.metrics import DetectorMetrics, serve_metrics
-from pipeline.names import TurbineNames
+from pipeline.names import TurbineNames, turbine_id
 from pipeline.runner import config_for
 from pipeline.store import MANIFEST, AnomalyStore
 from pipeline.wire import JSON_TYPE, TIME_RANGE, VERSIONS, SensorBatch, WireError, decode_batch
@@ -138,6 +140,14 @@ class Accepted:
     @property
     def offset(self) -> int:
         return int(self.record.offset)
+
+
+def _is_control(record: Any) -> bool:
+    """Whether a record is a control record (its content type), whatever else it holds."""
+    for key, value in record.headers or []:
+        if key == "content-type":
+            return bool(value == CONTROL_TYPE.encode() or value == CONTROL_TYPE)
+    return False
 
 
 def _header(record: Any, name: str) -> str | None:
@@ -542,6 +552,16 @@ class DetectorService:
         run: list[Accepted] = []
         seen: dict[tuple[str, int], int] = {}  # batch numbers of `run`, not yet scored
         for record in records:
+            if _is_control(record):
+                # An operator's action, in order with the readings: what came
+                # before it is scored against the old models, what follows
+                # against the new ones (pipeline/control.py).
+                if run:
+                    self._score_run(state, run, seen)
+                    run, seen = [], {}
+                self._control(state, record)
+                state.next_offset = record.offset + 1
+                continue
             try:
                 batch = self._check(state, record, seen)
             except WireError as exc:
@@ -567,6 +587,64 @@ class DetectorService:
         if records:
             state.next_offset = int(records[-1].offset) + 1
         state.store.advance({partition: state.next_offset or 0})
+
+    def _control(self, state: PartitionState, record: Any) -> None:
+        """Apply one control record to the partition's models, or dead-letter it."""
+        try:
+            msg = decode_control(record.value)
+        except ControlError as exc:
+            self._dead_letter(record, "bad_control", str(exc))
+            return
+        det = state.detector
+        ids = np.array([turbine_id(t) for t in msg.turbines], dtype=np.int64)
+        known = ids[det.turbines.find(ids) >= 0] if det is not None else ids[:0]
+        if known.size < ids.size:
+            missing = [t for t, i in zip(msg.turbines, ids.tolist(), strict=True) if i not in known]
+            self._dead_letter(
+                record,
+                "bad_control",
+                f"partition {state.partition} has no model of turbine {missing[0]!r} (sent "
+                "with the key of its key group?)",
+            )
+        if det is None or known.size == 0:
+            return
+        det.rebaseline(known)
+        self.metrics.rebaselines.labels(reason="operator").inc(int(known.size))
+        log.warning(
+            "rebaseline partition=%d offset=%d turbines=%s reason=operator note=%s",
+            state.partition,
+            record.offset,
+            ",".join(det.names.labels(known)),
+            msg.reason[:200],
+        )
+        self._publish_rebaselines(state, known, "operator", record.offset, msg.reason)
+
+    def _publish_rebaselines(
+        self, state: PartitionState, turbines: np.ndarray, reason: str, offset: int, note: str = ""
+    ) -> None:
+        """One JSON event per turbine re-baselined, on the episodes topic, keyed by turbine."""
+        if not self.settings.publish_events or state.detector is None:
+            return
+        names = state.detector.names
+        now = time.time()
+        for t in turbines.tolist():
+            event = {
+                "type": "rebaseline",
+                "turbine": names.name_of(t) if t in names else int(t),
+                "reason": reason,
+                "note": note,
+                "partition": state.partition,
+                "offset": int(offset),
+                "detected_at": now,
+                "event_id": f"{self.settings.topic}:{state.partition}:{offset}:rebaseline:{t}",
+            }
+            key = f"turbine-{names.name_of(t)}".encode()
+            self.producer.send(
+                self.settings.episodes_topic,
+                key=key,
+                value=json.dumps(event).encode(),
+                headers=[("content-type", JSON_TYPE.encode())],
+            ).add_errback(self._event_failed)
 
     def _without_state(self, partition: int, records: list[Any]) -> None:
         """Records of a partition with no state: read again later, never dropped silently."""
@@ -621,6 +699,13 @@ class DetectorService:
         rows = np.concatenate([np.arange(len(b)) for b in batches])
         state.store.append(result, partitions=state.partition, offsets=offsets, rows=rows)
         self._track_episodes(state, result, batches[0])
+        if result.rebaselined.size:
+            self.metrics.rebaselines.labels(reason="persistent_alarm").inc(
+                int(result.rebaselined.size)
+            )
+            self._publish_rebaselines(state, result.rebaselined, "persistent_alarm", run[-1].offset)
+        for name, count in result.state_counts().items():
+            self.metrics.readings_in_state.labels(state=name).inc(count)
         kinds = None
         labelled = all(b.kinds is not None for b in batches)
         if labelled:

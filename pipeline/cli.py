@@ -234,6 +234,8 @@ def print_summary(report: RunReport, out=sys.stdout) -> None:
 
 # ---------------------------------------------------------------------- commands
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.key_groups is None:
+        args.key_groups = 12
     params = SimulationParams(
         turbines=args.turbines,
         sensors=args.sensors,
@@ -325,6 +327,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     total = Confusion()
     total_episodes = EpisodeScores()
     per_file = []
+    states: dict[str, int] = {}
+    if args.store is not None:
+        for st in (AnomalyStore(p) for p in store_paths(args.store)):
+            for name, count in st.states.items():
+                states[name] = states.get(name, 0) + count
     for path in args.input:
         if args.store is not None:
             confusion, episodes = evaluate_store(path, spec, args.store, args.train_rows)
@@ -335,6 +342,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if report.confusion is None or report.episode_scores is None:
                 raise InputError("no label column (set --label-col)", path=str(path))
             confusion, episodes = report.confusion, report.episode_scores
+            for name, count in report.states.items():
+                states[name] = states.get(name, 0) + count
         total.merge(confusion)
         total_episodes.merge(episodes)
         per_file.append({"file": str(path), **confusion.as_dict(), "episodes": episodes.as_dict()})
@@ -342,6 +351,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         **total.as_dict(),
         "files": len(args.input),
         "episodes": total_episodes.as_dict(),
+        # Readings in an operating state (learn_when): neither scored nor counted above.
+        "not_scored": dict(sorted(states.items())),
     }
     if args.format == "json":
         if args.per_file:
@@ -356,6 +367,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"({total.missed_faults} of {len(total.delays) + total.missed_faults} faults missed)"
         )
         print(episode_summary(total_episodes))
+        if states:
+            print(
+                "not scored (operating states, not in the figures above): "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(states.items()))
+            )
     return 0
 
 
@@ -443,6 +459,21 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
 
 
 def cmd_rebaseline(args: argparse.Namespace) -> int:
+    if (args.path is None) == (args.bootstrap_servers is None):
+        raise ConfigError("rebaseline needs a store or state file, or --bootstrap-servers")
+    if args.bootstrap_servers is not None:
+        from producers.control import send_control
+        from producers.kafka_client import KafkaSettings
+
+        settings = KafkaSettings(bootstrap_servers=args.bootstrap_servers)
+        n = send_control(
+            settings, args.topic, "rebaseline", args.turbine, args.key_groups, args.reason
+        )
+        print(
+            f"{args.topic}: {n} control record(s) sent; the detectors owning "
+            f"{', '.join(args.turbine)} re-baseline them in order with their readings"
+        )
+        return 0
     from pipeline.statefiles import rebaseline_files
 
     for path, names in rebaseline_files(args.path, args.turbine):
@@ -721,7 +752,10 @@ def parse_instant_option(text: str | None, default: float) -> float:
 def cmd_replay(args: argparse.Namespace) -> int:
     from producers.commands import replay
 
-    return replay(args, recording_spec(args))
+    config = load_config(args.config) if args.config is not None else None
+    if args.key_groups is None:
+        args.key_groups = config.key_groups if config is not None else 12
+    return replay(args, recording_spec(args, config))
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -832,6 +866,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="replay a recorded file to Kafka")
     p.add_argument("file", type=Path)
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="the detectors' configuration: its [recording] table and its key_groups",
+    )
     add_recording_options(p)
     _add_stream_options(p)
     p.set_defaults(func=cmd_replay)
@@ -869,10 +908,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="forget turbines' models after maintenance (a store or state file of a stopped "
         "detector; the running service takes the control topic)",
     )
-    p.add_argument("path", type=Path, help="store directory, model.npz or a checkpoint file")
+    p.add_argument(
+        "path", type=Path, nargs="?", help="store directory, model.npz or a checkpoint file"
+    )
     p.add_argument(
         "--turbine", action="append", required=True, help="turbine name or id (repeatable)"
     )
+    p.add_argument("--bootstrap-servers", help="the running service: send a control record instead")
+    p.add_argument(
+        "--topic", default="turbine.readings", help="readings topic (default %(default)s)"
+    )
+    p.add_argument(
+        "--key-groups", type=int, default=12, help="the producers' key groups (default 12)"
+    )
+    p.add_argument("--reason", default="", help="a note carried by the event (e.g. the repair)")
     p.set_defaults(func=cmd_rebaseline)
 
     p = sub.add_parser(
@@ -906,7 +955,11 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--speed", type=float, default=0.0, help="times the recorded pace; 0 = as fast as possible"
     )
-    g.add_argument("--key-groups", type=int, default=12, help="turbine groups (the record keys)")
+    g.add_argument(
+        "--key-groups",
+        type=int,
+        help="turbine groups, the record keys (default: the configuration's, else 12)",
+    )
     g.add_argument(
         "--batch-steps",
         type=int,

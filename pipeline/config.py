@@ -198,6 +198,12 @@ class DetectorConfig(BaseModel):
         description="The residual chart's variance floor, in units of the EWMA variance of "
         "white noise (lambda / (2 - lambda)), added to every chart model.",
     )
+    chart_sensors: tuple[str, ...] = Field(
+        (),
+        description="The scored sensors the residual chart watches (default all); the others "
+        "are left to the point score (a pitch that sits at -1 deg and jumps at start-ups "
+        "makes a poor chart).",
+    )
     chart_false_alarm_rate: float | None = Field(
         None,
         gt=0,
@@ -279,11 +285,15 @@ class DetectorConfig(BaseModel):
         named += [("learn_when", r.sensor) for r in self.learn_when]
         named += [("learn_when", r.where.sensor) for r in self.learn_when if r.where]
         named += [("sensor_floor", name) for name in self.sensor_floor]
+        named += [("chart_sensors", name) for name in self.chart_sensors]
         for role, name in named:
             if name not in sensors:
                 raise ConfigError(
                     f"{role} names sensor {name!r}, which is not one of the sensors {list(sensors)}"
                 )
+        for name in self.chart_sensors:
+            if name in self.conditions:
+                raise ConfigError(f"chart_sensors names {name!r}, a condition (never scored)")
         if len(self.conditions) >= len(sensors):
             raise ConfigError(
                 f"conditions {list(self.conditions)} leave no sensor to score of {list(sensors)}"

@@ -181,7 +181,12 @@ class Detector:
         cfg = self.config
         cfg.check_features(d)
         roles = bool(
-            cfg.conditions or cfg.regime or cfg.learn_when or cfg.fleet_relative or cfg.sensor_floor
+            cfg.conditions
+            or cfg.regime
+            or cfg.learn_when
+            or cfg.fleet_relative
+            or cfg.sensor_floor
+            or cfg.chart_sensors
         )
         if roles:
             if cfg.sensors is None:
@@ -249,6 +254,12 @@ class Detector:
         self._chart_time = np.full(t, np.nan)
         self._chart_since = np.full(t, np.nan)  # when each chart model began to learn
         self._chart_step = 0.0  # the stream's time step, for the chart's variance floor
+        # The scored sensors the residual chart watches (1) or leaves to the point score (0).
+        self._chart_mask = np.ones(r)
+        if cfg.chart_sensors:
+            order = self._perm[self._k :] if self._perm is not None else np.arange(d)
+            watched = [sensors[j] in cfg.chart_sensors for j in order]
+            self._chart_mask = np.asarray(watched, dtype=np.float64)
         self._chart_models = GroupedCovariance(t, r)
         self._chart_chol = np.broadcast_to(np.eye(r), (t, r, r)).copy()
         self._runs = (
@@ -613,7 +624,7 @@ class Detector:
         s = ewma_by_time(
             who,
             ts[scored],
-            np.clip(z_t[k:, scored], -_CHART_CLIP, _CHART_CLIP),
+            np.clip(z_t[k:, scored], -_CHART_CLIP, _CHART_CLIP) * self._chart_mask[:, None],
             span,
             self._chart_s,
             self._chart_time,

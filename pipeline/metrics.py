@@ -26,6 +26,9 @@ DISTANCE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 256, 1024, 4096)
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
+REBASELINE_REASONS = ("operator", "persistent_alarm")
+
+
 class BulkHistogram(Collector):
     """A histogram fed a whole array at a time (``np.searchsorted``, no loop).
 
@@ -209,6 +212,24 @@ class DetectorMetrics:
             "partition_rebuilds",
             "Partitions whose checkpoint was lost while offsets were committed: store kept, "
             "models rebuilt from the earliest retained offset",
+            namespace=ns,
+            registry=registry,
+        )
+        self.rebaselines = Counter(
+            "rebaselines",
+            "Turbine models re-baselined: by an operator's control record, or after a "
+            "persistent, steady alarm",
+            ["reason"],
+            namespace=ns,
+            registry=registry,
+        )
+        for reason in REBASELINE_REASONS:  # known label values start at 0 (alerts see a jump)
+            self.rebaselines.labels(reason=reason)
+        self.readings_in_state = Counter(
+            "readings_in_state",
+            "Readings in an operating state (learn_when: stopped, curtailed...): neither "
+            "learned nor scored, not anomalies",
+            ["state"],
             namespace=ns,
             registry=registry,
         )

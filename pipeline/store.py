@@ -308,6 +308,8 @@ class AnomalyStore:
         self._pending_count = 0
         self._positions = {int(k): int(v) for k, v in self._manifest["positions"].items()}
         self._readings = int(self._manifest.get("readings", 0))
+        # Readings per operating state (learn_when: stopped, curtailed...), not anomalies.
+        self._states = {str(k): int(v) for k, v in self._manifest.get("states", {}).items()}
         self._pending_episodes: list[Episodes] = []
 
     # ------------------------------------------------------------------ manifest
@@ -424,6 +426,8 @@ class AnomalyStore:
                 old |= (part_all == p) & (off_all < floor)
             n -= int(np.count_nonzero(old))
         self._readings += n
+        for name, count in result.state_counts().items():
+            self._states[name] = self._states.get(name, 0) + count
         hit = result.anomaly_index
         if hit.size == 0:
             return 0
@@ -481,6 +485,7 @@ class AnomalyStore:
             self._pending_episodes = []
         self._manifest["positions"] = {str(p): o for p, o in sorted(self._positions.items())}
         self._manifest["readings"] = self._readings
+        self._manifest["states"] = dict(sorted(self._states.items()))
         self._write_manifest()
 
     def _write_chunk(self, table: Anomalies) -> None:
@@ -618,6 +623,7 @@ class AnomalyStore:
             "episode_files": len(self._manifest.get("episodes", [])),
             "positions": {str(p): o for p, o in self._positions.items()},
             "readings": self._readings,
+            "states": dict(self._states),
             "turbines": len(self._manifest["turbines"]),
         }
 
@@ -630,6 +636,8 @@ class AnomalyStore:
         self._columns = {int(t): i for i, t in enumerate(self._manifest["turbines"])}
         self._positions = {int(k): int(v) for k, v in dict(position["positions"]).items()}  # type: ignore[call-overload]
         self._readings = int(position["readings"])  # type: ignore[call-overload]
+        states = position.get("states", {})
+        self._states = {str(k): int(v) for k, v in dict(states).items()}  # type: ignore[call-overload]
         self._pending, self._pending_count = [], 0
         episode_files = self._manifest.get("episodes", [])
         keep_episodes = int(position.get("episode_files", 0))  # type: ignore[call-overload]
@@ -655,6 +663,11 @@ class AnomalyStore:
     def readings(self) -> int:
         """Readings appended (scored or not), flushed or pending."""
         return self._readings
+
+    @property
+    def states(self) -> dict[str, int]:
+        """Readings per operating state (``learn_when``): not scored, not anomalies."""
+        return dict(self._states)
 
     def stats(self) -> dict[str, int]:
         """Anomalies (non-zeros) and bytes on disk of the flushed chunks."""

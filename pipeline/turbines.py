@@ -38,6 +38,7 @@ class TurbineIndex:
         self.fixed = known is not None
         self._ids = np.zeros(0, dtype=np.int64)
         self._table = np.full(0, -1, dtype=np.intp)
+        self._sorted: tuple[NDArray[np.intp], I64] | None = None
         if known is not None:
             self._register(np.asarray(known, dtype=np.int64))
 
@@ -80,8 +81,10 @@ class TurbineIndex:
             return np.take(self._table, turbine_ids)
         if self._ids.size == 0:
             return np.full(turbine_ids.shape, -1, dtype=np.intp)
-        order = np.argsort(self._ids)
-        sorted_ids = self._ids[order]
+        if self._sorted is None:  # ids outside the table (negative: named turbines)
+            order = np.argsort(self._ids)
+            self._sorted = (order, self._ids[order])
+        order, sorted_ids = self._sorted
         pos = np.minimum(np.searchsorted(sorted_ids, turbine_ids), sorted_ids.size - 1)
         found = sorted_ids[pos] == turbine_ids
         return np.where(found, order[pos], -1).astype(np.intp)
@@ -94,6 +97,7 @@ class TurbineIndex:
             )
         start = self._ids.size
         self._ids = np.concatenate((self._ids, new_ids))
+        self._sorted = None
         if self._ids.size and self._ids.min() >= 0 and self._ids.max() < _TABLE_LIMIT:
             size = max(int(self._ids.max()) + 1, self._table.size)
             if size > self._table.size:

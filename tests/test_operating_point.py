@@ -318,6 +318,8 @@ def test_state_round_trip_with_every_feature(rng):
         ),
         ({"fleet_relative": ["t"]}, "fleet_relative names sensor 't'"),
         ({"sensor_floor": {"x": 1.0}}, "sensor_floor names sensor 'x'"),
+        ({"chart_sensors": ["y"]}, "chart_sensors names sensor 'y'"),
+        ({"conditions": ["wind"], "chart_sensors": ["wind"]}, "a condition"),
         ({"regime": {"sensor": "wind", "edges": [3, 2]}}, "strictly increasing: 3.0 is followed"),
         ({"conditions": list(SENSORS)}, "leave no sensor to score"),
         ({"learn_when": [{"sensor": "power"}]}, "either above/below or normal"),
@@ -349,3 +351,23 @@ def test_residual_chart_variance_is_floored_at_white_noise(rng):
     run_daily(det, ts, x)
     lam = -np.expm1(-600.0 / 43200.0)
     assert det._chart_chol[0, 0, 0] ** 2 >= 4.0 * lam / (2 - lam)
+
+
+def test_chart_sensors_leave_the_others_to_the_point_score(rng):
+    n = 60 * 144
+    ts = np.arange(n) * 600.0
+    wind = np.abs(rng.normal(8.0, 2.0, n))
+    x = np.column_stack((wind, 100.0 * wind + rng.normal(0, 40.0, n), rng.normal(0, 1.0, n)))
+    faulty = ts >= 45 * 86400
+    x[faulty, 2] += 2.0  # a lasting 2 sd shift of the third sensor
+    base = {
+        "sensors": ("wind", "power", "other"),
+        "conditions": ("wind",),
+        "key_groups": 1,
+        "chart": "residual",
+        "chart_span": "6h",
+    }
+    every = run_daily(Detector(make_config(base)), ts, x)
+    power_only = run_daily(Detector(make_config({**base, "chart_sensors": ["power"]})), ts, x)
+    assert every[faulty].mean() > 0.5
+    assert power_only[faulty].mean() < 0.01
