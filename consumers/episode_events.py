@@ -5,7 +5,7 @@ They go to their own topic (``turbine.episodes`` by default, the service's
 of one-event-per-anomaly never meets a document of another shape::
 
     {"event": "episode_closed", "event_id": "episode_closed:42:1767225600.0",
-     "episode_id": "42:1767225600.0", "turbine_id": 42,
+     "episode_id": "42:1767225600.0", "turbine_id": 42, "turbine": 42,
      "start": 1767225600.0, "start_time": "2026-01-01T00:00:00.000Z",
      "end": 1767225900.0, "end_time": "2026-01-01T00:05:00.000Z", "duration_s": 300.0,
      "alarms": 31, "peak_distance2": 210.4, "peak_time": "2026-01-01T00:02:10.000Z",
@@ -21,6 +21,8 @@ are deterministic (the turbine and the start), so the duplicates an
 at-least-once replay may publish can be dropped.  ``top_sensors`` holds the
 (up to) three largest contributions summed over the episode's alarms.
 Non-finite numbers are ``null``.
+``turbine_id`` is the int64 id and ``turbine`` how to show it, as in the
+anomaly events (the integer, or a named turbine's name: ``"R80711"``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import math
 
 import numpy as np
 
+from consumers.events import turbine_fields
 from pipeline.episodes import TOP_SENSORS, Episodes
+from pipeline.names import TurbineNames
 
 OPENED = "episode_opened"
 CLOSED = "episode_closed"
@@ -45,7 +49,13 @@ def _number(x: float) -> float | None:
 
 
 def render_episode_events(
-    episodes: Episodes, kind: str, *, producer_id: str, site: str, detected_at: float
+    episodes: Episodes,
+    kind: str,
+    *,
+    producer_id: str,
+    site: str,
+    detected_at: float,
+    names: TurbineNames | None = None,
 ) -> tuple[list[bytes], list[bytes], list[bytes]]:
     """Episodes (k,) as events of ``kind`` (``episode_opened`` or ``episode_closed``).
 
@@ -67,6 +77,7 @@ def render_episode_events(
     contrib = episodes.contributions
     m = min(TOP_SENSORS, contrib.shape[1])
     top = np.argsort(-contrib, axis=1, kind="stable")[:, :m]
+    shown = [json.loads(text) for text in turbine_fields(episodes.turbine_ids, names)]
     keys, values, ids = [], [], []
     for i, episode_id in enumerate(episodes.ids()):  # one event per episode
         start, end = float(episodes.starts[i]), float(episodes.ends[i])
@@ -76,6 +87,7 @@ def render_episode_events(
             "event_id": event_id,
             "episode_id": episode_id,
             "turbine_id": int(episodes.turbine_ids[i]),
+            "turbine": shown[i],
             "start": start,
             "start_time": _iso(start),
             "end": end,

@@ -48,7 +48,7 @@ from pipeline.detector import BatchResult, Detector
 from pipeline.episodes import EpisodeTracker, EpisodeUpdate
 from pipeline.errors import SchemaError, StoreError, TurbineError
 from pipeline.metrics import DetectorMetrics, serve_metrics
-from pipeline.names import turbine_id
+from pipeline.names import TurbineNames, turbine_id
 from pipeline.runner import config_for
 from pipeline.store import MANIFEST, AnomalyStore
 from pipeline.wire import JSON_TYPE, TIME_RANGE, VERSIONS, SensorBatch, WireError, decode_batch
@@ -332,7 +332,11 @@ class DetectorService:
             state.store.truncate(cp.store_position)
             state.store.restore_pending(cp.pending)
             state.store.restore_pending_episodes(cp.pending_episodes)
-            episodes = EpisodeTracker.from_state(cp.episode_state) if cp.episode_state else None
+            episodes = (
+                EpisodeTracker.from_state(cp.episode_state, gap=self.config.episode_gap)
+                if cp.episode_state
+                else None
+            )
         except StoreError:
             raise
         except Exception as exc:  # arrays of the wrong shape, dtype, keys...
@@ -796,11 +800,20 @@ class DetectorService:
         update = state.episodes.update_result(result)
         state.store.append_episodes(update.closed)
         if self.settings.publish_events:
-            self._publish_episodes(update, first)
+            names = state.detector.names if state.detector is not None else None
+            self._publish_episodes(update, first, names)
 
-    def _publish_episodes(self, update: EpisodeUpdate, first: SensorBatch) -> None:
-        """One JSON event per episode opened and per episode closed, keyed by turbine."""
+    def _publish_episodes(
+        self, update: EpisodeUpdate, first: SensorBatch, names: TurbineNames | None
+    ) -> None:
+        """One JSON event per episode opened and per episode closed, keyed by turbine.
+
+        Sent like the anomaly events: a send refused while the broker is away
+        is retried, then counted as a failed event (at least once, as they are).
+        """
         now = time.time()
+        send = self.producer.send
+        topic = self.settings.episodes_topic
         headers = [("content-type", JSON_TYPE.encode())]
         for kind, table in ((OPENED, update.opened), (CLOSED, update.closed)):
             keys, values, ids = render_episode_events(
@@ -809,14 +822,21 @@ class DetectorService:
                 producer_id=first.meta.producer_id,
                 site=first.meta.site,
                 detected_at=now,
+                names=names,
             )
             for key, value, event_id in zip(keys, values, ids, strict=True):
-                self.producer.send(
-                    self.settings.episodes_topic,
-                    key=key,
-                    value=value,
-                    headers=[("event-id", event_id), *headers],
-                ).add_errback(self._event_failed)
+                h = [("event-id", event_id), *headers]
+                try:
+                    future = send(topic, key=key, value=value, headers=h)
+                except Exception:  # the buffer is full or metadata is gone: wait for the broker
+                    future = self._retry(
+                        "episode_event_send",
+                        lambda k=key, v=value, h=h: send(topic, key=k, value=v, headers=h),
+                    )
+                    if future is None:
+                        self._event_failed(KafkaIOError("episode event not sent", topic=topic))
+                        continue
+                future.add_errback(self._event_failed)
 
     def _event_partitions(self, keys: list[bytes]) -> list[int]:
         """The anomalies topic's partition of each key, as kafka-python's default partitioner.

@@ -42,6 +42,7 @@ from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
 from pipeline.store import (
     Anomalies,
     AnomalyStore,
+    episodes_in_progress,
     find_event,
     read_anomalies,
     read_episodes,
@@ -418,7 +419,10 @@ def evaluate_store(
     # The store's episodes within the file's scored time span (a store may hold others).
     lo = float(runs.first_seen.min(initial=np.inf))
     hi = float(runs.last_seen.max(initial=-np.inf))
-    eps = read_episodes(store, since=lo, until=hi)
+    # Those still open in a Kafka detector's checkpoints count as closed at the end, as the
+    # embedded run closes them at the end of its file.
+    stored = read_episodes(store, since=lo, until=hi)
+    eps = Episodes.concat([stored, episodes_in_progress(store, since=lo, until=hi)], stored.sensors)
     eps = eps.select(np.isin(eps.turbine_ids, runs.covered_turbines))
     scores = score_episodes(
         *runs.finish(), eps.turbine_ids, eps.starts, eps.ends, runs.turbine_months
@@ -442,9 +446,9 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
     if args.similar_to is not None:
         return similar_anomalies(args, stores, sensors, names)
     if args.episodes:
-        write_episodes(
-            sys.stdout, args.format, read_episodes(args.store, args.turbine, args.since, args.until)
-        )
+        episodes = read_episodes(args.store, args.turbine, args.since, args.until)
+        ongoing = episodes_in_progress(args.store, args.turbine, args.since, args.until)
+        write_episodes(sys.stdout, args.format, episodes, names, ongoing)
         return 0
     rows = AnomalyRows(sys.stdout, args.format, sensors, names=names)
     for st in stores:
@@ -515,6 +519,7 @@ def similar_anomalies(
 EPISODE_COLUMNS = (
     "episode",
     "turbine_id",
+    "turbine",
     "start",
     "end",
     "duration_s",
@@ -523,20 +528,38 @@ EPISODE_COLUMNS = (
     "peak_time",
     "top_sensors",
     "state",
+    "open",
 )
 
 
-def write_episodes(out: TextIO, fmt: str, table: Episodes) -> None:
+def write_episodes(
+    out: TextIO,
+    fmt: str,
+    closed: Episodes,
+    names: TurbineNames | None = None,
+    ongoing: Episodes | None = None,
+) -> None:
     """``anomalies --episodes``: one row (CSV) or object (JSON) per episode, by start.
 
+    ``turbine_id`` is the int64 id, ``turbine`` its name (the id in decimal when
+    it has none); ``open`` is true for an episode still in progress (in a Kafka
+    detector's checkpoint), whose end and figures are as of that checkpoint.
     Times are ISO 8601 UTC; CSV joins the top sensors with ``;``.
     """
+    ongoing = ongoing if ongoing is not None and len(ongoing) else None
+    table = closed if ongoing is None else Episodes.concat([closed, ongoing], closed.sensors)
+    is_open = np.zeros(len(table), dtype=bool)
+    if ongoing is not None:
+        is_open[len(closed) :] = True
+        order = np.lexsort((table.turbine_ids, table.starts))
+        table, is_open = table.select(order), is_open[order]
     top = table.top_sensors()
     rows = [
         dict(zip(EPISODE_COLUMNS, values, strict=True))
         for values in zip(
             table.ids(),
             table.turbine_ids.tolist(),
+            (names or TurbineNames()).labels(table.turbine_ids),
             [iso(t) for t in table.starts.tolist()],
             [iso(t) for t in table.ends.tolist()],
             table.durations.tolist(),
@@ -545,6 +568,7 @@ def write_episodes(out: TextIO, fmt: str, table: Episodes) -> None:
             [iso(t) for t in table.peak_times.tolist()],
             top,
             table.states.tolist(),
+            is_open.tolist(),
             strict=True,
         )
     ]

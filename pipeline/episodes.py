@@ -48,12 +48,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from pipeline.errors import StoreError
+
+if TYPE_CHECKING:
+    from pipeline.detector import BatchResult
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -421,6 +424,21 @@ def advance_episodes(
     )
 
 
+def _state_names(states: ArrayLike, names: Sequence[str] | None) -> NDArray[np.str_]:
+    """Per-reading state names (n,) from names or from integer codes into ``names``.
+
+    >>> _state_names(np.array([0, 2, 0], np.int8), ("normal", "x", "stopped")).tolist()
+    ['normal', 'stopped', 'normal']
+    """
+    arr = np.asarray(states).ravel()
+    if arr.dtype.kind not in "iu":
+        return arr.astype(np.str_)
+    table = np.asarray(names if names is not None else (NORMAL,), dtype=np.str_)
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= table.size):
+        raise ValueError(f"state codes {int(arr.min())}..{int(arr.max())} for {table.size} names")
+    return table[arr]
+
+
 # ---------------------------------------------------------------------- the tracker
 class EpisodeTracker:
     """Streams scored batches into alarm episodes; the open episodes are its state.
@@ -463,6 +481,7 @@ class EpisodeTracker:
         distances: ArrayLike,
         contributions: ArrayLike,
         states: ArrayLike | None = None,
+        state_names: Sequence[str] | None = None,
     ) -> EpisodeUpdate:
         """Add one scored batch.
 
@@ -472,8 +491,11 @@ class EpisodeTracker:
             Every reading of the batch (non-alarms move the turbines' clocks).
         contributions : array-like of shape (k, D)
             The anomalies' contributions, in batch order (``k = sum(is_anomaly)``).
-        states : array-like of str, shape (n,), optional
-            Each reading's state code (default all ``normal``).
+        states : array-like of shape (n,), optional
+            Each reading's state (default all ``normal``): names (str), or
+            integer codes into ``state_names`` (as ``BatchResult.states``).
+        state_names : sequence of str, optional
+            The names of integer ``states`` (default ``("normal",)``).
         """
         t = np.asarray(timestamps, dtype=np.float64).ravel()
         ids = np.asarray(turbine_ids, dtype=np.int64).ravel()
@@ -481,7 +503,7 @@ class EpisodeTracker:
         dist = np.asarray(distances, dtype=np.float64).ravel()
         n, k, dims = t.size, int(np.count_nonzero(alarm)), len(self.sensors)
         contrib = np.asarray(contributions, dtype=np.float64).reshape(-1, dims)
-        codes = None if states is None else np.asarray(states, dtype=np.str_).ravel()
+        codes = None if states is None else _state_names(states, state_names)
         for name, arr in (("turbine_ids", ids), ("is_anomaly", alarm), ("distances", dist)):
             if arr.size != n:
                 raise ValueError(f"{name} has shape ({arr.size},), timestamps ({n},)")
@@ -494,20 +516,20 @@ class EpisodeTracker:
         )
         return EpisodeUpdate(opened, closed)
 
-    def update_result(self, result: object, states: ArrayLike | None = None) -> EpisodeUpdate:
-        """:meth:`update` from a detector's ``BatchResult`` (its ``states`` when it has them)."""
-        if states is None:
-            codes = getattr(result, "states", None)
-            if codes is not None:  # the detector's int8 codes, named by its state_names
-                names = np.asarray(getattr(result, "state_names", ("normal",)), dtype=np.str_)
-                states = names[np.asarray(codes, dtype=np.intp)]
+    def update_result(self, result: BatchResult) -> EpisodeUpdate:
+        """:meth:`update` from a detector's ``BatchResult`` (with its ``states``, if any).
+
+        The engine never scores a reading outside ``learn_when`` (a stop, say),
+        so its alarms, and the episodes made of them, are in state ``normal``.
+        """
         return self.update(
-            result.timestamps,  # type: ignore[attr-defined]
-            result.turbine_ids,  # type: ignore[attr-defined]
-            result.is_anomaly,  # type: ignore[attr-defined]
-            result.distances,  # type: ignore[attr-defined]
-            result.contributions,  # type: ignore[attr-defined]
-            states,
+            result.timestamps,
+            result.turbine_ids,
+            result.is_anomaly,
+            result.distances,
+            result.contributions,
+            result.states if result.states is not None and result.states.any() else None,
+            result.state_names,
         )
 
     def expire(self, now: float) -> Episodes:
@@ -541,9 +563,16 @@ class EpisodeTracker:
         return {**self._open.arrays(PREFIX), PREFIX + "gap": np.asarray(self.gap)}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, np.ndarray]) -> EpisodeTracker:
-        """Rebuild from :meth:`state` (other keys, e.g. a detector's, are ignored)."""
+    def from_state(
+        cls, state: Mapping[str, np.ndarray], gap: float | None = None
+    ) -> EpisodeTracker:
+        """Rebuild from :meth:`state` (other keys, e.g. a detector's, are ignored).
+
+        ``gap`` replaces the saved gap (a configuration changed across a
+        restart applies from the next batch on); default the saved one.
+        """
         episodes = Episodes.from_arrays(state, PREFIX)
-        out = cls(episodes.sensors, float(np.asarray(state[PREFIX + "gap"])))
+        saved = float(np.asarray(state[PREFIX + "gap"]))
+        out = cls(episodes.sensors, saved if gap is None else gap)
         out._open = episodes.select(np.argsort(episodes.turbine_ids, kind="stable"))
         return out

@@ -588,16 +588,11 @@ class AnomalyStore:
         for entry in self._manifest.get("episodes", []):
             if not _may_match(entry, turbine, since, until):
                 continue
-            table = Episodes.load(self.directory / f"{entry['name']}.npz")
-            keep = np.ones(len(table), dtype=bool)
-            if turbine is not None:
-                keep &= table.turbine_ids == turbine
-            if since is not None:
-                keep &= table.ends >= since
-            if until is not None:
-                keep &= table.starts <= until
-            if keep.any():
-                yield table if keep.all() else table.select(keep)
+            table = _episodes_matching(
+                Episodes.load(self.directory / f"{entry['name']}.npz"), turbine, since, until
+            )
+            if len(table):
+                yield table
 
     def episodes(
         self,
@@ -824,6 +819,58 @@ def read_episodes(
     stores = [AnomalyStore(p) for p in store_paths(path)]
     sensors = next((s.sensors for s in stores if s.sensors), ())
     parts = [e for s in stores for e in s.iter_episodes(turbine, since, until)]
+    return Episodes.concat(parts, sensors).chronological()
+
+
+def _episodes_matching(
+    table: Episodes, turbine: int | None, since: float | None, until: float | None
+) -> Episodes:
+    """The episodes of ``turbine`` (all when None) overlapping [since, until]."""
+    keep = np.ones(len(table), dtype=bool)
+    if turbine is not None:
+        keep &= table.turbine_ids == turbine
+    if since is not None:
+        keep &= table.ends >= since
+    if until is not None:
+        keep &= table.starts <= until
+    return table if keep.all() else table.select(keep)
+
+
+def episodes_in_progress(
+    path: str | Path,
+    turbine: int | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> Episodes:
+    """The episodes still open in the Kafka detectors' checkpoints, by start.
+
+    The service never sees the end of its stream, so an episode in progress
+    is in its partition's checkpoint (``CHECKPOINT_DIR/<topic>-<partition>.npz``,
+    default ``PATH/checkpoints``), not in a store file.  An embedded run's
+    store has none (the run closes them at the end of its file).
+    """
+    root = Path(path)
+    cp_dir = Path(checkpoint_dir) if checkpoint_dir is not None else root / "checkpoints"
+    files = sorted(cp_dir.glob("*.npz")) if cp_dir.is_dir() else []
+    if not files:
+        return Episodes.empty(())
+    from consumers.checkpoint import CheckpointDir  # the service's format; no Kafka import
+    from pipeline.episodes import EpisodeTracker
+
+    parts = []
+    for f in files:
+        topic, _, part = f.stem.rpartition("-")
+        if not topic or not part.isdigit():
+            continue
+        try:
+            cp = CheckpointDir(cp_dir, topic).load(int(part))
+        except (OSError, ValueError, KeyError) as exc:
+            raise StoreError(f"{f}: unreadable checkpoint ({exc})") from None
+        if cp is not None and cp.episode_state:
+            open_ = EpisodeTracker.from_state(cp.episode_state).in_progress
+            parts.append(_episodes_matching(open_, turbine, since, until))
+    sensors = next((p.sensors for p in parts), ())
     return Episodes.concat(parts, sensors).chronological()
 
 

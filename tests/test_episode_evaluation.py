@@ -95,12 +95,13 @@ def test_score_episodes_on_a_hand_made_stream():
 STEPS = 2000
 
 
-def labelled_file(path, seed=11):
+def labelled_file(path, seed=11, names=(0, 1)):
     """Two turbines, 1 s steps, unit-normal sensors; spikes and labels placed by hand.
 
     Turbine 0: fault [1000, 1019], spikes from 1005 (delay 5); fault [1500, 1509] missed.
     Turbine 1: spikes [790, 800], fault [800, 829] (episode starts first: delay 0), and a
-    lone spike at 1700 outside any fault (a false episode).
+    lone spike at 1700 outside any fault (a false episode).  ``names`` are written in the
+    id column for turbines 0 and 1.
     """
     rng = np.random.default_rng(seed)
     t = np.repeat(np.arange(STEPS, dtype=float), 2) + 1.7e9
@@ -119,7 +120,13 @@ def labelled_file(path, seed=11):
         w.writerow(["timestamp", "turbine_id", "a", "b", "label"])
         for row in zip(t, ids, x[:, 0], x[:, 1], label, strict=True):
             w.writerow(
-                [repr(float(row[0])), int(row[1]), repr(float(row[2])), repr(float(row[3])), row[4]]
+                [
+                    repr(float(row[0])),
+                    names[int(row[1])],
+                    repr(float(row[2])),
+                    repr(float(row[3])),
+                    row[4],
+                ]
             )
     return path
 
@@ -216,3 +223,70 @@ def test_report_draws_episodes_and_tables_the_longest(labelled, tmp_path):
     assert [len(b) for b in bars] == [1, 1]
     widths = [p.get_extents().width for b in bars for p in b[0].get_paths()]
     assert len(widths) == 2 and all(w > 0 for w in widths)  # a one-alarm episode shows too
+
+
+def test_episodes_show_turbine_names(tmp_path):
+    from pipeline.names import turbine_id
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"episode_gap": 30, "false_alarm_rate": 1e-9, "key_groups": 1}))
+    path = labelled_file(tmp_path / "named.csv", names=("R80711", "R80721"))
+    store = tmp_path / "store"
+    turbine("detect", "--input", path, "--config", cfg, "--store", store, "--quiet")
+    rows = list(csv.DictReader(io.StringIO(turbine("anomalies", store, "--episodes").stdout)))
+    assert [r["turbine"] for r in rows] == ["R80721", "R80711", "R80721"]
+    assert rows[1]["turbine_id"] == str(turbine_id("R80711"))
+    only = json.loads(
+        turbine("anomalies", store, "--episodes", "--turbine", "R80711", "--format", "json").stdout
+    )
+    assert [(e["turbine"], e["alarms"]) for e in only] == [("R80711", 15)]
+
+
+def test_episodes_in_progress_come_from_the_checkpoints(labelled, tmp_path):
+    """A Kafka-layout store: closed episodes in the partition store, one still open in its
+    checkpoint; both listed (``open``), and evaluate --store counts the open one as the
+    embedded run does (closed at the end)."""
+    from consumers.checkpoint import Checkpoint, CheckpointDir
+    from pipeline.episodes import Episodes
+    from pipeline.store import AnomalyStore, episodes_in_progress, read_episodes
+
+    path, cfg = labelled
+    embedded = tmp_path / "embedded"
+    turbine("detect", "--input", path, "--config", cfg, "--store", embedded, "--quiet")
+    every = read_episodes(embedded)
+    last = int(np.argmax(every.starts))  # turbine 1's lone alarm at step 1700
+    kafka = tmp_path / "kafka"
+    store = AnomalyStore(kafka / "partition-0000", sensors=every.sensors)
+    store.append_episodes(every.select(np.arange(len(every)) != last))
+    store.flush()
+    still = every.select(np.array([last]))
+    tracker_state = {
+        **still.arrays("episode_"),
+        "episode_gap": np.asarray(30.0),
+    }
+    with np.load(embedded / "model.npz", allow_pickle=False) as f:
+        model = {k: f[k] for k in f.files}
+    CheckpointDir(kafka / "checkpoints", "readings").save(
+        Checkpoint(
+            0,
+            10,
+            model,
+            store.position(),
+            None,
+            sensors=every.sensors,
+            episode_state=tracker_state,
+        )
+    )
+    assert episodes_in_progress(kafka).ids() == still.ids()
+    assert len(episodes_in_progress(kafka, until=float(still.starts[0]) - 1)) == 0
+    listed = json.loads(turbine("anomalies", kafka, "--episodes", "--format", "json").stdout)
+    assert [e["open"] for e in listed] == [False, False, True]
+    assert [e["episode"] for e in listed] == Episodes.concat([every], every.sensors).ids()
+    out = json.loads(
+        turbine("evaluate", "--input", path, "--store", kafka, "--format", "json").stdout
+    )
+    assert {k: out["episodes"][k] for k in EXPECTED} == EXPECTED
+    from pipeline.report import write_report
+
+    page = write_report(kafka, tmp_path / "rep").index.read_text(encoding="utf-8")
+    assert "<th>alarm episodes</th><td>3</td>" in page.replace("\n", "")

@@ -174,6 +174,7 @@ def test_state_round_trips_through_npz_without_pickle():
     with np.load(buf, allow_pickle=False) as f:
         b = EpisodeTracker.from_state({key: f[key] for key in f.files})
     assert b.gap == a.gap and b.sensors == a.sensors
+    assert EpisodeTracker.from_state(a.state(), gap=9.0).gap == 9.0  # a new configuration
     rest = (t[half:], ids[half:], alarm[half:], dist[half:], contrib[k:], states[half:])
     ua, ub = a.update(*rest), b.update(*rest)
     assert ua.closed.ids() == ub.closed.ids()
@@ -321,6 +322,54 @@ def test_episode_events_are_json_with_the_documented_fields_and_the_readme_says_
     assert set(docs[0]) == set(documented)
     assert [d["episode_id"] for d in docs] == up.closed.ids()
     assert [d["duration_s"] for d in docs] == up.closed.durations.tolist()
+    assert [d["turbine"] for d in docs] == [d["turbine_id"] for d in docs]
+    from pipeline.names import TurbineNames
+
+    names = TurbineNames()
+    named = EpisodeTracker(("a",), gap=4.0)
+    opened = named.update([0.0], names.ids_of(["R80711"]), [True], [9.0], [[9.0]]).opened
+    _, values, _ = ev.render_episode_events(
+        opened, ev.OPENED, producer_id="p", site="s", detected_at=1.0, names=names
+    )
+    assert json.loads(values[0])["turbine"] == "R80711"
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for text in ("--episodes-topic", "`episode_gap` | 1800", "turbine anomalies STORE --episodes"):
         assert text in readme
+
+
+def test_integer_state_codes_are_named_and_the_engine_gives_names_not_codes():
+    from pipeline import Detector, DetectorConfig
+
+    tr = EpisodeTracker(("a",), gap=5.0)
+    up = tr.update(
+        [0.0, 1.0],
+        [1, 2],
+        [True, True],
+        [9.0, 9.0],
+        [[9.0], [9.0]],
+        np.array([0, 2]),
+        ("normal", "x", "stopped"),
+    )
+    assert up.opened.states.tolist() == ["normal", "stopped"]
+    with pytest.raises(ValueError, match="state codes"):
+        tr.update([2.0], [1], [False], [0.0], np.zeros((0, 1)), np.array([3]), ("normal",))
+
+    rng = np.random.default_rng(4)
+    config = DetectorConfig(
+        sensors=("p", "q"),
+        key_groups=1,
+        min_samples=50,
+        learn_when=[{"sensor": "p", "above": 0.0, "state": "stopped"}],
+    )
+    det = Detector(config)
+    ids = np.zeros(400, dtype=int)
+    x = np.abs(rng.normal(size=(400, 2))) + 1.0
+    det.learn(np.arange(400.0), ids, x)
+    y = np.abs(rng.normal(size=(6, 2))) + 1.0
+    y[1:3] += 50.0  # two alarms while producing
+    y[4, 0] = -1.0  # a stop: filtered, never an alarm
+    result = det.process(400.0 + np.arange(6.0), np.zeros(6, dtype=int), y)
+    assert result.states is not None and result.states.any()
+    tracker = EpisodeTracker(("p", "q"), gap=10.0)
+    opened = tracker.update_result(result).opened
+    assert opened.alarms.tolist() == [2] and opened.states.tolist() == [NORMAL]

@@ -121,3 +121,8 @@ def test_service_episodes_match_the_embedded_run_across_a_restart(
     )
     assert all(e["top_sensors"] and e["state"] == "normal" for e in done)
     np.testing.assert_array_equal(np.sort(closed.ids()), np.sort([e["episode_id"] for e in done]))
+    # Evaluated from the Kafka detector's store, the episodes score as the embedded run's.
+    f = tmp_path / "f.npz"
+    embedded_eval = turbine("evaluate", "--input", f, "--config", cal, "--format", "json")
+    kafka_eval = turbine("evaluate", "--input", f, "--store", store, "--format", "json")
+    assert json.loads(kafka_eval.stdout)["episodes"] == json.loads(embedded_eval.stdout)["episodes"]

@@ -48,7 +48,7 @@ from pipeline.report.figures import (
 )
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport
 from pipeline.similarity import SeenBefore
-from pipeline.store import Anomalies, AnomalyStore
+from pipeline.store import Anomalies, AnomalyStore, episodes_in_progress
 
 
 @dataclass
@@ -180,7 +180,11 @@ def write_report(
             raise
     statistic = statistic_name(config)
     threshold = float(summary.thresholds.max()) if summary.thresholds.size else math.nan
-    episodes = Episodes.concat([st.episodes() for st in stores], summary.sensors).chronological()
+    # A Kafka detector's episodes still in progress are in its checkpoints, drawn as they stand.
+    ongoing = episodes_in_progress(store, checkpoint_dir=checkpoint_dir)
+    episodes = Episodes.concat(
+        [*(st.episodes() for st in stores), ongoing], summary.sensors
+    ).chronological()
 
     # 1. timelines
     run: RunReport | None = None
@@ -468,12 +472,14 @@ def _page(
     else:
         add("<p class='note'>The models have not learned enough readings yet.</p>")
     add("<h2>6. Alarm episodes</h2>")
-    add(episode_section(episodes, config, opts.top_events * 2))
+    add(episode_section(episodes, config, opts.top_events * 2, names))
     add("</body></html>\n")
     return "\n".join(parts)
 
 
-def episode_section(episodes: Episodes, config: DetectorConfig | None, n: int) -> str:
+def episode_section(
+    episodes: Episodes, config: DetectorConfig | None, n: int, names: TurbineNames | None = None
+) -> str:
     """The longest episodes as a table (``turbine anomalies STORE --episodes`` lists all)."""
     if len(episodes) == 0:
         return "<p class='note'>No alarm episodes in the store.</p>"
@@ -482,7 +488,7 @@ def episode_section(episodes: Episodes, config: DetectorConfig | None, n: int) -
     top = longest.top_sensors()
     rows = [
         (
-            int(longest.turbine_ids[i]),
+            (names or TurbineNames()).name_of(int(longest.turbine_ids[i])),
             iso(float(longest.starts[i])),
             iso(float(longest.ends[i])),
             _duration(float(longest.durations[i])),
