@@ -64,6 +64,8 @@ def turbine_id(name: str | int) -> int:
         raise SchemaError("empty turbine name")
     if len(text) > MAX_NAME_LENGTH:
         raise SchemaError(f"turbine name longer than {MAX_NAME_LENGTH} characters")
+    if not text.isprintable():
+        raise SchemaError(f"turbine name {text!r} holds control characters")
     if _INTEGER.fullmatch(text):
         value = int(text)
         if -_I64_MAX - 1 <= value <= _I64_MAX:
