@@ -246,7 +246,7 @@ def _chunk(rec: CsvRecording, table: pa.Table, start: int) -> Chunk:
     if rec.kind_index is not None:
         cells, index = _distinct(table.column(col[rec.kind_index]))
         kinds = np.array(cells, dtype=np.str_)[index]
-    lines = np.arange(start, start + n, dtype=np.int64) + (rec.data_line)
+    lines = np.arange(start, start + n, dtype=np.int64) + rec.data_line
     return Chunk(ts, ids, values, labels, kinds, lines)
 
 
