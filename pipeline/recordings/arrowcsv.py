@@ -1,8 +1,13 @@
 """The fast path of :class:`~pipeline.recordings.csvfile.CsvRecording`: pyarrow's CSV reader.
 
-``pyarrow.csv.open_csv`` parses the data lines block by block
-(``block_size`` bytes, in C++ threads), and each run of ``chunk_rows`` rows
-becomes the :class:`Chunk` the NumPy reader would give.  That reader stays
+pyarrow's CSV parser reads the data lines block by block (``BLOCK_BYTES`` of
+whole lines, parsed ``PARSE_BYTES`` at a time in C++ threads), and each run of
+``chunk_rows`` rows becomes the :class:`Chunk` the NumPy reader would give.
+The blocks are read here, in the calling thread, and handed over one at a
+time: ``pyarrow.csv.open_csv`` on a Python stream reads ahead as fast as it
+can (36 of La Haute Borne's 40 MiB before its first batch), so memory would
+not be bounded, and a reader abandoned mid-file left its thread inside
+Python's file object at interpreter exit (a fatal error).  That reader stays
 the oracle: the fast path never raises on bad input.  Whatever it does not
 accept exactly as the NumPy reader would (a blank line, a line too long, a
 lone CR, bytes that are not UTF-8, a cell pyarrow cannot convert, a turbine
@@ -12,15 +17,14 @@ chunks, the line numbers and the located one-line errors are the NumPy
 reader's own.
 
 The bytes reach pyarrow through :class:`_CompleteLines`, which checks them
-as they pass and hands over whole lines only: when it stops early, every
-row pyarrow parsed is a complete line of the file, and line numbers are the
+and hands over whole lines only: when it stops early, every row pyarrow
+parsed is a complete line of the file, and line numbers are the
 row numbers (no blank line was met).  Turbine ids, times and fault kinds
 are dictionary-encoded, so each distinct cell is looked at once.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Generator
 from typing import TYPE_CHECKING, BinaryIO
@@ -37,7 +41,8 @@ from pipeline.recordings.spec import Chunk
 if TYPE_CHECKING:
     from pipeline.recordings.csvfile import CsvRecording
 
-BLOCK_BYTES = 1 << 20  # pyarrow's block: memory is bounded by a few of them
+BLOCK_BYTES = 4 << 20  # whole lines handed to pyarrow at a time: memory is bounded by it
+PARSE_BYTES = 1 << 20  # pyarrow parses a block in pieces of this size, in parallel
 
 # A line the NumPy reader skips (``str.strip()`` leaves nothing): ASCII whitespace only.
 _BLANK_ASCII = re.compile(rb"^[ \t\r\x0b\x0c\x1c-\x1f]*\n", re.MULTILINE)
@@ -48,7 +53,7 @@ class _Unusual(Exception):  # noqa: N818 (a signal, not an error)
     """The fast path stops here; the NumPy reader takes over."""
 
 
-class _CompleteLines(io.RawIOBase):
+class _CompleteLines:
     """The data lines of a CSV file, read in blocks, checked, whole lines only.
 
     A block that holds a blank line, a lone CR, a line longer than
@@ -57,7 +62,6 @@ class _CompleteLines(io.RawIOBase):
     """
 
     def __init__(self, file: BinaryIO, max_line_bytes: int, sep: str) -> None:
-        super().__init__()
         self._file = file
         self._limit = max_line_bytes
         self._blank_cells = sep.isspace()
@@ -65,13 +69,10 @@ class _CompleteLines(io.RawIOBase):
         self._eof = False
         self.unusual = False
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1) -> bytes:
         if self.unusual or self._eof:
             return b""
-        want = BLOCK_BYTES if size is None or size < 0 else max(size, 1)
+        want = BLOCK_BYTES if size < 0 else max(size, 1)
         while True:
             block = self._file.read(want)
             if not block:
@@ -149,48 +150,52 @@ def arrow_chunks(rec: CsvRecording) -> Generator[Chunk, None, int | None]:
             types[names[i]] = pa.string()
     if rec.label_index is not None:
         types[names[rec.label_index]] = pa.float64()
+    read_options = pacsv.ReadOptions(column_names=names, block_size=PARSE_BYTES)
+    parse_options = pacsv.ParseOptions(delimiter=spec.sep, quote_char=False, escape_char=False)
+    convert_options = pacsv.ConvertOptions(
+        column_types=types,
+        include_columns=[names[i] for i in sorted(set(roles))],
+        null_values=[""],
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+        true_values=[],
+        false_values=[],
+    )
     rows = spec.chunk_rows
     done = 0
     with open(rec.path, "rb") as raw:
         raw.seek(rec.data_offset)
         source = _CompleteLines(raw, spec.max_line_bytes, spec.sep)
-        pending: list[pa.RecordBatch] = []
+        pending: list[pa.Table] = []
         held = 0
-        try:
-            reader = pacsv.open_csv(
-                source,
-                read_options=pacsv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
-                parse_options=pacsv.ParseOptions(
-                    delimiter=spec.sep, quote_char=False, escape_char=False
-                ),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=types,
-                    include_columns=[names[i] for i in sorted(set(roles))],
-                    null_values=[""],
-                    strings_can_be_null=False,
-                    quoted_strings_can_be_null=False,
-                    true_values=[],
-                    false_values=[],
-                ),
-            )
-            for batch in reader:
-                pending.append(batch)
-                held += batch.num_rows
-                while held >= rows:
-                    table = pa.Table.from_batches(pending)
-                    chunk = _convert(rec, table.slice(0, rows), done)
-                    if chunk is None:
-                        return done
-                    yield chunk
-                    done += rows
-                    held -= rows
-                    pending = table.slice(rows).to_batches()
-        except Exception:  # noqa: BLE001 (any refusal: the NumPy reader decides)
-            return done
+        while True:
+            block = source.read(BLOCK_BYTES)
+            if not block:
+                break
+            try:
+                table = pacsv.read_csv(
+                    pa.py_buffer(block),
+                    read_options=read_options,
+                    parse_options=parse_options,
+                    convert_options=convert_options,
+                )
+            except (pa.ArrowException, ValueError):  # any refusal: the NumPy reader decides
+                return done
+            pending.append(table)
+            held += table.num_rows
+            while held >= rows:
+                joined = pa.concat_tables(pending)
+                chunk = _convert(rec, joined.slice(0, rows), done)
+                if chunk is None:
+                    return done
+                yield chunk
+                done += rows
+                held -= rows
+                pending = [joined.slice(rows)]
         if source.unusual:
             return done
         if held:
-            chunk = _convert(rec, pa.Table.from_batches(pending), done)
+            chunk = _convert(rec, pa.concat_tables(pending), done)
             if chunk is None:
                 return done
             yield chunk
