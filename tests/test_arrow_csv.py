@@ -142,6 +142,17 @@ def test_a_bad_cell_is_located_as_the_numpy_reader_locates_it(
     assert str(fast.value).endswith(error)
 
 
+@pytest.mark.parametrize("sep", ["|", "§", " "])
+def test_other_separators_read_alike(tmp_path: Path, sep: str) -> None:
+    path = tmp_path / "rec.csv"
+    rows = ["timestamp,turbine_id,a,b", "1,R1,2.5,", "2,R2,,3", "3,R1,4,5"]
+    path.write_text("\n".join(r.replace(",", sep) for r in rows) + "\n")
+    spec = RecordingSpec(sep=sep, chunk_rows=2)
+    fast = read_all(path, spec, fast=True)
+    assert not isinstance(fast, str) and sum(len(c) for c in fast[0]) == 3
+    assert_same(fast, read_all(path, spec, fast=False))
+
+
 def test_a_line_too_long_is_refused_on_the_fast_path_too(tmp_path: Path) -> None:
     path = tmp_path / "rec.csv"
     path.write_text("timestamp,s0\n1,2\n2," + "3" * 200 + "\n")

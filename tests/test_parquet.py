@@ -202,3 +202,10 @@ def test_csv_to_parquet_gives_the_same_anomalies_from_detect(tmp_path: Path) -> 
         listings.append(turbine("anomalies", store, "--format", "csv").stdout)
     assert listings[0].count("\n") > 1
     assert listings[0] == listings[1]
+    scores = [
+        turbine(
+            "evaluate", "--input", path, "--config", tmp_path / "cal.json", "--format", "json"
+        ).stdout
+        for path in (csv, parquet)
+    ]
+    assert '"precision"' in scores[0] and scores[0] == scores[1]

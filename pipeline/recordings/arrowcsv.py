@@ -150,6 +150,8 @@ def arrow_chunks(rec: CsvRecording) -> Generator[Chunk, None, int | None]:
             types[names[i]] = pa.string()
     if rec.label_index is not None:
         types[names[rec.label_index]] = pa.float64()
+    if len(spec.sep.encode("utf-8")) != 1:
+        return 0  # pyarrow splits on one byte: a separator such as '§' is the NumPy reader's
     read_options = pacsv.ReadOptions(column_names=names, block_size=PARSE_BYTES)
     parse_options = pacsv.ParseOptions(delimiter=spec.sep, quote_char=False, escape_char=False)
     convert_options = pacsv.ConvertOptions(
