@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import InputError
-from pipeline.recordings import RecordingSpec
+from pipeline.recordings import RecordingSpec, arrowcsv
 from pipeline.recordings.csvfile import CsvRecording
 from pipeline.recordings.isotime import split_offset, split_offsets
 
@@ -107,10 +107,15 @@ def csv_files(draw: st.DrawFn) -> tuple[str, RecordingSpec]:
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(csv_files())
+@given(csv_files(), st.sampled_from([7, 64, 4 << 20]))
 def test_fast_path_gives_the_numpy_readers_chunks_and_errors(
-    tmp_path: Path, case: tuple[str, RecordingSpec]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[str, RecordingSpec],
+    block_bytes: int,
 ) -> None:
+    """Blocks of a few bytes too: lines carried across blocks, chunks across tables."""
+    monkeypatch.setattr(arrowcsv, "BLOCK_BYTES", block_bytes)
     text, spec = case
     path = tmp_path / "rec.csv"
     path.write_bytes(text.encode("utf-8"))

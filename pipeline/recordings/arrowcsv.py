@@ -7,8 +7,8 @@ The blocks are read here, in the calling thread, and handed over one at a
 time: ``pyarrow.csv.open_csv`` on a Python stream reads ahead as fast as it
 can (36 of La Haute Borne's 40 MiB before its first batch), so memory would
 not be bounded, and a reader abandoned mid-file left its thread inside
-Python's file object at interpreter exit (a fatal error).  That reader stays
-the oracle: the fast path never raises on bad input.  Whatever it does not
+Python's file object at interpreter exit (a fatal error).  The NumPy reader
+stays the oracle: the fast path never raises on bad input.  Whatever it does not
 accept exactly as the NumPy reader would (a blank line, a line too long, a
 lone CR, bytes that are not UTF-8, a cell pyarrow cannot convert, a turbine
 id or a time that is empty or not understood) stops it at the last chunk it
@@ -57,8 +57,9 @@ class _CompleteLines:
     """The data lines of a CSV file, read in blocks, checked, whole lines only.
 
     A block that holds a blank line, a lone CR, a line longer than
-    ``max_line_bytes`` or bytes that are not UTF-8 is not passed on: the
-    stream ends there (``unusual`` is set), after the whole lines before it.
+    ``max_line_bytes`` or bytes that are not UTF-8 is not passed on: reading
+    ends there (``unusual`` is set).  Blocks are whole lines of at most
+    ``BLOCK_BYTES`` plus one line.
     """
 
     def __init__(self, file: BinaryIO, max_line_bytes: int, sep: str) -> None:
@@ -70,6 +71,7 @@ class _CompleteLines:
         self.unusual = False
 
     def read(self, size: int = -1) -> bytes:
+        """The next block of whole lines; b"" at the end or where reading stopped."""
         if self.unusual or self._eof:
             return b""
         want = BLOCK_BYTES if size < 0 else max(size, 1)
