@@ -209,3 +209,17 @@ def test_csv_to_parquet_gives_the_same_anomalies_from_detect(tmp_path: Path) -> 
         for path in (csv, parquet)
     ]
     assert '"precision"' in scores[0] and scores[0] == scores[1]
+
+
+def test_la_haute_borne_as_parquet_reads_as_its_csv(lhb_csv: Path, tmp_path: Path) -> None:
+    from pipeline.config import load_config
+
+    spec = load_config(Path("deploy/configs/la-haute-borne.toml")).recording
+    assert spec is not None
+    table = pacsv.read_csv(lhb_csv)  # pyarrow makes Date_time a timestamp[s, tz=UTC]
+    assert pa.types.is_timestamp(table.schema.field("Date_time").type)
+    path = to_parquet(table, tmp_path / "lhb.parquet", row_group_size=50_000)
+    want, names, sensors = chunks(lhb_csv, spec)
+    got, got_names, got_sensors = chunks(path, spec)
+    assert (got_names, got_sensors) == (names, sensors) and len(got) == 420_480
+    assert_same_readings(got, want)
