@@ -789,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kinds", help=f"comma-separated fault kinds (default all: {','.join(FAULT_KINDS)})"
     )
-    p.add_argument("--output", type=Path, help="recorded file to write (.csv or .npz)")
+    p.add_argument("--output", type=Path, help="recorded file to write (.csv, .npz or .parquet)")
     p.add_argument("--write-config", type=Path, help="also write the matching calibration (JSON)")
     _add_stream_options(p)
     p.set_defaults(func=cmd_simulate)
@@ -829,8 +829,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "inject", help="write a copy of a recorded file with labelled faults injected"
     )
-    p.add_argument("--input", type=Path, required=True, help="recorded file (.csv or .npz)")
-    p.add_argument("--output", type=Path, required=True, help="the copy with faults")
+    p.add_argument(
+        "--input", type=Path, required=True, help="recorded file (.csv, .npz or .parquet)"
+    )
+    p.add_argument(
+        "--output", type=Path, required=True, help="the copy with faults (.csv, .npz, .parquet)"
+    )
     p.add_argument("--config", type=Path, help="configuration whose [recording] table reads it")
     g = p.add_argument_group("one fault")
     g.add_argument("--kind", choices=("derating", "offset", "gain", "stuck", "drift"))
@@ -878,7 +882,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("record", help="write a Kafka topic to a recorded file")
     p.add_argument("--bootstrap-servers", help="HOST:PORT[,HOST:PORT...]")
     p.add_argument("--topic", default="turbine.readings")
-    p.add_argument("--output", type=Path, required=True, help="recorded file (.npz or .csv)")
+    p.add_argument(
+        "--output", type=Path, required=True, help="recorded file (.npz, .parquet or .csv)"
+    )
     p.add_argument("--idle-seconds", type=float, default=5.0, help="stop when nothing arrives")
     p.set_defaults(func=cmd_record)
 

@@ -1,4 +1,4 @@
-"""Recorded sensor files: long-format CSV (any separator) and chunked ``.npz``.
+"""Recorded sensor files: long-format CSV (any separator), chunked ``.npz`` and Parquet.
 
 >>> spec = RecordingSpec(sep=";", time_col="datetime", label_col="anomaly",
 ...                      drop_cols=("changepoint",))
@@ -11,31 +11,66 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from pipeline.recordings.csvfile import CsvRecording
 from pipeline.recordings.npzfile import NpzRecording
+from pipeline.recordings.parquetfile import MAGIC as PARQUET_MAGIC
+from pipeline.recordings.parquetfile import ParquetRecording
 from pipeline.recordings.spec import Chunk, RecordingSpec
 from pipeline.recordings.writer import RecordingWriter
 
-Recording = CsvRecording | NpzRecording
+Recording = CsvRecording | NpzRecording | ParquetRecording
+Format = Literal["csv", "npz", "parquet"]
+_ZIP_MAGIC = b"PK\x03\x04"
 
 __all__ = [
     "Chunk",
     "CsvRecording",
     "NpzRecording",
+    "ParquetRecording",
     "Recording",
     "RecordingSpec",
     "RecordingWriter",
     "open_recording",
+    "recording_format",
     "read_recording",
 ]
 
 
+def recording_format(path: str | Path) -> Format:
+    """The format of a recorded file: by its first bytes, else by its extension.
+
+    Parquet files begin with ``PAR1``, ``.npz`` archives with the zip magic;
+    any other content is CSV unless the name ends in ``.parquet`` or ``.npz``
+    (whose reader then says what is wrong with the file).
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if head == PARQUET_MAGIC:
+        return "parquet"
+    if head == _ZIP_MAGIC:
+        return "npz"
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix == ".npz":
+        return "npz"
+    return "csv"
+
+
 def open_recording(path: str | Path, spec: RecordingSpec | None = None) -> Recording:
-    """Open a recording for chunked reading, by extension (``.npz`` binary, else CSV)."""
+    """Open a recording for chunked reading, in its format (:func:`recording_format`)."""
     spec = spec or RecordingSpec()
-    if Path(path).suffix.lower() == ".npz":
+    fmt = recording_format(path)
+    if fmt == "npz":
         return NpzRecording(path, spec)
+    if fmt == "parquet":
+        return ParquetRecording(path, spec)
     return CsvRecording(path, spec)
 
 

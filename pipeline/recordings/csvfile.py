@@ -1,5 +1,9 @@
 """Reading long-format CSV recordings in bounded chunks, with located errors.
 
+Chunks come from pyarrow's CSV reader (:mod:`pipeline.recordings.arrowcsv`);
+the NumPy reader below is its fallback and its oracle, and reads alone with
+``fast=False`` and in :meth:`CsvRecording.iter_text`.
+
 Each chunk of lines is parsed by NumPy's C parser (``np.loadtxt``), a few
 columns at a time.  Empty cells are missing readings (NaN): a chunk that has
 some is parsed again with them written as ``nan``.  When the parser still
@@ -59,9 +63,10 @@ class CsvRecording:
     spec : RecordingSpec
     """
 
-    def __init__(self, path: str | Path, spec: RecordingSpec) -> None:
+    def __init__(self, path: str | Path, spec: RecordingSpec, fast: bool = True) -> None:
         self.path = Path(path)
         self.spec = spec
+        self.fast = fast
         try:
             self._file: BinaryIO = open(self.path, "rb")  # noqa: SIM115 (closed by close())
         except OSError as exc:
@@ -121,6 +126,9 @@ class CsvRecording:
                 self._line,
             )
         self._header_line = self._line
+        # Where the data lines begin: the fast path reads from here.
+        self.data_offset = self._file.tell()
+        self.data_line = self._line + 1
         self.time_index = names.index(spec.time_col)
         self.id_index = names.index(spec.id_col) if spec.id_col in names else None
         label = spec.label_col if spec.label_col is not None else LABEL_COL
@@ -180,8 +188,23 @@ class CsvRecording:
 
     # ------------------------------------------------------------------ chunks
     def __iter__(self) -> Iterator[Chunk]:
+        if self.fast:
+            from pipeline.recordings.arrowcsv import arrow_chunks
+
+            stopped = yield from arrow_chunks(self)
+            if stopped is None:
+                return
+            self._resume(stopped)
         for chunk, _ in self.iter_text():
             yield chunk
+
+    def _resume(self, rows: int) -> None:
+        """Go on after the first ``rows`` data lines (the fast path read them, no blank line)."""
+        self._file.seek(self.data_offset)
+        self._line = self.data_line - 1
+        self._pending = []
+        for _ in range(rows):
+            self._next_line()
 
     def iter_text(self) -> Iterator[tuple[Chunk, list[str]]]:
         """Chunks with the text of their lines (line endings removed), for rewriting."""

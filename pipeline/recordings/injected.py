@@ -4,8 +4,9 @@ CSV in, CSV out: every line is copied as it is (its columns, its time
 format, its turbine names, its unselected columns) except the cells a fault
 changed, and two columns are added at the end, ``label`` (0/1) and
 ``fault_kind`` (or the file's own label and kind columns are updated), so the
-options that read the input read the output.  Any other pair of formats goes
-through :class:`RecordingWriter` (an ``.npz`` input keeps all its sensors).
+options that read the input read the output.  Any other pair of formats (CSV,
+``.npz``, Parquet) goes through :class:`RecordingWriter` (an ``.npz`` input
+keeps all its sensors).
 Missing readings and sentinel values are left as they are.  The output
 appears only when complete, and a fault that matches no reading is an error
 (a misspelt turbine, a start outside the file) that leaves no output.
@@ -24,7 +25,7 @@ from pipeline.durable import atomic_file
 from pipeline.errors import ConfigError, InputError
 from pipeline.inject import FaultPlan, Injector
 from pipeline.quirks import blank_sentinels, sentinel_table
-from pipeline.recordings import CsvRecording, RecordingWriter, read_recording
+from pipeline.recordings import CsvRecording, RecordingWriter, read_recording, recording_format
 from pipeline.recordings.spec import LABEL_COL, Chunk, RecordingSpec
 
 
@@ -66,8 +67,8 @@ def inject_file(
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise ConfigError(f"{dst}: the output must not be the input")
-    csv_out = dst.suffix.lower() != ".npz"
-    if src.suffix.lower() != ".npz" and csv_out:
+    csv_out = dst.suffix.lower() not in (".npz", ".parquet")
+    if recording_format(src) == "csv" and csv_out:
         return _rewrite_csv(src, dst, spec, plan)
     return _write_copy(src, dst, spec, plan)
 
@@ -139,7 +140,7 @@ def _rewrite_csv(src: Path, dst: Path, spec: RecordingSpec, plan: FaultPlan) -> 
 
 def _write_copy(src: Path, dst: Path, spec: RecordingSpec, plan: FaultPlan) -> InjectReport:
     aliases, columns = _columns(spec)
-    binary_in = src.suffix.lower() == ".npz"
+    binary_in = recording_format(src) == "npz"
     # An .npz keeps every sensor it has: faults may name the renamed sensors.
     read_spec = spec.model_copy(update={"sensors": None}) if binary_in else spec
     if binary_in:

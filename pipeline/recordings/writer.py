@@ -14,6 +14,8 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+import pyarrow as pa
+from pyarrow.parquet import ParquetWriter
 
 from pipeline.durable import publish
 from pipeline.errors import InputError, SchemaError
@@ -23,12 +25,15 @@ from pipeline.recordings.spec import ID_COL, KIND_COL, LABEL_COL, TIME_COL, Chun
 
 
 class RecordingWriter:
-    """Write a recording (CSV or ``.npz`` by the file's extension).
+    """Write a recording (CSV, ``.npz`` or Parquet by the file's extension).
 
     Parameters
     ----------
     path : str or Path
-        Target file; ``.npz`` writes the binary format, anything else CSV.
+        Target file; ``.npz`` writes the binary format, ``.parquet`` Parquet
+        (one row group per chunk written; the CSV columns, the id column as
+        names when names are known at the first chunk, else int64), anything
+        else CSV.
     sensors : sequence of str
         Sensor names, D of them.
     labels, kinds : bool
@@ -59,9 +64,20 @@ class RecordingWriter:
         self.rows = 0
         self._kind_names: list[str] = []
         self.binary = self.path.suffix.lower() == ".npz"
+        self.parquet = self.path.suffix.lower() == ".parquet"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmpdir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
-        if self.binary:
+        if self.parquet:
+            cols = [TIME_COL, ID_COL, *self.sensors]
+            cols += [LABEL_COL] if labels else []
+            cols += [KIND_COL] if kinds else []
+            dup = next((c for c in cols if cols.count(c) > 1), None)
+            if dup is not None:
+                self.abort()
+                raise SchemaError(f"column {dup!r} named twice")
+            self._parquet: ParquetWriter | None = None
+            self._named = False
+        elif self.binary:
             self._parts = {
                 key: open(self._tmpdir / key, "wb")  # noqa: SIM115 (closed in close/abort)
                 for key in ("timestamp", "turbine_id", "values", "label", "fault_code")
@@ -103,7 +119,9 @@ class RecordingWriter:
             return
         labels = chunk.labels if chunk.labels is not None else np.zeros(n, dtype=np.int8)
         kinds = chunk.kinds if chunk.kinds is not None else np.full(n, "", dtype="<U1")
-        if self.binary:
+        if self.parquet:
+            self._write_parquet(chunk, labels, kinds)
+        elif self.binary:
             p = self._parts
             p["timestamp"].write(np.ascontiguousarray(chunk.timestamps, "<f8").tobytes())
             p["turbine_id"].write(np.ascontiguousarray(chunk.turbine_ids, "<i8").tobytes())
@@ -148,13 +166,40 @@ class RecordingWriter:
                 self._csv.write(buf.getvalue())
         self.rows += n
 
+    def _write_parquet(self, chunk: Chunk, labels: np.ndarray, kinds: np.ndarray) -> None:
+        named = len(self.names) > 0 if self._parquet is None else self._named
+        ids: pa.Array = (
+            pa.array(self.names.labels(chunk.turbine_ids), pa.string()).dictionary_encode()
+            if named
+            else pa.array(chunk.turbine_ids, pa.int64())
+        )
+        arrays: dict[str, pa.Array] = {
+            TIME_COL: pa.array(chunk.timestamps, pa.float64()),
+            ID_COL: ids,
+        }
+        for j, name in enumerate(self.sensors):
+            arrays[name] = pa.array(chunk.values[:, j], pa.float64())
+        if self.labels:
+            arrays[LABEL_COL] = pa.array(labels, pa.int8())
+        if self.kinds:
+            arrays[KIND_COL] = pa.array(kinds.tolist(), pa.string()).dictionary_encode()
+        table = pa.table(arrays)
+        if self._parquet is None:
+            self._named = named
+            self._parquet = ParquetWriter(self._tmpdir / "out.parquet", table.schema)
+        self._parquet.write_table(table)
+
     def close(self) -> Path:
         """Finish the file and move it into place; returns its path."""
         if self.rows == 0:
             self.abort()
             raise InputError("no readings to write", path=str(self.path))
         try:
-            if self.binary:
+            if self.parquet:
+                assert self._parquet is not None  # noqa: S101 (rows were written)
+                self._parquet.close()
+                tmp = self._tmpdir / "out.parquet"
+            elif self.binary:
                 tmp = self._finish_npz()
             else:
                 self._csv.close()
@@ -204,7 +249,10 @@ class RecordingWriter:
 
     def abort(self) -> None:
         """Drop everything written (the target is left as it was)."""
-        if self.binary:
+        if self.parquet:
+            if getattr(self, "_parquet", None) is not None:
+                self._parquet.close()  # type: ignore[union-attr]
+        elif self.binary:
             for f in self._parts.values():
                 f.close()
         else:
