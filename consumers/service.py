@@ -416,6 +416,7 @@ class DetectorService:
         store = state.store
         floor = max(store.positions.get(state.partition, 0), _after_last_stored(store))
         store.advance({state.partition: floor})
+        store.skip_stored_episodes()
         self._consumer.seek_to_beginning(tp)
         self.metrics.partition_rebuilds.inc()
         log.warning(

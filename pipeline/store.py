@@ -311,6 +311,7 @@ class AnomalyStore:
         # Readings per operating state (learn_when: stopped, curtailed...), not anomalies.
         self._states = {str(k): int(v) for k, v in self._manifest.get("states", {}).items()}
         self._pending_episodes: list[Episodes] = []
+        self._replayed: Episodes | None = None  # see skip_stored_episodes
 
     # ------------------------------------------------------------------ manifest
     def _load_manifest(self, path: Path) -> dict:
@@ -552,8 +553,21 @@ class AnomalyStore:
             raise StoreError(
                 f"episodes of sensors {list(episodes.sensors)} for a store of {list(self.sensors)}"
             )
+        if self._replayed is not None and len(self._replayed):
+            episodes = episodes.select(~_overlapping(episodes, self._replayed))
+            if len(episodes) == 0:
+                return 0
         self._pending_episodes.append(episodes)
         return len(episodes)
+
+    def skip_stored_episodes(self) -> None:
+        """From now on, drop appended episodes that overlap a stored one of their turbine.
+
+        For a partition that rebuilds its models by replaying records already
+        stored: the episodes the replay closes again are in the store already
+        (anomalies are dropped by offset; episodes carry times only).
+        """
+        self._replayed = self.episodes()
 
     def _write_episodes(self, table: Episodes) -> None:
         entries = self._manifest.setdefault("episodes", [])
@@ -771,6 +785,17 @@ class AnomalyStore:
     ) -> Anomalies:
         """Flushed anomalies matching the filters, as one table."""
         return Anomalies.concat(list(self.iter_chunks(turbine, since, until)), self.sensors)
+
+
+def _overlapping(episodes: Episodes, stored: Episodes) -> NDArray[np.bool_]:
+    """Whether each episode overlaps, in time, a stored one of its turbine; shape (k,)."""
+    hit = np.zeros(len(episodes), dtype=bool)
+    for i in range(len(episodes)):  # a loop over the few episodes closed by one batch
+        same = stored.turbine_ids == episodes.turbine_ids[i]
+        hit[i] = bool(
+            np.any(same & (stored.starts <= episodes.ends[i]) & (stored.ends >= episodes.starts[i]))
+        )
+    return hit
 
 
 def _may_match(

@@ -185,9 +185,11 @@ def service_run(servers: str, topic: str, group: str, store: Path):
         partitions=TOPIC_PARTITIONS,
         stop_after_idle=2,
         checkpoint_every_seconds=1,
+        store_flush_seconds=0.5,  # chunks and episodes on disk at every checkpoint
         publish_events=False,
     )
-    service = DetectorService(settings, DetectorConfig(min_samples=30), CollectorRegistry())
+    config = DetectorConfig(min_samples=30, episode_gap=5.0)  # episodes close in the stream
+    service = DetectorService(settings, config, CollectorRegistry())
     # A run that never comes to idle (a partition without a state never catches
     # up) is stopped, and fails the test rather than hanging it.
     timed_out = threading.Event()
@@ -225,6 +227,13 @@ def stored_rows(store: Path) -> list[tuple[int, int, int, float]]:
             strict=True,
         )
     )
+
+
+def episode_ids(store: Path) -> list[str]:
+    """The stored alarm episodes' ids (turbine:start), duplicates kept."""
+    from pipeline.store import read_episodes
+
+    return sorted(read_episodes(store).ids())
 
 
 def committed(servers: str, topic: str, group: str) -> dict[int, int | None]:
@@ -358,6 +367,8 @@ def test_a_lost_checkpoint_keeps_the_store_and_rebuilds_from_the_earliest_offset
     ref = reference_store(servers, topic, group, tmp_path)
     for p in range(TOPIC_PARTITIONS):
         assert stored_rows(partition_store(store, p)) == stored_rows(partition_store(ref, p))
+        assert episode_ids(partition_store(store, p)) == episode_ids(partition_store(ref, p))
+    assert episode_ids(partition_store(store, VICTIM))  # the victim's episodes, once each
     for p in range(TOPIC_PARTITIONS):
         with (
             np.load(checkpoint_file(store, topic, p)) as got,
