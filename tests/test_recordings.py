@@ -255,3 +255,27 @@ def test_detect_on_a_file_too_wide_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "more than max_sensors (4096)" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_npz_turbine_names_header_is_checked_before_reading(tmp_path):
+    """A turbine_names member declaring 10**12 names is a one-line error, not a MemoryError."""
+    import io
+
+    from pipeline.recordings import open_recording
+
+    path = tmp_path / "names.npz"
+    np.savez(
+        path,
+        timestamp=np.arange(3.0),
+        turbine_id=np.zeros(3, dtype=np.int64),
+        values=np.zeros((3, 1)),
+        sensors=np.array(["a"]),
+    )
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<U8", "fortran_order": False, "shape": (10**12,)}
+    )
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr("turbine_names.npy", header.getvalue())
+    with pytest.raises(InputError, match="turbine_names"):
+        open_recording(path)

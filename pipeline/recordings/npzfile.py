@@ -40,6 +40,7 @@ from pipeline.recordings.spec import Chunk, RecordingSpec
 FORMAT_VERSION = 1
 _NAME_CHARS = 1024  # longest sensor or fault-kind name accepted
 _MAX_KINDS = 1 << 16  # most fault kinds a fault_kinds member may name
+_MAX_NAMES = 100_000  # turbine names, as DetectorConfig.max_turbines
 _ROW_MEMBERS = ("timestamp", "turbine_id", "values", "label", "fault_kind", "fault_code")
 _KINDS = {
     "timestamp": "f",
@@ -144,11 +145,14 @@ class NpzRecording:
         self.ignored: list[str] = []
         self.names = TurbineNames()
         if "turbine_names" in names:
-            with self._zip.open(names["turbine_names"]) as f:
-                try:
-                    stored = np.lib.format.read_array(f, allow_pickle=False)
-                except ValueError as exc:
-                    raise self._error(f"bad turbine_names: {exc}", column="turbine_names") from None
+            shape, _, _ = self._header("turbine_names", "U")
+            if len(shape) != 1 or shape[0] > _MAX_NAMES:
+                raise self._error(
+                    f"has shape {shape}: turbine_names must be (k,) names, "
+                    f"k <= {_MAX_NAMES}",
+                    column="turbine_names",
+                )
+            stored = self._read_small("turbine_names")
             if stored.ndim != 1 or stored.dtype.kind != "U":
                 raise self._error(
                     "turbine_names must be a 1-D array of names", column="turbine_names"
