@@ -261,7 +261,7 @@ def test_container_runs_as_non_root():
 
 
 @pytest.mark.parametrize("bad", [1e300, -1e300, float("nan"), float("inf")])
-def test_a_store_holding_a_bad_timestamp_still_lists(tmp_path, rng, bad):
+def test_a_store_holding_a_bad_timestamp_still_lists_and_reports(tmp_path, rng, bad):
     """Stores written before timestamps were validated: the bad row is flagged, not fatal."""
     from pipeline import Detector, DetectorConfig
     from pipeline.store import AnomalyStore
@@ -281,6 +281,10 @@ def test_a_store_holding_a_bad_timestamp_still_lists(tmp_path, rng, bad):
     for fmt in ("csv", "json"):
         out = turbine("anomalies", tmp_path / "st", "--format", fmt).stdout
         assert "invalid:" in out and str(np.datetime64(1_767_000_000, "s")) in out
+    # The report leaves the bad row out of its figures and says so.
+    turbine("report", "--store", tmp_path / "st", "--output", tmp_path / "rep")
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "1 with a timestamp no date can show" in page
 
 
 # ---------------------------------------------------------------------- the hostile-input suite

@@ -148,8 +148,7 @@ class NpzRecording:
             shape, _, _ = self._header("turbine_names", "U")
             if len(shape) != 1 or shape[0] > _MAX_NAMES:
                 raise self._error(
-                    f"has shape {shape}: turbine_names must be (k,) names, "
-                    f"k <= {_MAX_NAMES}",
+                    f"has shape {shape}: turbine_names must be (k,) names, k <= {_MAX_NAMES}",
                     column="turbine_names",
                 )
             stored = self._read_small("turbine_names")

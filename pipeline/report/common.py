@@ -52,12 +52,15 @@ def to_datetime64(timestamps: F64) -> NDArray[np.datetime64]:
 
 
 def iso(ts: float) -> str:
-    """Epoch seconds as ``YYYY-MM-DD HH:MM:SS`` UTC.
+    """Epoch seconds as ``YYYY-MM-DD HH:MM:SS`` UTC; a time no date can show is flagged.
 
-    >>> iso(1767225600.0)
-    '2026-01-01 00:00:00'
+    >>> iso(1767225600.0), iso(-1e300)
+    ('2026-01-01 00:00:00', 'invalid:-1e+300')
     """
-    return str(np.datetime64(int(round(ts)), "s")).replace("T", " ")
+    value = float(ts)
+    if not (-62_135_596_800.0 <= value < 253_402_300_800.0):  # years 1 to 9999
+        return f"invalid:{value!r}"
+    return str(np.datetime64(int(round(value)), "s")).replace("T", " ")
 
 
 def thin(values: F64, max_points: int) -> NDArray[np.intp]:

@@ -17,6 +17,7 @@ from pipeline.recordings import Chunk, RecordingSpec, read_recording
 from pipeline.report.common import F64, I64, ReportOptions, best_per_turbine
 from pipeline.runner import RunReport, config_for, run_recording
 from pipeline.store import CORRUPT_NPZ_ERRORS, MODEL, Anomalies, AnomalyStore, store_paths
+from pipeline.wire.schema import TIME_RANGE
 
 
 @dataclass
@@ -49,6 +50,17 @@ class FleetSummary:
     heat: sparse.csr_array
     top: Anomalies
     thresholds: F64
+    invalid_times: int = 0
+
+
+def valid_times(timestamps: F64) -> NDArray[np.bool_]:
+    """Timestamps a date can show (finite, 1970-2200), shape (n,) -> (n,).
+
+    A store written before timestamps were validated on the way in may hold
+    others; the report leaves those rows out of its figures and says so.
+    """
+    lo, hi = TIME_RANGE
+    return np.isfinite(timestamps) & (timestamps >= lo) & (timestamps <= hi)
 
 
 def open_stores(path: str | Path) -> list[AnomalyStore]:
@@ -61,9 +73,15 @@ def summarise(stores: Sequence[AnomalyStore], options: ReportOptions) -> FleetSu
     sensors = next((s.sensors for s in stores if s.sensors), ())
     chunks = [c for s in stores for c in s.chunks]
     turbines = np.unique(np.concatenate([s.turbines for s in stores] + [np.zeros(0, np.int64)]))
-    if chunks:
-        t0 = min(float(c["t_min"]) for c in chunks)
-        t1 = max(float(c["t_max"]) for c in chunks)
+    bounds = np.array([[float(c["t_min"]), float(c["t_max"])] for c in chunks]).reshape(-1)
+    if bounds.size and not valid_times(bounds).all():
+        # A chunk holds a timestamp no date can show: the valid rows' own span.
+        seen = [
+            m.timestamps[valid_times(m.timestamps)] for st in stores for m in st.iter_matrices()
+        ]
+        bounds = np.concatenate([*seen, np.zeros(0)])
+    if bounds.size:
+        t0, t1 = float(bounds.min()), float(bounds.max())
     else:
         t0 = t1 = 0.0
     if t1 <= t0:
@@ -73,24 +91,26 @@ def summarise(stores: Sequence[AnomalyStore], options: ReportOptions) -> FleetSu
     heat = sparse.csr_array((turbines.size, buckets), dtype=np.int64)
     top = Anomalies.concat([], sensors)
     thresholds = np.zeros(0)
+    invalid = 0
     for st in stores:
         for chunk in st.iter_matrices():
-            n = len(chunk)
+            ok = valid_times(chunk.timestamps)
+            keep = np.flatnonzero(ok)
+            invalid += int(ok.size - keep.size)
+            n = keep.size
             if n == 0:
                 continue
-            row = np.searchsorted(turbines, chunk.turbine_ids)
-            col = np.clip(
-                np.searchsorted(edges, chunk.timestamps, side="right") - 1, 0, buckets - 1
-            )
+            ts, ids, d = chunk.timestamps[keep], chunk.turbine_ids[keep], chunk.distances[keep]
+            row = np.searchsorted(turbines, ids)
+            col = np.clip(np.searchsorted(edges, ts, side="right") - 1, 0, buckets - 1)
             heat = heat + sparse.csr_array(
                 (np.ones(n, dtype=np.int64), (row, col)), shape=heat.shape
             )
             # Candidates: each turbine's largest anomaly of the chunk, then the best overall.
-            d, ids = chunk.distances, chunk.turbine_ids
             order = np.lexsort((-d, ids))
             first = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
             first = first[np.argsort(-d[first], kind="stable")][: options.top_events]
-            merged = Anomalies.concat([top, chunk.take(first)], sensors)
+            merged = Anomalies.concat([top, chunk.take(keep[first])], sensors)
             top = merged.select(best_per_turbine(merged, options.top_events))
             thresholds = np.unique(np.concatenate((thresholds, np.unique(chunk.thresholds))))
     counts = np.asarray(heat.sum(axis=1), dtype=np.int64).reshape(-1)
@@ -105,6 +125,7 @@ def summarise(stores: Sequence[AnomalyStore], options: ReportOptions) -> FleetSu
         heat=heat,
         top=top,
         thresholds=thresholds,
+        invalid_times=invalid,
     )
 
 
@@ -131,7 +152,7 @@ def stored_series(stores: Sequence[AnomalyStore], turbines: I64) -> dict[int, Se
     for st in stores:
         for chunk in st.iter_matrices():
             ids = chunk.turbine_ids
-            keep = np.isin(ids, turbines)
+            keep = np.isin(ids, turbines) & valid_times(chunk.timestamps)
             if keep.any():
                 parts.append((chunk.timestamps[keep], ids[keep], chunk.distances[keep]))
     return _split_series(parts, None, turbines, all_anomalous=True)

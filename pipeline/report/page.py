@@ -312,6 +312,14 @@ def _page(
     ]
     if names is not None and len(names):
         facts.append(("turbine names", ", ".join(n for _, n in names.items())))
+    if summary.invalid_times:
+        facts.append(
+            (
+                "anomalies not drawn",
+                f"{summary.invalid_times:,} with a timestamp no date can show "
+                "(listed as invalid:... by turbine anomalies)",
+            )
+        )
     if run is not None:
         q = run.quirks
         sentinel = ", ".join(f"{s} {k:,}" for s, k in sorted(q.sentinel.items()))
