@@ -36,7 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.linalg import blas
 
 from pipeline.calibration import calibrate
-from pipeline.charts import ewma_by_count, ewma_by_time
+from pipeline.charts import ewma_by_count
 from pipeline.config import DetectorConfig
 from pipeline.covariance import (
     F64,
@@ -59,10 +59,10 @@ from pipeline.mahalanobis import (
 from pipeline.names import TurbineNames
 from pipeline.policy import fleet_deviation, learning_states, regime_bins, time_decay
 from pipeline.rebaseline import RebaselineRuns
+from pipeline.residual_chart import ChartScores, ResidualChart
 from pipeline.turbines import TurbineIndex
 
 FILTERED, SKIPPED, WARMUP, TURBINE, FLEET = -2, -1, 0, 1, 2
-_CHART_CLIP = 3.0  # whitened residuals beyond +-3 sd enter the residual chart as +-3
 
 
 @dataclass(frozen=True)
@@ -199,8 +199,6 @@ class Detector:
         self.n_features = d
         self.threshold = cfg.threshold(d)
         self.gate = cfg.gate(d)
-        # The residual chart's statistic, scaled so that the alarm threshold applies to it.
-        self._chart_scale = self.threshold / cfg.chart_threshold(d)
         self.min_samples, self.fleet_min_samples = cfg.warmup(d)
         self._offsets = cfg.offsets_array(d)
         self._gains = cfg.gains_array(d)
@@ -250,18 +248,21 @@ class Detector:
         self._ewma = np.zeros((t, d))
         self._ewma_started = np.zeros(t, dtype=bool)
         r = d - self._k
-        self._chart_s = np.zeros((t, r))
-        self._chart_time = np.full(t, np.nan)
-        self._chart_since = np.full(t, np.nan)  # when each chart model began to learn
-        self._chart_step = 0.0  # the stream's time step, for the chart's variance floor
         # The scored sensors the residual chart watches (1) or leaves to the point score (0).
-        self._chart_mask = np.ones(r)
+        mask = np.ones(r)
         if cfg.chart_sensors:
             order = self._perm[self._k :] if self._perm is not None else np.arange(d)
-            watched = [sensors[j] in cfg.chart_sensors for j in order]
-            self._chart_mask = np.asarray(watched, dtype=np.float64)
-        self._chart_models = GroupedCovariance(t, r)
-        self._chart_chol = np.broadcast_to(np.eye(r), (t, r, r)).copy()
+            mask = np.asarray([sensors[j] in cfg.chart_sensors for j in order], dtype=np.float64)
+        self._residuals = ResidualChart(
+            t,
+            r,
+            span=cfg.chart_span or 86400.0,
+            floor=cfg.chart_floor,
+            min_samples=self.min_samples,
+            scale=self.threshold / cfg.chart_threshold(d),
+            ridge=cfg.ridge,
+            mask=mask,
+        )
         self._runs = (
             RebaselineRuns(
                 m, d, self._k, cfg.rebaseline_after, cfg.rebaseline_share, cfg.rebaseline_steady
@@ -290,16 +291,9 @@ class Detector:
             self._last_time = np.concatenate((self._last_time, np.full(extra, np.nan)))
         extra_t = t - self._ewma.shape[0]
         if extra_t > 0:
-            r = d - self._k
             self._ewma = np.concatenate((self._ewma, np.zeros((extra_t, d))))
             self._ewma_started = np.concatenate((self._ewma_started, np.zeros(extra_t, bool)))
-            self._chart_s = np.concatenate((self._chart_s, np.zeros((extra_t, r))))
-            self._chart_time = np.concatenate((self._chart_time, np.full(extra_t, np.nan)))
-            self._chart_since = np.concatenate((self._chart_since, np.full(extra_t, np.nan)))
-            self._chart_models.grow(t)
-            self._chart_chol = np.concatenate(
-                (self._chart_chol, np.broadcast_to(np.eye(r), (extra_t, r, r)))
-            )
+            self._residuals.grow(t)
         if self._runs is not None:
             self._runs.grow(m)
 
@@ -416,10 +410,10 @@ class Detector:
         stat, scored_by, diff_t, z_t, model, chol = self._score(model_of, x_t, ts_l)
         chart = None
         if self.config.chart == "residual":
-            chart = self._chart(idx, ts_l, z_t, scored_by)
+            chart = self._chart_scores(idx, ts_l, z_t, scored_by)
         point = stat
         if chart is not None:
-            stat = np.maximum(stat, chart[0])
+            stat = np.maximum(stat, chart.statistic)
         flags = stat > self.threshold
         hit = np.flatnonzero(flags)
         contrib = self._contributions(diff_t, z_t, model, chol, hit, chart, idx)
@@ -445,7 +439,8 @@ class Detector:
             learned = np.zeros(idx.size, dtype=bool)
             learned[learn] = True
         if chart is not None:
-            self._learn_chart(idx, chart, learned & (scored_by > 0) & (chart[0] <= self.threshold))
+            calm = learned & (scored_by > 0) & (chart.statistic <= self.threshold)
+            self._residuals.learn(idx, chart, calm)
         rebaselined = self._settle_runs(ts_l) if self._runs is not None else np.zeros(0, np.int64)
 
         if everything:
@@ -513,12 +508,7 @@ class Detector:
         self._first_time[rows] = np.nan
         self._last_time[rows] = np.nan
         self._ewma_started[pos] = False
-        self._chart_s[pos] = 0.0
-        self._chart_time[pos] = np.nan
-        self._chart_since[pos] = np.nan
-        self._chart_models.counts[pos] = 0.0
-        self._chart_models.means[pos] = 0.0
-        self._chart_models.m2[pos] = 0.0
+        self._residuals.reset(pos)
         if self._runs is not None:
             self._runs.reset(rows)
         self._groups_dirty = True
@@ -597,86 +587,23 @@ class Detector:
             return np.take(self._group_of, model)
         return np.take(self._group_of, model // b) * b + model % b
 
-    def _chart(
+    def _chart_scores(
         self, idx: NDArray[np.intp], ts: F64, z_t: F64, scored_by: NDArray[np.int8]
-    ) -> tuple[F64, F64, F64, NDArray[np.intp]]:
-        """The residual MEWMA chart: statistic (n,), smoothed residuals and their whitening.
+    ) -> ChartScores:
+        """The residual chart (:mod:`pipeline.residual_chart`) over the scored readings.
 
-        Each turbine's whitened conditional residuals (the scored sensors'
-        ``z``) are smoothed with the time constant ``chart_span``; the
-        statistic is the squared distance of the smoothed value from its own
-        learned distribution (per turbine: the EWMA of autocorrelated
-        residuals is wider than the textbook ``lambda / (2 - lambda)``).
-        Residuals are clipped at +-``_CHART_CLIP`` first, so one gross reading
-        (which the point score flags anyway) does not swamp the chart, and a
-        chart scores only once its model has learned over 10 spans.
+        Returns arrays over all n readings (0 where not scored).
         """
-        span = self.config.chart_span or 86400.0
-        k = self._k
         scored = np.flatnonzero(scored_by > 0)
-        n, r = idx.size, z_t.shape[0] - k
-        stat = np.zeros(n)
-        s_t = np.zeros((r, n))
-        cz_t = np.zeros((r, n))
-        if scored.size == 0:
-            return stat, s_t, cz_t, scored
-        who = idx[scored]
-        s = ewma_by_time(
-            who,
-            ts[scored],
-            np.clip(z_t[k:, scored], -_CHART_CLIP, _CHART_CLIP) * self._chart_mask[:, None],
-            span,
-            self._chart_s,
-            self._chart_time,
+        n, r = idx.size, z_t.shape[0] - self._k
+        sub = self._residuals.score(
+            idx[scored], ts[scored], np.ascontiguousarray(z_t[self._k :, scored])
         )
-        warm = np.take(self._chart_models.counts, who) >= self.min_samples
-        learned = ts[scored] - np.take(self._chart_since, who)
-        warm &= np.nan_to_num(learned, nan=-1.0) >= 10.0 * span
-        self._chart_factors(ts[scored])
-        cdiff = s - gather_rows(self._chart_models.means, who)
-        cz = whiten_grouped(cdiff, who, self._chart_chol)
-        t2 = np.where(warm, squared_norms(cz) * self._chart_scale, 0.0)
-        stat[scored] = t2
-        s_t[:, scored] = cdiff
-        cz_t[:, scored] = cz
-        return stat, s_t, cz_t, scored
-
-    def _chart_factors(self, ts: F64) -> None:
-        """The chart models' factors, their variance floored at ``chart_floor`` white noise.
-
-        An EWMA of white noise of unit variance with weight ``lambda`` per step
-        has variance ``lambda / (2 - lambda)``; ``chart_floor`` times that is
-        added to every chart model's diagonal, so a residual that hardly ever
-        moves (a pitch at -1 deg below rated) cannot make a chart of itself.
-        The step is the batch's median time step (the last one seen when a
-        batch holds a single time).
-        """
-        uts = np.unique(ts)
-        if uts.size > 1:
-            self._chart_step = float(np.median(np.diff(uts)))
-        span = self.config.chart_span or 86400.0
-        lam = -np.expm1(-self._chart_step / span) if self._chart_step > 0 else 1.0
-        r = self._chart_models.n_features
-        cov = covariance_of(self._chart_models.counts, self._chart_models.m2)
-        cov = cov + np.eye(r) * (self.config.chart_floor * lam / (2.0 - lam))
-        self._chart_chol, _ = regularised_cholesky(cov, self.config.ridge)
-
-    def _learn_chart(
-        self,
-        idx: NDArray[np.intp],
-        chart: tuple[F64, F64, F64, NDArray[np.intp]],
-        learn: NDArray[np.bool_],
-    ) -> None:
-        _, cdiff, _, _ = chart
-        sel = np.flatnonzero(learn)
-        if sel.size == 0:
-            return
-        who = idx[sel]
-        fresh = np.isnan(self._chart_since[who])
-        self._chart_since[who[fresh]] = self._chart_time[who[fresh]]
-        s = np.take(cdiff, sel, axis=1) + gather_rows(self._chart_models.means, who)
-        c, mu, m2 = grouped_moments(np.ascontiguousarray(s.T), who, self._chart_models.n_groups)
-        self._chart_models.merge_moments(c, mu, m2)
+        if scored.size == n:
+            return sub
+        stat, dev, white = np.zeros(n), np.zeros((r, n)), np.zeros((r, n))
+        stat[scored], dev[:, scored], white[:, scored] = sub.statistic, sub.deviations, sub.whitened
+        return ChartScores(stat, dev, white)
 
     def _factors(self, counts: F64, m2: F64) -> F64:
         """Cholesky factors (G, D, D) of the models' covariances plus the sensor floors."""
@@ -715,7 +642,7 @@ class Detector:
         model: NDArray[np.intp],
         chol: F64,
         hit: NDArray[np.intp],
-        chart: tuple[F64, F64, F64, NDArray[np.intp]] | None,
+        chart: ChartScores | None,
         idx: NDArray[np.intp],
     ) -> F64:
         """Per-sensor shares (k, D) of the anomalies' statistics, before the models learn.
@@ -728,7 +655,8 @@ class Detector:
         chol : ndarray of shape (G, D, D)
         hit : ndarray of shape (h,)
             The anomalies among the n readings.
-        chart : the residual chart's (statistic, smoothed deviations, their whitening, -)
+        chart : ChartScores, optional
+            The residual chart's scores of the n readings.
         idx : ndarray of shape (n,)
             The turbine of each reading.
         """
@@ -748,16 +676,10 @@ class Detector:
             shares = contributions_from_whitened(dz, zz, mh, chol)
         if chart is not None:
             point = np.einsum("rh,rh->h", zz[k:], zz[k:])
-            use = chart[0][hit] > point
+            use = chart.statistic[hit] > point
             if use.any():
                 u = np.flatnonzero(use)
-                turb = idx[hit[u]]
-                shares[u] = self._chart_scale * contributions_from_whitened(
-                    np.take(chart[1], hit[u], axis=1),
-                    np.take(chart[2], hit[u], axis=1),
-                    turb,
-                    self._chart_chol,
-                )
+                shares[u] = self._residuals.contributions(idx, chart, hit[u])
         if self._perm is None:
             return shares
         out = np.zeros((hit.size, d))
@@ -825,7 +747,7 @@ class Detector:
         self._last_time[accepted] = now[accepted]
         self._chol[accepted] = self._factors(n, m2)
         turbines = np.unique(accepted // self._bins)
-        self._chart_s[turbines] = 0.0
+        self._residuals.smoothed[turbines] = 0.0
         self._groups_dirty = True
         self.rebaselines += int(turbines.size)
         return self.turbines.ids[turbines].copy()
@@ -896,13 +818,7 @@ class Detector:
             "ewma_started": self._ewma_started.copy(),
             "model_first_time": self._first_time.copy(),
             "model_last_time": self._last_time.copy(),
-            "chart_s": self._chart_s.copy(),
-            "chart_time": self._chart_time.copy(),
-            "chart_since": self._chart_since.copy(),
-            "chart_step": np.asarray(self._chart_step),
-            "chart_counts": self._chart_models.counts.copy(),
-            "chart_means": self._chart_models.means.copy(),
-            "chart_m2": self._chart_models.m2.copy(),
+            **self._residuals.state(),
             "counters": np.array(
                 [
                     self.readings,
@@ -962,14 +878,7 @@ class Detector:
         if "model_first_time" in state:
             det._first_time[rows] = state["model_first_time"]
             det._last_time[rows] = state["model_last_time"]
-        if "chart_s" in state and np.asarray(state["chart_s"]).shape[1:] == det._chart_s.shape[1:]:
-            det._chart_s[pos] = state["chart_s"]
-            det._chart_time[pos] = state["chart_time"]
-            det._chart_since[pos] = state["chart_since"]
-            det._chart_step = float(state["chart_step"])
-            det._chart_models.counts[pos] = state["chart_counts"]
-            det._chart_models.means[pos] = state["chart_means"]
-            det._chart_models.m2[pos] = state["chart_m2"]
+        det._residuals.restore(state, pos)
         if det._runs is not None:
             det._runs.restore(state, rows)
         det._groups.counts[:] = state["group_counts"]
@@ -1022,19 +931,8 @@ class Detector:
         self._models.counts[rows], self._models.means[rows], self._models.m2[rows] = n, mean, m2
         self._first_time[rows] = np.fmin(self._first_time[rows], other._first_time)
         self._last_time[rows] = np.fmax(self._last_time[rows], other._last_time)
-        cm = self._chart_models
-        cm.counts[pos], cm.means[pos], cm.m2[pos] = combine(
-            cm.counts[pos],
-            cm.means[pos],
-            cm.m2[pos],
-            other._chart_models.counts,
-            other._chart_models.means,
-            other._chart_models.m2,
-        )
+        self._residuals.merge(other._residuals, pos, known)
         new = pos[~known]
-        self._chart_s[new] = other._chart_s[~known]
-        self._chart_time[new] = other._chart_time[~known]
-        self._chart_since[pos] = np.fmin(self._chart_since[pos], other._chart_since)
         if self._runs is not None and other._runs is not None:
             new_rows = (new[:, None] * b + np.arange(b)[None, :]).reshape(-1)
             other_rows = (np.flatnonzero(~known)[:, None] * b + np.arange(b)[None, :]).reshape(-1)

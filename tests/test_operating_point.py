@@ -350,7 +350,7 @@ def test_residual_chart_variance_is_floored_at_white_noise(rng):
     det = Detector(config)
     run_daily(det, ts, x)
     lam = -np.expm1(-600.0 / 43200.0)
-    assert det._chart_chol[0, 0, 0] ** 2 >= 4.0 * lam / (2 - lam)
+    assert det._residuals.chol[0, 0, 0] ** 2 >= 4.0 * lam / (2 - lam)
 
 
 def test_chart_sensors_leave_the_others_to_the_point_score(rng):

@@ -1,0 +1,239 @@
+"""The residual MEWMA chart: slow faults added up from each turbine's whitened residuals.
+
+One reading at a time, a power deficit of a few per cent is noise; over days
+it is a fault.  Per turbine, the whitened conditional residuals of the
+scored sensors (the point score's ``z``) are smoothed with a time constant
+(:func:`pipeline.charts.ewma_by_time`), and the smoothed value is scored
+against its own learned distribution: a second-level covariance model per
+turbine, because the EWMA of autocorrelated residuals is much wider than the
+textbook ``lambda / (2 - lambda)``.  That model's variance is floored at
+``floor`` times the white-noise EWMA variance, so a residual that hardly ever
+moves cannot make a chart of itself.  Residuals are clipped at +-``CLIP``
+first (one gross reading, which the point score flags anyway, must not swamp
+the chart), and a chart scores only once its model has learned over 10
+spans.  The statistic is reported scaled by ``scale`` so that the detector's
+alarm threshold applies to it.  All state is plain arrays.
+
+>>> chart = ResidualChart(n_turbines=1, n_responses=1, span=3600.0, floor=1.0,
+...                       min_samples=10, scale=1.0, ridge=1e-6)
+>>> out = chart.score(np.zeros(3, np.intp), np.array([0.0, 600.0, 1200.0]), np.ones((1, 3)))
+>>> out.statistic.tolist()  # not warm yet
+[0.0, 0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pipeline.charts import ewma_by_time
+from pipeline.covariance import GroupedCovariance, combine, covariance_of, grouped_moments
+from pipeline.mahalanobis import (
+    contributions_from_whitened,
+    gather_rows,
+    regularised_cholesky,
+    squared_norms,
+    whiten_grouped,
+)
+
+F64 = NDArray[np.float64]
+CLIP = 3.0  # whitened residuals beyond +-3 sd enter the chart as +-3
+WARM_SPANS = 10.0  # a chart scores once its model has learned over this many spans
+
+
+@dataclass(frozen=True)
+class ChartScores:
+    """One batch through the chart.
+
+    Attributes
+    ----------
+    statistic : ndarray of shape (n,)
+        Scaled squared distance of each reading's smoothed residual (0 where
+        not scored or not warm).
+    deviations, whitened : ndarray of shape (R, n)
+        The smoothed residuals minus their model mean, and those whitened.
+    """
+
+    statistic: F64
+    deviations: F64
+    whitened: F64
+
+
+class ResidualChart:
+    """Per-turbine EWMA of whitened residuals, scored against a learned distribution.
+
+    Parameters
+    ----------
+    n_turbines : int
+    n_responses : int
+        R, the scored sensors (D minus the conditions).
+    span : float
+        Time constant of the EWMA, seconds.
+    floor : float
+        Variance floor in units of the white-noise EWMA variance.
+    min_samples : int
+        Smoothed values a chart model learns before it scores.
+    scale : float
+        Factor applied to the statistic (alarm threshold / chart threshold).
+    ridge : float
+    mask : ndarray of shape (R,), optional
+        1 for the scored sensors the chart watches, 0 for the others.
+    """
+
+    def __init__(
+        self,
+        n_turbines: int,
+        n_responses: int,
+        span: float,
+        floor: float,
+        min_samples: int,
+        scale: float,
+        ridge: float,
+        mask: F64 | None = None,
+    ) -> None:
+        r = n_responses
+        self.span, self.floor, self.min_samples = span, floor, min_samples
+        self.scale, self.ridge = scale, ridge
+        self.mask = np.ones(r) if mask is None else np.asarray(mask, dtype=np.float64)
+        self.smoothed = np.zeros((n_turbines, r))
+        self.last_time = np.full(n_turbines, np.nan)
+        self.since = np.full(n_turbines, np.nan)  # when each chart model began to learn
+        self.step = 0.0  # the stream's time step, for the variance floor
+        self.models = GroupedCovariance(n_turbines, r)
+        self.chol = np.broadcast_to(np.eye(r), (n_turbines, r, r)).copy()
+
+    @property
+    def n_responses(self) -> int:
+        return int(self.mask.size)
+
+    def grow(self, n_turbines: int) -> None:
+        extra = n_turbines - self.smoothed.shape[0]
+        if extra <= 0:
+            return
+        r = self.n_responses
+        self.smoothed = np.concatenate((self.smoothed, np.zeros((extra, r))))
+        self.last_time = np.concatenate((self.last_time, np.full(extra, np.nan)))
+        self.since = np.concatenate((self.since, np.full(extra, np.nan)))
+        self.models.grow(n_turbines)
+        self.chol = np.concatenate((self.chol, np.broadcast_to(np.eye(r), (extra, r, r))))
+
+    def score(self, turbines: NDArray[np.intp], timestamps: F64, z_t: F64) -> ChartScores:
+        """Smooth and score the whitened residuals of scored readings.
+
+        Parameters
+        ----------
+        turbines : ndarray of shape (n,)
+            Dense turbine index of each reading.
+        timestamps : ndarray of shape (n,)
+        z_t : ndarray of shape (R, n)
+            Whitened residuals of the scored sensors.
+        """
+        n = turbines.size
+        if n == 0:
+            z = np.zeros((self.n_responses, 0))
+            return ChartScores(np.zeros(0), z, z)
+        resid = np.clip(z_t, -CLIP, CLIP) * self.mask[:, None]
+        s = ewma_by_time(turbines, timestamps, resid, self.span, self.smoothed, self.last_time)
+        warm = np.take(self.models.counts, turbines) >= self.min_samples
+        learned = timestamps - np.take(self.since, turbines)
+        warm &= np.nan_to_num(learned, nan=-1.0) >= WARM_SPANS * self.span
+        self._factors(timestamps)
+        cdiff = s - gather_rows(self.models.means, turbines)
+        cz = whiten_grouped(cdiff, turbines, self.chol)
+        stat = np.where(warm, squared_norms(cz) * self.scale, 0.0)
+        return ChartScores(stat, cdiff, cz)
+
+    def _factors(self, timestamps: F64) -> None:
+        """The chart models' factors, their variance floored at ``floor`` white noise.
+
+        An EWMA of white noise of unit variance with weight ``lambda`` per step
+        has variance ``lambda / (2 - lambda)``.  The step is the batch's median
+        time step (the last one seen when a batch holds a single time).
+        """
+        uts = np.unique(timestamps)
+        if uts.size > 1:
+            self.step = float(np.median(np.diff(uts)))
+        lam = -np.expm1(-self.step / self.span) if self.step > 0 else 1.0
+        cov = covariance_of(self.models.counts, self.models.m2)
+        cov = cov + np.eye(self.n_responses) * (self.floor * lam / (2.0 - lam))
+        self.chol, _ = regularised_cholesky(cov, self.ridge)
+
+    def learn(
+        self, turbines: NDArray[np.intp], scores: ChartScores, keep: NDArray[np.bool_]
+    ) -> None:
+        """Learn the smoothed residuals of the readings ``keep`` (shape (n,)) marks."""
+        sel = np.flatnonzero(keep)
+        if sel.size == 0:
+            return
+        who = turbines[sel]
+        fresh = np.isnan(self.since[who])
+        self.since[who[fresh]] = self.last_time[who[fresh]]
+        s = np.take(scores.deviations, sel, axis=1) + gather_rows(self.models.means, who)
+        c, mu, m2 = grouped_moments(np.ascontiguousarray(s.T), who, self.models.n_groups)
+        self.models.merge_moments(c, mu, m2)
+
+    def contributions(
+        self, turbines: NDArray[np.intp], scores: ChartScores, rows: NDArray[np.intp]
+    ) -> F64:
+        """Each watched sensor's share (h, R) of the statistic of the readings ``rows`` (h,)."""
+        return self.scale * contributions_from_whitened(
+            np.take(scores.deviations, rows, axis=1),
+            np.take(scores.whitened, rows, axis=1),
+            turbines[rows],
+            self.chol,
+        )
+
+    def reset(self, turbines: NDArray[np.intp]) -> None:
+        """Forget the charts of ``turbines`` (shape (m,)): an operator's re-baseline."""
+        self.smoothed[turbines] = 0.0
+        self.last_time[turbines] = np.nan
+        self.since[turbines] = np.nan
+        self.models.counts[turbines] = 0.0
+        self.models.means[turbines] = 0.0
+        self.models.m2[turbines] = 0.0
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, np.ndarray]:
+        return {
+            "chart_s": self.smoothed.copy(),
+            "chart_time": self.last_time.copy(),
+            "chart_since": self.since.copy(),
+            "chart_step": np.asarray(self.step),
+            "chart_counts": self.models.counts.copy(),
+            "chart_means": self.models.means.copy(),
+            "chart_m2": self.models.m2.copy(),
+        }
+
+    def restore(self, state: Mapping[str, np.ndarray], rows: NDArray[np.intp]) -> None:
+        """Load :meth:`state` saved for turbines now at ``rows`` (shape (m,))."""
+        if "chart_s" not in state or np.asarray(state["chart_s"]).shape[1:] != (self.n_responses,):
+            return
+        self.smoothed[rows] = state["chart_s"]
+        self.last_time[rows] = state["chart_time"]
+        self.since[rows] = state["chart_since"]
+        self.step = float(state["chart_step"])
+        self.models.counts[rows] = state["chart_counts"]
+        self.models.means[rows] = state["chart_means"]
+        self.models.m2[rows] = state["chart_m2"]
+        self._factors(np.zeros(0))
+
+    def merge(self, other: ResidualChart, rows: NDArray[np.intp], known: NDArray[np.bool_]) -> None:
+        """Merge ``other``'s chart models (exactly) into ``rows``; its positions where new."""
+        m = self.models
+        m.counts[rows], m.means[rows], m.m2[rows] = combine(
+            m.counts[rows],
+            m.means[rows],
+            m.m2[rows],
+            other.models.counts,
+            other.models.means,
+            other.models.m2,
+        )
+        new = rows[~known]
+        self.smoothed[new] = other.smoothed[~known]
+        self.last_time[new] = other.last_time[~known]
+        self.since[rows] = np.fmin(self.since[rows], other.since)
+        self.step = self.step or other.step
+        self._factors(np.zeros(0))
