@@ -51,6 +51,7 @@ from pipeline.store import (
 
 log = logging.getLogger("turbine")
 EXIT_BAD_INPUT = 2
+EXIT_OS_ERROR = 3  # the system refused (a full disk, a read-only directory): run again with room
 
 
 # ---------------------------------------------------------------------- helpers
@@ -1049,6 +1050,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        # A full disk, a read-only or vanished directory: what the system said, on one
+        # line. Outputs are written to temporary files and renamed into place, and the
+        # detector commits offsets only after its checkpoint is written, so nothing
+        # already accepted is lost; the command can be run again once there is room.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"turbine: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_OS_ERROR
 
 
 if __name__ == "__main__":
