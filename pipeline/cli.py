@@ -731,7 +731,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
             parse_kinds(args.kinds),
             parse_duration(args.duration),
             args.seed,
-            gap=parse_duration(args.gap),
+            gap=parse_duration(args.gap, allow_zero=True),
         )
     if args.write_plan is not None:
         Path(args.write_plan).write_text(plan.to_json() + "\n", encoding="utf-8")

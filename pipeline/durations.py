@@ -28,8 +28,11 @@ _UNITS = {
 _PATTERN = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*([a-z]*)\s*")
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from ``value``: a number of seconds, or text such as ``"14d"``, ``"30min"``."""
+def parse_duration(value: object, allow_zero: bool = False) -> float:
+    """Seconds from ``value``: a number of seconds, or text such as ``"14d"``, ``"30min"``.
+
+    Positive (and finite); zero too with ``allow_zero`` (a gap of none).
+    """
     if isinstance(value, bool):
         raise ConfigError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
@@ -44,7 +47,7 @@ def parse_duration(value: object) -> float:
         seconds = float(m.group(1)) * _UNITS.get(m.group(2), 1.0)
     else:
         raise ConfigError(f"not a duration: {value!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         raise ConfigError(f"a duration must be positive and finite, got {value!r}")
     return seconds
 

@@ -31,7 +31,6 @@ producing is still derated).  Two faults of one turbine must not overlap.
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.durations import parse_duration
 from pipeline.errors import ConfigError
 from pipeline.names import turbine_id
 from pipeline.recordings.isotime import TimeFormatError, parse_times
@@ -50,22 +50,6 @@ I64 = NDArray[np.int64]
 
 FAULT_KINDS = ("derating", "offset", "gain", "stuck", "drift")
 Kind = Literal["derating", "offset", "gain", "stuck", "drift"]
-_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-z]*)\s*")
-
-
-def parse_duration(text: str | float) -> float:
-    """Seconds in ``14d``, ``6h``, ``30m``, ``90s`` or a bare number of seconds.
-
-    >>> parse_duration("14d"), parse_duration("1.5h"), parse_duration(60)
-    (1209600.0, 5400.0, 60.0)
-    """
-    if isinstance(text, int | float):
-        return float(text)
-    m = _DURATION.fullmatch(text)
-    if m is None or m.group(2) not in ("", *_UNITS):
-        raise ConfigError(f"not a duration: {text!r} (e.g. 14d, 6h, 30m, 90s)")
-    return float(m.group(1)) * _UNITS.get(m.group(2), 1.0)
 
 
 def parse_instant(text: str | float) -> float:
