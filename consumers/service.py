@@ -147,10 +147,10 @@ class Accepted:
 
 def _is_control(record: Any) -> bool:
     """Whether a record is a control record (its content type), whatever else it holds."""
-    for key, value in record.headers or []:
-        if key == "content-type":
-            return bool(value == CONTROL_TYPE.encode() or value == CONTROL_TYPE)
-    return False
+    try:
+        return _header(record, "content-type") == CONTROL_TYPE
+    except WireError:  # a content type that is not UTF-8: a batch's check refuses it
+        return False
 
 
 def _header(record: Any, name: str) -> str | None:

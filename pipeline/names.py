@@ -143,10 +143,6 @@ class TurbineNames:
         text = [self.name_of(v) for v in uniq.tolist()]
         return [text[i] for i in inverse.ravel().tolist()]
 
-    def parse(self, text: str) -> int:
-        """The id a user means by ``text`` (a name or an integer id)."""
-        return turbine_id(text)
-
     def merge(self, other: TurbineNames) -> TurbineNames:
         """Union with another map (in place); a hash collision is an error."""
         self.add(other._names.values())

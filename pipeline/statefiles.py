@@ -8,7 +8,6 @@ stopped detector such as ``turbine rebaseline``.  Nothing is ever unpickled.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pipeline.detector import Detector
 from pipeline.durable import atomic_file
 from pipeline.errors import SchemaError, StoreError
 from pipeline.names import turbine_id
+from pipeline.store import CORRUPT_NPZ_ERRORS
 
 _PREFIXES = ("", "det__")
 
@@ -40,7 +40,7 @@ def _load(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except CORRUPT_NPZ_ERRORS as exc:
         raise StoreError(f"{path}: not a readable state file ({exc})") from None
 
 
