@@ -200,6 +200,10 @@ class DetectorService:
         self._memo_partitions = 0  # the anomalies topic's partition count behind the memo
         self._stop = False
         self._batches_since_checkpoint = 0
+        # A poll that only dead-letters moves a position too: it is checkpointed
+        # on time like a scored batch, or a stream ending in dead letters would
+        # never see its checkpoint reach its end.
+        self._moved_since_checkpoint = False
         self._last_checkpoint = time.monotonic()
         self._last_lag_update = 0.0
         self._idle_since: float | None = None
@@ -556,6 +560,8 @@ class DetectorService:
         if state is None:
             self._without_state(partition, records)
             return
+        if records:
+            self._moved_since_checkpoint = True
         run: list[Accepted] = []
         seen: dict[tuple[str, int], int] = {}  # batch numbers of `run`, not yet scored
         for record in records:
@@ -906,13 +912,14 @@ class DetectorService:
                 raise CommitError(f"commit failed after the checkpoint: {exc}") from None
         self.metrics.checkpoints.inc()
         self._batches_since_checkpoint = 0
+        self._moved_since_checkpoint = False
         self._last_checkpoint = time.monotonic()
         self._update_gauges()
 
     def _maybe_checkpoint(self) -> None:
         s = self.settings
         due = self._batches_since_checkpoint >= s.checkpoint_every_batches or (
-            self._batches_since_checkpoint > 0
+            (self._batches_since_checkpoint > 0 or self._moved_since_checkpoint)
             and time.monotonic() - self._last_checkpoint >= s.checkpoint_every_seconds
         )
         if due:
@@ -1019,6 +1026,7 @@ class DetectorService:
         if state is not None and (state.next_offset is None or state.next_offset <= offset):
             state.next_offset = offset + 1
             state.store.advance({tp.partition: offset + 1})
+            self._moved_since_checkpoint = True
         return True
 
     # ------------------------------------------------------------------ main loop

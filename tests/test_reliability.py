@@ -378,3 +378,49 @@ def test_a_record_after_accepted_ones_in_one_poll_never_loses_them(
     dlq = dead_letters(kafka_servers, f"{topic}.dlq")
     assert set(dlq) == {3}
     assert dlq[3]["reason"] in (b"bad_metadata", b"bad_json")
+
+
+def test_dead_letters_at_the_end_of_the_stream_are_checkpointed_while_running(
+    kafka_servers, topic_factory, group_id, tmp_path
+):
+    """A poll that only dead-letters (a replay's duplicates at the tail) still moves
+    the checkpoint on: the position must not wait for the next scored batch, which may
+    never come (found by tests/test_outage.py when a producer re-sent its last records)."""
+    from consumers.checkpoint import CheckpointDir
+
+    kcat = kcat_path()
+    ctype = f"content-type={JSON_TYPE}"
+    topic = topic_factory("tail", partitions=1)
+    for b in range(3):
+        kcat_send(kcat, kafka_servers, topic, json_batch(b), "-H", ctype)
+    store = tmp_path / "st"
+    proc = spawn(
+        "detect", "--bootstrap-servers", kafka_servers, "--topic", topic, "--group", group_id,
+        "--store", store, "--anomalies-topic", f"{topic}.a", "--dlq-topic", f"{topic}.d",
+        "--checkpoint-every-seconds", 1,
+    )  # fmt: skip
+    checkpoints = CheckpointDir(store / "checkpoints", topic)
+
+    def offset() -> int | None:
+        return checkpoints.load(0).offset if checkpoints.path(0).exists() else None
+
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and offset() != 3:
+            time.sleep(0.5)
+        assert offset() == 3, proc.poll() or "no checkpoint of the three batches"
+        for b in range(3):  # the same batches again: duplicates, all dead-lettered
+            kcat_send(kcat, kafka_servers, topic, json_batch(b), "-H", ctype)
+        kcat_send(kcat, kafka_servers, topic, "not json", "-H", ctype)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and offset() != 7:
+            time.sleep(0.5)
+        assert proc.poll() is None
+        assert offset() == 7, "the checkpoint stayed before the dead-lettered tail"
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=60)[1]
+    assert "Traceback" not in err
+    dlq = dead_letters(kafka_servers, f"{topic}.d")
+    assert sorted(dlq) == [3, 4, 5, 6]
+    assert [dlq[o]["reason"] for o in (3, 4, 5)] == [b"duplicate"] * 3
