@@ -175,6 +175,12 @@ class DetectorConfig(BaseModel):
     learn_when: tuple[LearnRule, ...] = Field(
         (), description="Conditions (all of them) a reading must meet to be learned."
     )
+    settle_span: Duration | None = Field(
+        None,
+        description="After a reading in an operating state (a learn_when rule failed), the "
+        "turbine's readings within this span are in the state 'settling', neither learned "
+        "nor scored: a 10-minute average spanning a start-up mixes two states.",
+    )
     learn_gate: float | None = Field(
         None,
         gt=0,
@@ -203,6 +209,14 @@ class DetectorConfig(BaseModel):
         description="The scored sensors the residual chart watches (default all); the others "
         "are left to the point score (a pitch that sits at -1 deg and jumps at start-ups "
         "makes a poor chart).",
+    )
+    chart_peers: int | None = Field(
+        None,
+        ge=2,
+        description="Common-mode rejection: the residual chart watches each turbine's "
+        "residuals minus the median of the residuals of the turbines scored at the same "
+        "time, where at least this many are (weather moving the whole farm's power curve "
+        "cancels, one turbine's fault stands out). None: each turbine's own residuals.",
     )
     chart_false_alarm_rate: float | None = Field(
         None,
@@ -272,6 +286,10 @@ class DetectorConfig(BaseModel):
             raise ConfigError("conditions lists the same sensor twice")
         if set(self.conditions) & set(self.fleet_relative):
             raise ConfigError("a sensor cannot be both a condition and fleet-relative")
+        if self.settle_span is not None and not self.learn_when:
+            raise ConfigError("settle_span follows the learn_when states: give learn_when rules")
+        if self.chart_peers is not None and self.chart != "residual":
+            raise ConfigError('chart_peers is an option of chart = "residual"')
         if self.sensors is not None:
             self.check_sensor_roles(self.sensors)
         return self

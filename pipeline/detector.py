@@ -56,7 +56,14 @@ from pipeline.mahalanobis import (
     whiten_grouped,
 )
 from pipeline.names import TurbineNames
-from pipeline.policy import fleet_deviation, learning_states, regime_bins, time_decay
+from pipeline.policy import (
+    fleet_deviation,
+    learning_states,
+    peer_deviation,
+    regime_bins,
+    settling,
+    time_decay,
+)
 from pipeline.rebaseline import RebaselineRuns
 from pipeline.residual_chart import ChartScores, ResidualChart
 from pipeline.results import FILTERED, FLEET, SKIPPED, TURBINE, WARMUP, BatchResult
@@ -98,7 +105,11 @@ class Detector:
         self.batches = 0
         self.filtered = 0
         self.rebaselines = 0
-        self.state_names = ("normal", *(r.state for r in self.config.learn_when))
+        self.state_names: tuple[str, ...] = (
+            "normal",
+            *(r.state for r in self.config.learn_when),
+            *(("settling",) if self.config.settle_span is not None else ()),
+        )
         d = n_features or (len(self.config.sensors) if self.config.sensors else None)
         if d is not None:
             self._init_models(d)
@@ -174,6 +185,7 @@ class Detector:
         t = len(self.turbines)
         self._ewma = np.zeros((t, d))
         self._ewma_started = np.zeros(t, dtype=bool)
+        self._last_state_time = np.full(t, np.nan)  # settle_span: last time in a state
         r = d - self._k
         # The scored sensors the residual chart watches (1) or leaves to the point score (0).
         mask = np.ones(r)
@@ -220,6 +232,9 @@ class Detector:
         if extra_t > 0:
             self._ewma = np.concatenate((self._ewma, np.zeros((extra_t, d))))
             self._ewma_started = np.concatenate((self._ewma_started, np.zeros(extra_t, bool)))
+            self._last_state_time = np.concatenate(
+                (self._last_state_time, np.full(extra_t, np.nan))
+            )
             self._residuals.grow(t)
         if self._runs is not None:
             self._runs.grow(m)
@@ -297,7 +312,7 @@ class Detector:
         return idx, model, x_t
 
     def _live(
-        self, raw: F64, valid: NDArray[np.bool_]
+        self, raw: F64, valid: NDArray[np.bool_], ids: NDArray[np.int64], ts: F64
     ) -> tuple[NDArray[np.intp], NDArray[np.int8] | None]:
         """Positions of the readings to score and learn, and each reading's state code (n,)."""
         if not self._rule_cols:
@@ -307,6 +322,14 @@ class Detector:
         states[pos] = learning_states(
             raw[pos], self.config.learn_when, self._rule_cols, self._where_cols
         )
+        span = self.config.settle_span
+        if span is not None:
+            idx = self.turbines.lookup(ids[pos])
+            self._sync_turbines()
+            settle, self._last_state_time = settling(
+                idx, ts[pos], states[pos] > 0, self._last_state_time, span
+            )
+            states[pos[settle]] = len(self.state_names) - 1
         return pos[states[pos] == 0], states
 
     # ------------------------------------------------------------------ public API
@@ -326,7 +349,7 @@ class Detector:
         """
         ts, ids, raw, valid = self._prepare(timestamps, turbine_ids, values)
         n = raw.shape[0]
-        live, states = self._live(raw, valid)
+        live, states = self._live(raw, valid, ids, ts)
         everything = live.size == n
         if everything:
             idx, model_of, x_t = self._calibrated(ids, raw, ts)
@@ -366,7 +389,7 @@ class Detector:
             learned = np.zeros(idx.size, dtype=bool)
             learned[learn] = True
         if chart is not None:
-            calm = learned & (scored_by > 0) & (chart.statistic <= self.threshold)
+            calm = learned & chart.charted & (scored_by > 0) & (chart.statistic <= self.threshold)
             self._residuals.learn(idx, chart, calm)
         rebaselined = self._settle_runs(ts_l) if self._runs is not None else np.zeros(0, np.int64)
 
@@ -406,7 +429,7 @@ class Detector:
     def learn(self, timestamps: ArrayLike, turbine_ids: ArrayLike, values: ArrayLike) -> int:
         """Learn a batch without scoring it (a training period); returns readings learned."""
         ts, ids, raw, valid = self._prepare(timestamps, turbine_ids, values)
-        live, states = self._live(raw, valid)
+        live, states = self._live(raw, valid, ids, ts)
         _, model_of, x_t = self._calibrated(ids[live], raw[live], ts[live])
         self._learn(model_of, x_t, ts[live])
         self.skipped += int(np.count_nonzero(~valid))
@@ -523,14 +546,22 @@ class Detector:
         """
         scored = np.flatnonzero(scored_by > 0)
         n, r = idx.size, z_t.shape[0] - self._k
-        sub = self._residuals.score(
-            idx[scored], ts[scored], np.ascontiguousarray(z_t[self._k :, scored])
-        )
+        resid = np.ascontiguousarray(z_t[self._k :, scored])
+        peers = self.config.chart_peers
+        if peers is not None:
+            # Against the turbines beside it: only where enough of them are scored.
+            resid, counts = peer_deviation(ts[scored], resid)
+            enough = counts >= peers
+            if not enough.all():
+                scored, resid = scored[enough], np.ascontiguousarray(resid[:, enough])
+        sub = self._residuals.score(idx[scored], ts[scored], resid)
         if scored.size == n:
             return sub
         stat, dev, white = np.zeros(n), np.zeros((r, n)), np.zeros((r, n))
         stat[scored], dev[:, scored], white[:, scored] = sub.statistic, sub.deviations, sub.whitened
-        return ChartScores(stat, dev, white)
+        charted = np.zeros(n, dtype=bool)
+        charted[scored] = True
+        return ChartScores(stat, dev, white, charted)
 
     def _factors(self, counts: F64, m2: F64) -> F64:
         """Cholesky factors (G, D, D) of the models' covariances plus the sensor floors."""
@@ -743,6 +774,7 @@ class Detector:
             "group_m2": self._groups.m2.copy(),
             "ewma": self._ewma.copy(),
             "ewma_started": self._ewma_started.copy(),
+            "last_state_time": self._last_state_time.copy(),
             "model_first_time": self._first_time.copy(),
             "model_last_time": self._last_time.copy(),
             **self._residuals.state(),
@@ -802,6 +834,8 @@ class Detector:
         det._models.m2[rows] = state["turbine_m2"]
         det._ewma[pos] = state["ewma"]
         det._ewma_started[pos] = state["ewma_started"]
+        if "last_state_time" in state:
+            det._last_state_time[pos] = state["last_state_time"]
         if "model_first_time" in state:
             det._first_time[rows] = state["model_first_time"]
             det._last_time[rows] = state["model_last_time"]
@@ -859,6 +893,7 @@ class Detector:
         self._first_time[rows] = np.fmin(self._first_time[rows], other._first_time)
         self._last_time[rows] = np.fmax(self._last_time[rows], other._last_time)
         self._residuals.merge(other._residuals, pos, known)
+        self._last_state_time[pos] = np.fmax(self._last_state_time[pos], other._last_state_time)
         new = pos[~known]
         if self._runs is not None and other._runs is not None:
             new_rows = (new[:, None] * b + np.arange(b)[None, :]).reshape(-1)

@@ -170,3 +170,101 @@ def ewma_weights(elapsed: F64, span: float) -> F64:
     """
     dt = np.where(np.isfinite(elapsed) & (elapsed > 0), elapsed, 0.0)
     return -np.expm1(-dt / span)
+
+
+def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp]]:
+    """Each column minus the median of the columns at the same timestamp, row by row.
+
+    The common-mode rejection of the residual chart (``chart_peers``): what
+    moves every turbine's residuals together (air density, atmospheric
+    stability, icing) cancels; what moves one turbine's stands out.
+
+    Parameters
+    ----------
+    timestamps : ndarray of shape (n,)
+    values_t : ndarray of shape (R, n)
+
+    Returns
+    -------
+    deviations : ndarray of shape (R, n)
+    peers : ndarray of shape (n,)
+        How many readings share each reading's timestamp (itself included).
+
+    >>> ts = np.array([0.0, 0.0, 0.0, 1.0])
+    >>> dev, peers = peer_deviation(ts, np.array([[1.0, 2.0, 9.0, 5.0]]))
+    >>> dev.tolist(), peers.tolist()
+    ([[-1.0, 0.0, 7.0, 0.0]], [3, 3, 3, 1])
+    """
+    n = timestamps.size
+    out = np.empty_like(values_t)
+    if n == 0:
+        return out, np.zeros(0, dtype=np.intp)
+    order = np.argsort(timestamps, kind="stable")
+    ts_sorted = timestamps[order]
+    starts = np.flatnonzero(np.r_[True, ts_sorted[1:] != ts_sorted[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    peers = np.empty(n, dtype=np.intp)
+    peers[order] = np.repeat(sizes, sizes)
+    group = np.repeat(np.arange(starts.size), sizes)
+    for r in range(values_t.shape[0]):
+        v = values_t[r, order]
+        within = np.lexsort((v, group))  # by group, then by value
+        v_sorted = v[within]
+        lo, hi = v_sorted[starts + (sizes - 1) // 2], v_sorted[starts + sizes // 2]
+        median = np.repeat((lo + hi) / 2.0, sizes)
+        out[r, order] = v - median
+    return out, peers
+
+
+def settling(
+    turbines: NDArray[np.intp],
+    timestamps: F64,
+    in_state: NDArray[np.bool_],
+    last_state_time: F64,
+    span: float,
+) -> tuple[NDArray[np.bool_], F64]:
+    """Readings within ``span`` after their turbine's last reading in an operating state.
+
+    A 10-minute average that spans a start-up mixes two states (a pitch
+    halfway between feathered and fine): it is neither learned nor scored.
+
+    Parameters
+    ----------
+    turbines : ndarray of shape (n,)
+        Dense turbine index of each reading.
+    timestamps : ndarray of shape (n,)
+    in_state : ndarray of shape (n,)
+        The readings in an operating state (a ``learn_when`` rule failed).
+    last_state_time : ndarray of shape (T,)
+        Each turbine's last time in a state before this batch (NaN: none).
+    span : float
+        Seconds.
+
+    Returns
+    -------
+    settle : ndarray of shape (n,)
+        Readings not in a state but within ``span`` after one.
+    last : ndarray of shape (T,)
+        ``last_state_time`` after this batch.
+
+    >>> settle, last = settling(np.zeros(4, np.intp), np.array([0.0, 600, 1200, 1800]),
+    ...                         np.array([True, False, False, False]), np.full(1, np.nan), 900.0)
+    >>> settle.tolist(), last.tolist()
+    ([False, True, False, False], [0.0])
+    """
+    n = turbines.size
+    last = last_state_time.copy()
+    if n == 0:
+        return np.zeros(0, dtype=bool), last
+    order = np.lexsort((timestamps, turbines))
+    u, t, s = turbines[order], timestamps[order], in_state[order]
+    first = np.r_[True, u[1:] != u[:-1]]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    latest = np.maximum.accumulate(np.where(s, np.arange(n), -1))  # last state at or before
+    inside = latest >= group_start
+    since = np.where(inside, t[np.maximum(latest, 0)], np.take(last_state_time, u))
+    out = np.zeros(n, dtype=bool)
+    out[order] = ~s & (t - since <= span)  # NaN (never in a state) compares False
+    ends = np.r_[np.flatnonzero(first)[1:], n] - 1
+    last[u[ends]] = since[ends]
+    return out, last

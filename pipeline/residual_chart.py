@@ -55,11 +55,14 @@ class ChartScores:
         not scored or not warm).
     deviations, whitened : ndarray of shape (R, n)
         The smoothed residuals minus their model mean, and those whitened.
+    charted : ndarray of shape (n,)
+        The readings that entered the chart (the others neither score nor learn).
     """
 
     statistic: F64
     deviations: F64
     whitened: F64
+    charted: NDArray[np.bool_]
 
 
 class ResidualChart:
@@ -134,7 +137,7 @@ class ResidualChart:
         n = turbines.size
         if n == 0:
             z = np.zeros((self.n_responses, 0))
-            return ChartScores(np.zeros(0), z, z)
+            return ChartScores(np.zeros(0), z, z, np.zeros(0, dtype=bool))
         resid = np.clip(z_t, -CLIP, CLIP) * self.mask[:, None]
         s = ewma_by_time(turbines, timestamps, resid, self.span, self.smoothed, self.last_time)
         warm = np.take(self.models.counts, turbines) >= self.min_samples
@@ -144,7 +147,7 @@ class ResidualChart:
         cdiff = s - gather_rows(self.models.means, turbines)
         cz = whiten_grouped(cdiff, turbines, self.chol)
         stat = np.where(warm, squared_norms(cz) * self.scale, 0.0)
-        return ChartScores(stat, cdiff, cz)
+        return ChartScores(stat, cdiff, cz, np.ones(n, dtype=bool))
 
     def _factors(self, timestamps: F64) -> None:
         """The chart models' factors, their variance floored at ``floor`` white noise.

@@ -179,7 +179,7 @@ def test_the_configuration_reads_the_file_and_options_override_it(tmp_path):
     proc = turbine(*opts, "--store", tmp_path / "st3", "--sensors", "P_avg", check=False)
     assert proc.returncode == 2
     assert proc.stderr == "turbine: error: sentinels: no sensor 'outdoor_temp' (sensors: P_avg)\n"
-    with pytest.raises(AssertionError, match="options: sensors: column 'P_avg' named twice"):
+    with pytest.raises(AssertionError, match="options: sensors: name 'P_avg' given twice"):
         turbine("detect", "--input", path, "--store", tmp_path / "st3", "--sensors", "P_avg,P_avg")
 
 

@@ -52,7 +52,8 @@ class RecordingSpec(BaseModel):
     sensors: tuple[tuple[str, str], ...] | None = Field(
         None,
         description="Sensor columns to read, in order, as (column, sensor name) pairs; "
-        "None: every numeric column under its own name.  Also accepted as "
+        "None: every numeric column under its own name.  A column may be read twice "
+        "under two names.  Also accepted as "
         "'COL[=NAME],...', a list of such items, or a {column: name} table.",
     )
     sentinels: tuple[tuple[str, tuple[float, ...]], ...] = Field(
@@ -92,10 +93,15 @@ class RecordingSpec(BaseModel):
         for col, name in items:
             if not col or not name:
                 raise ConfigError(f"sensors: empty column or name in {col}={name}")
-        for what, names in (("column", [c for c, _ in items]), ("name", [n for _, n in items])):
-            dup = next((x for x in names if names.count(x) > 1), None)
-            if dup is not None:
-                raise ConfigError(f"sensors: {what} {dup!r} named twice")
+        # A column may be read twice under two names (a wind speed that conditions
+        # the power curve and, fleet-relative, is scored itself); a name only once.
+        names = [n for _, n in items]
+        dup = next((x for x in names if names.count(x) > 1), None)
+        if dup is not None:
+            raise ConfigError(f"sensors: name {dup!r} given twice")
+        if len(set(items)) != len(items):
+            col, name = next(x for x in items if items.count(x) > 1)
+            raise ConfigError(f"sensors: column {col!r} named {name!r} twice")
         return tuple(items)
 
     @field_validator("sentinels", mode="before")
