@@ -732,6 +732,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
             parse_duration(args.duration),
             args.seed,
             gap=parse_duration(args.gap, allow_zero=True),
+            max_concurrent=args.max_concurrent,
         )
     if args.write_plan is not None:
         Path(args.write_plan).write_text(plan.to_json() + "\n", encoding="utf-8")
@@ -864,6 +865,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--until", help="--random: latest end (default: the file's last time)")
     g.add_argument(
         "--gap", default="0", help="--random: least time between faults of a turbine (e.g. 2d)"
+    )
+    g.add_argument(
+        "--max-concurrent",
+        type=int,
+        metavar="N",
+        help="--random: at most N turbines faulty at a time (default: no limit)",
     )
     g.add_argument("--write-plan", type=Path, help="also write the plan used (JSON)")
     add_recording_options(p)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from scipy.ndimage import maximum_filter1d
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -229,12 +230,15 @@ def random_plan(
     seed: int,
     gap: float = 0.0,
     sizes: Mapping[str, float] | None = None,
+    max_concurrent: int | None = None,
 ) -> FaultPlan:
     """``count`` faults drawn from ``seed``: kinds in turn, turbine and start at random.
 
     Each fault lies inside ``[since, until)``, starts on a whole minute, and
-    keeps ``gap`` seconds from the other faults of its turbine.  The same
-    arguments give the same plan.
+    keeps ``gap`` seconds from the other faults of its turbine.  With
+    ``max_concurrent``, at no time are more than that many turbines faulty
+    (a fault on most of a farm at once is what a comparison with the other
+    turbines cannot see).  The same arguments give the same plan.
     """
     if count < 1:
         raise ConfigError(f"--random must be at least 1, got {count}")
@@ -245,17 +249,48 @@ def random_plan(
         raise ConfigError(
             f"a fault of {duration:g} s does not fit in the {until - since:g} s of the readings"
         )
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be at least 1, got {max_concurrent}")
+    templates = [_template(kinds[k % len(kinds)], sizes) for k in range(count)]
     rng = np.random.default_rng(seed)
+    if max_concurrent is not None:
+        faults = _staggered(turbines, since, span, templates, duration, gap, max_concurrent, rng)
+    else:
+        faults = _anywhere(turbines, since, span, templates, duration, gap, rng)
+    if faults is None:
+        most = "" if max_concurrent is None else f", at most {max_concurrent} at a time"
+        raise ConfigError(
+            f"cannot place {count} faults of {duration:g} s (gap {gap:g} s{most}) on "
+            f"{len(turbines)} turbines in {until - since:g} s"
+        )
+    faults.sort(key=lambda f: (float(f["start"]), str(f["turbine"])))  # type: ignore[arg-type]
+    return make_plan(faults, source="random plan")
+
+
+def _template(kind: Mapping[str, object], sizes: Mapping[str, float] | None) -> dict[str, object]:
+    template = dict(kind)
+    if "size" not in template and template["kind"] != "stuck":
+        default = (sizes or {}).get(str(template["kind"]))
+        if default is None:
+            raise ConfigError(f"--kinds: {template['kind']} needs a size (KIND:SENSOR:SIZE)")
+        template["size"] = default
+    return template
+
+
+def _anywhere(
+    turbines: Sequence[str],
+    since: float,
+    span: float,
+    templates: Sequence[dict[str, object]],
+    duration: float,
+    gap: float,
+    rng: np.random.Generator,
+) -> list[dict[str, object]] | None:
+    """Each fault at a random turbine and start, away from its turbine's other faults."""
     taken: dict[str, list[tuple[float, float]]] = {}
     faults: list[dict[str, object]] = []
-    for k in range(count):
-        template = dict(kinds[k % len(kinds)])
-        if "size" not in template and template["kind"] != "stuck":
-            default = (sizes or {}).get(str(template["kind"]))
-            if default is None:
-                raise ConfigError(f"--kinds: {template['kind']} needs a size (KIND:SENSOR:SIZE)")
-            template["size"] = default
-        for _ in range(10_000):  # rejection sampling; a dense plan fails below
+    for template in templates:
+        for _ in range(10_000):  # rejection sampling; a dense plan fails
             name = turbines[int(rng.integers(len(turbines)))]
             start = since + float(np.floor(rng.random() * span / 60.0) * 60.0)
             spans = taken.setdefault(name, [])
@@ -264,12 +299,60 @@ def random_plan(
                 faults.append({**template, "turbine": name, "start": start, "duration": duration})
                 break
         else:
-            raise ConfigError(
-                f"cannot place {count} faults of {duration:g} s (gap {gap:g} s) on "
-                f"{len(turbines)} turbines in {until - since:g} s"
+            return None
+    return faults
+
+
+STAGGER_STEP = 3600.0  # starts of a staggered plan fall on whole hours from ``since``
+
+
+def _staggered(
+    turbines: Sequence[str],
+    since: float,
+    span: float,
+    templates: Sequence[dict[str, object]],
+    duration: float,
+    gap: float,
+    most: int,
+    rng: np.random.Generator,
+    attempts: int = 50,
+) -> list[dict[str, object]] | None:
+    """Faults placed one by one among the starts still free: at most ``most`` at a time.
+
+    Time is cut into hours; ``active`` counts the faults running in each hour
+    and ``own`` marks each turbine's hours within ``gap`` of its faults.  A
+    dense plan that paints itself into a corner is drawn again (``attempts``).
+    """
+    width = int(np.ceil(duration / STAGGER_STEP))
+    pad = int(np.ceil(gap / STAGGER_STEP))
+    starts = int(np.floor(span / STAGGER_STEP)) + 1
+    hours = starts + width
+    for _ in range(attempts):
+        active = np.zeros(hours, dtype=np.int64)
+        own = np.zeros((len(turbines), hours), dtype=bool)
+        faults: list[dict[str, object]] = []
+        for template in templates:
+            # the most faults running in each window [h, h + width), and whether a
+            # turbine's own window meets one of its faults (or their gaps)
+            busy = maximum_filter1d(active, width, origin=-(width // 2))[:starts]
+            marks = np.concatenate((np.zeros((own.shape[0], 1)), np.cumsum(own, axis=1)), axis=1)
+            mine = (marks[:, width : width + starts] - marks[:, :starts]) > 0
+            free = (busy < most)[None, :] & ~mine
+            options = np.flatnonzero(free.any(axis=1))
+            if options.size == 0:
+                break
+            t = int(options[rng.integers(options.size)])
+            slots = np.flatnonzero(free[t])
+            h = int(slots[rng.integers(slots.size)])
+            active[h : h + width] += 1
+            own[t, max(h - pad, 0) : h + width + pad] = True
+            start = since + h * STAGGER_STEP
+            faults.append(
+                {**template, "turbine": turbines[t], "start": start, "duration": duration}
             )
-    faults.sort(key=lambda f: (float(f["start"]), str(f["turbine"])))  # type: ignore[arg-type]
-    return make_plan(faults, source="random plan")
+        else:
+            return faults
+    return None
 
 
 class Injector:

@@ -173,11 +173,14 @@ def ewma_weights(elapsed: F64, span: float) -> F64:
 
 
 def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp]]:
-    """Each column minus the median of the columns at the same timestamp, row by row.
+    """Each column minus the median of the *other* columns at the same timestamp, row by row.
 
     The common-mode rejection of the residual chart (``chart_peers``): what
     moves every turbine's residuals together (air density, atmospheric
-    stability, icing) cancels; what moves one turbine's stands out.
+    stability, icing) cancels; what moves one turbine's stands out.  The
+    turbine itself is left out of its peers' median, so that its own fault
+    does not pull the reference towards it (with four turbines, one of the
+    middle two of the median would often be the faulty one).
 
     Parameters
     ----------
@@ -187,16 +190,17 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     Returns
     -------
     deviations : ndarray of shape (R, n)
+        0 for a reading alone at its time.
     peers : ndarray of shape (n,)
         How many readings share each reading's timestamp (itself included).
 
     >>> ts = np.array([0.0, 0.0, 0.0, 1.0])
     >>> dev, peers = peer_deviation(ts, np.array([[1.0, 2.0, 9.0, 5.0]]))
     >>> dev.tolist(), peers.tolist()
-    ([[-1.0, 0.0, 7.0, 0.0]], [3, 3, 3, 1])
+    ([[-4.5, -3.0, 7.5, 0.0]], [3, 3, 3, 1])
     """
     n = timestamps.size
-    out = np.empty_like(values_t)
+    out = np.zeros_like(values_t)
     if n == 0:
         return out, np.zeros(0, dtype=np.intp)
     order = np.argsort(timestamps, kind="stable")
@@ -206,13 +210,25 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     peers = np.empty(n, dtype=np.intp)
     peers[order] = np.repeat(sizes, sizes)
     group = np.repeat(np.arange(starts.size), sizes)
+    first = np.repeat(starts, sizes)  # where each reading's group begins (sorted positions)
+    size = np.repeat(sizes, sizes)
+    others = size - 1
+    # The median of the others, from the sorted group without the reading at rank r:
+    # position j of that list is position j (j < r) or j + 1 (j >= r) of the group.
+    lo_j, hi_j = (others - 1) // 2, others // 2
+    has = others > 0
     for r in range(values_t.shape[0]):
         v = values_t[r, order]
         within = np.lexsort((v, group))  # by group, then by value
         v_sorted = v[within]
-        lo, hi = v_sorted[starts + (sizes - 1) // 2], v_sorted[starts + sizes // 2]
-        median = np.repeat((lo + hi) / 2.0, sizes)
-        out[r, order] = v - median
+        rank = np.empty(n, dtype=np.intp)
+        rank[within] = np.arange(n) - first[within]
+        lo = np.where(lo_j < rank, lo_j, lo_j + 1)
+        hi = np.where(hi_j < rank, hi_j, hi_j + 1)
+        lo_v = v_sorted[np.minimum(first + lo, n - 1)]
+        hi_v = v_sorted[np.minimum(first + hi, n - 1)]
+        dev = np.where(has, v - (lo_v + hi_v) / 2.0, 0.0)
+        out[r, order] = dev
     return out, peers
 
 

@@ -182,6 +182,25 @@ def test_random_plans_are_determined_by_the_seed_and_never_overlap():
         random_plan(names[:1], *year, 40, parse_kinds(KINDS), 14 * 86400.0, seed=0)
 
 
+@pytest.mark.parametrize("most", [1, 2, 3])
+def test_staggered_plans_keep_at_most_n_turbines_faulty_at_a_time(most):
+    names = ["R80711", "R80721", "R80736", "R80790"]
+    year = (1_420_070_400.0, 1_451_606_400.0)
+    count = {1: 20, 2: 40, 3: 40}[most]
+    args = (names, *year, count, parse_kinds(KINDS), 14 * 86400.0)
+    a = random_plan(*args, seed=5, gap=2 * 86400.0, max_concurrent=most)
+    assert a == random_plan(*args, seed=5, gap=2 * 86400.0, max_concurrent=most)
+    assert len(a.faults) == count and all(year[0] <= f.start and f.end <= year[1] for f in a.faults)
+    edges = sorted({f.start for f in a.faults} | {f.end for f in a.faults})
+    depth = [sum(f.start <= t < f.end for f in a.faults) for t in edges]
+    assert max(depth) == most
+    for n in names:  # the gap between a turbine's faults still holds
+        spans = sorted((f.start, f.end) for f in a.faults if f.turbine == n)
+        assert all(e + 2 * 86400.0 <= s for (_, e), (s, _) in zip(spans, spans[1:], strict=False))
+    with pytest.raises(ConfigError, match="at most 1 at a time"):
+        random_plan(names, *year, 40, parse_kinds(KINDS), 14 * 86400.0, seed=0, max_concurrent=1)
+
+
 SCADA = [
     "--id-col",
     "Wind_turbine_name",
