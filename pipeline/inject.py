@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from scipy.ndimage import maximum_filter1d
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from scipy.ndimage import maximum_filter1d
 
 from pipeline.durations import parse_duration
 from pipeline.errors import ConfigError
