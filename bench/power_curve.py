@@ -65,3 +65,49 @@ def power_curve_scores(
     sd = np.array([curve.get(int(k), (np.nan, np.nan))[1] for k in uniq])
     z = np.abs(power - mean[inverse]) / np.where(sd[inverse] > 0, sd[inverse], np.nan)
     return np.nan_to_num(z, nan=0.0, posinf=0.0)
+
+
+def fortnight_wander(
+    curve: dict[int, tuple[float, float]],
+    turbines: NDArray[np.int64],
+    timestamps: F64,
+    wind: F64,
+    power: F64,
+    width: float = BIN_WIDTH,
+    least_power: float = 50.0,
+) -> dict[int, tuple[float, float]]:
+    """How far each turbine's fortnightly mean power residual wanders, alone and against peers.
+
+    The residual is relative, ``(power - bin mean) / bin mean`` (bins whose mean
+    is below ``least_power`` left out); against peers it is minus the median of
+    the other turbines' residuals at the same time (at least two of them).
+
+    Parameters
+    ----------
+    curve : the output of :func:`fit_power_curve`
+    turbines, timestamps, wind, power : ndarray of shape (n,)
+
+    Returns
+    -------
+    dict
+        Per turbine: (standard deviation of its fortnightly means alone, against peers).
+    """
+    from pipeline.policy import peer_deviation
+
+    keys = _keys(turbines, wind, width)
+    mean = np.array([curve.get(int(k), (np.nan, np.nan))[0] for k in keys])
+    ok = np.isfinite(mean) & (mean >= least_power) & np.isfinite(power)
+    rel = (power[ok] - mean[ok]) / mean[ok]
+    ts, ids = timestamps[ok], turbines[ok]
+    peers, count = peer_deviation(ts, rel[None, :])
+    fortnight = np.floor((ts - ts.min()) / (14 * 86400.0)).astype(np.int64)
+    out: dict[int, tuple[float, float]] = {}
+    for t in np.unique(ids):
+        spreads = []
+        for values, mask in ((rel, ids == t), (peers[0], (ids == t) & (count >= 3))):
+            f = fortnight[mask]
+            n = np.bincount(f)
+            means = np.bincount(f, weights=values[mask])[n >= 200] / n[n >= 200]
+            spreads.append(float(np.std(means)) if means.size > 1 else float("nan"))
+        out[int(t)] = (spreads[0], spreads[1])
+    return out

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.power_curve import fit_power_curve, power_curve_scores
+from bench.power_curve import fit_power_curve, fortnight_wander, power_curve_scores
 from pipeline.config import DetectorConfig, load_config, make_config
 from pipeline.detector import FILTERED, SKIPPED, Detector
 from pipeline.evaluation import EpisodeScores, LabelRuns, score_episodes
@@ -197,6 +197,33 @@ def matched(
     return best
 
 
+def wander(r: Run) -> list[str]:
+    """Why the chart watches peers: the fortnightly power residual, alone and against peers."""
+    col = {name: j for j, name in enumerate(r.report.sensors)}
+    w, p = r.values[:, col["wind_speed"]], r.values[:, col["power"]]
+    eligible = r.scored_by >= 0
+    y14, y15 = eligible & (r.timestamps < Y2015), eligible & (r.timestamps >= Y2015)
+    curve = fit_power_curve(r.turbines[y14], w[y14], p[y14])
+    spread = fortnight_wander(curve, r.turbines[y15], r.timestamps[y15], w[y15], p[y15])
+    rows = [
+        f"| {r.report.names.name_of(t)} | {100 * own:.1f} % | {100 * peer:.1f} % |"
+        for t, (own, peer) in spread.items()
+    ]
+    return [
+        "### The weather in the power curve (why the chart watches peers)",
+        "",
+        "Standard deviation over 2015's fortnights of each turbine's mean relative power "
+        "residual ((power - bin mean) / bin mean, IEC 0.5 m/s bins learned on 2014, readings "
+        "outside the operating states, bins above 50 kW), alone and minus the median of the "
+        "other turbines' residuals at the same time:",
+        "",
+        "| turbine | alone | against the other turbines |",
+        "| --- | ---: | ---: |",
+        *rows,
+        "",
+    ]
+
+
 def inject(seed: int, out: Path) -> None:
     cmd = [
         sys.executable, "-m", "pipeline.cli", "inject", "--input", str(LHB), "--config",
@@ -338,6 +365,7 @@ def main() -> int:
         "",
         *monthly(clean, gap),
         "",
+        *wander(clean),
     ]
     speed = (
         clean.report.readings / clean.seconds,
