@@ -225,6 +225,15 @@ class DetectorConfig(BaseModel):
         description="Tail probability of the residual chart's threshold (default: half the "
         "false_alarm_rate); the chart statistic is reported scaled to the alarm threshold.",
     )
+    chart_learn_gate: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Tail probability of the residual chart's learning gate (a warning "
+        "limit, as in statistical process control): the chart models learn only while the "
+        "chart is inside it, so a fault building up below the alarm is never learned as "
+        "normal. None: the chart's alarm threshold.",
+    )
     rebaseline_after: Duration | None = Field(
         None,
         description="An alarm persisting at a steady level this long is accepted as the new "
@@ -290,6 +299,15 @@ class DetectorConfig(BaseModel):
             raise ConfigError("settle_span follows the learn_when states: give learn_when rules")
         if self.chart_peers is not None and self.chart != "residual":
             raise ConfigError('chart_peers is an option of chart = "residual"')
+        if self.chart_learn_gate is not None:
+            if self.chart != "residual":
+                raise ConfigError('chart_learn_gate is an option of chart = "residual"')
+            rate = self.chart_false_alarm_rate or self.false_alarm_rate / 2.0
+            if self.chart_learn_gate < rate:
+                raise ConfigError(
+                    f"chart_learn_gate {self.chart_learn_gate} is below the chart's alarm rate "
+                    f"{rate}: a warning limit lies inside the alarm limit"
+                )
         if self.sensors is not None:
             self.check_sensor_roles(self.sensors)
         return self
@@ -406,6 +424,14 @@ class DetectorConfig(BaseModel):
 
         rate = self.chart_false_alarm_rate or self.false_alarm_rate / 2.0
         return chi2_threshold(rate, self.degrees_of_freedom(n_features))
+
+    def chart_gate(self, n_features: int) -> float:
+        """The residual chart's learning gate on its own squared distance."""
+        from pipeline.mahalanobis import chi2_threshold
+
+        if self.chart_learn_gate is None:
+            return self.chart_threshold(n_features)
+        return chi2_threshold(self.chart_learn_gate, self.degrees_of_freedom(n_features))
 
     def gate(self, n_features: int) -> float:
         """The learning gate on squared distances (the alarm threshold when not set)."""

@@ -192,6 +192,8 @@ class Detector:
         if cfg.chart_sensors:
             order = self._perm[self._k :] if self._perm is not None else np.arange(d)
             mask = np.asarray([sensors[j] in cfg.chart_sensors for j in order], dtype=np.float64)
+        # The chart's statistic is reported scaled to the alarm threshold; so is its gate.
+        self._chart_gate = self.threshold * cfg.chart_gate(d) / cfg.chart_threshold(d)
         self._residuals = ResidualChart(
             t,
             r,
@@ -389,7 +391,7 @@ class Detector:
             learned = np.zeros(idx.size, dtype=bool)
             learned[learn] = True
         if chart is not None:
-            calm = learned & chart.charted & (scored_by > 0) & (chart.statistic <= self.threshold)
+            calm = learned & chart.charted & (scored_by > 0) & (chart.statistic <= self._chart_gate)
             self._residuals.learn(idx, chart, calm)
         rebaselined = self._settle_runs(ts_l) if self._runs is not None else np.zeros(0, np.int64)
 

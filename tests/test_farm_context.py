@@ -14,6 +14,7 @@ from pipeline.detector import FILTERED
 from pipeline.errors import ConfigError
 from pipeline.policy import peer_deviation, settling
 from pipeline.recordings import RecordingSpec, read_recording
+from tests.test_operating_point import run_daily
 
 
 @given(
@@ -199,3 +200,49 @@ def test_a_column_read_twice_under_two_names(tmp_path):
     np.testing.assert_array_equal(chunk.values[:, 0], chunk.values[:, 2])
     with pytest.raises(ValueError, match="name 'wind' given twice"):
         RecordingSpec(sensors=["ws=wind", "p=wind"])
+
+
+def test_chart_learn_gate_keeps_a_fault_building_below_the_alarm_out_of_the_chart(rng):
+    """A deficit growing slowly stays under the alarm for days: without a warning
+    limit the chart learns it as normal (its variance widens and the alarm comes late
+    or never); with one the chart stops learning once it leaves the warning limit."""
+    n = 60 * 144
+    ts = np.arange(n) * 600.0
+    wind = np.abs(rng.normal(8.0, 2.0, n))
+    x = np.column_stack((wind, 100.0 * wind + rng.normal(0, 40.0, n)))
+    start = 40 * 86400
+    ramp = np.clip((ts - start) / (10 * 86400), 0, 1)
+    x[:, 1] *= 1 - 0.05 * ramp  # 0 to 5 % over ten days, then 5 %
+    base = {
+        "sensors": ("wind", "power"),
+        "conditions": ("wind",),
+        "key_groups": 1,
+        "chart": "residual",
+        "chart_span": "6h",
+    }
+    plain, gated = (
+        Detector(make_config(base)),
+        Detector(make_config({**base, "chart_learn_gate": 0.1})),
+    )
+    fp, fg = run_daily(plain, ts, x), run_daily(gated, ts, x)
+    faulty = ts >= start
+    assert fp[faulty].mean() < 0.05, "the plain chart learned the deficit as normal"
+    assert fg[faulty].mean() > 0.4
+    assert fg[(ts > 20 * 86400) & ~faulty].mean() < 0.01
+    learned_p = plain._residuals.models.counts[0]
+    learned_g = gated._residuals.models.counts[0]
+    assert learned_g < learned_p, "the gated chart did not learn the fault"
+
+
+def test_chart_learn_gate_must_lie_outside_the_alarm_limit():
+    with pytest.raises(ConfigError, match="a warning limit lies inside the alarm limit"):
+        make_config(
+            {
+                "sensors": ("wind", "power"),
+                "chart": "residual",
+                "chart_false_alarm_rate": 1e-3,
+                "chart_learn_gate": 1e-4,
+            }
+        )
+    with pytest.raises(ConfigError, match='chart_learn_gate is an option of chart = "residual"'):
+        make_config({"sensors": ("wind", "power"), "chart_learn_gate": 0.1})
