@@ -220,5 +220,5 @@ def test_the_shipped_configuration_names_the_lhb_columns(lhb_csv):
     with read_recording(lhb_csv, spec) as rec:
         quirks = Quirks.for_spec(spec, rec.sensors)
         n = sum(len(c) for c in quirks.filter(rec))
-        assert rec.sensors == ("pitch", "power", "wind_speed", "outdoor_temp")
+        assert rec.sensors == ("pitch", "power", "wind_speed", "wind_vs_fleet", "outdoor_temp")
     assert n == 420_480 - 48 and quirks.counts.sentinel == {"outdoor_temp": 33}
