@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,44 @@ class FleetSummary:
     top: Anomalies
     thresholds: F64
     invalid_times: int = 0
+    bucket: float = 0.0  # bucket width, seconds (one of BUCKETS)
+
+
+# Heatmap bucket widths, seconds, and how the page names them.
+BUCKETS = ((60.0, "1 min"), (600.0, "10 min"), (3600.0, "1 h"), (86_400.0, "1 day"))
+
+
+def bucket_edges(t0: float, t1: float, max_buckets: int) -> tuple[F64, float]:
+    """Edges (B + 1,) of round time buckets covering [t0, t1], and their width in seconds.
+
+    The width is the smallest of 1 min, 10 min, 1 h and 1 day that needs at
+    most ``max_buckets`` buckets (1 day for longer spans); edges fall on
+    multiples of the width (UTC), so a bucket reads as a clock interval.
+
+    >>> edges, width = bucket_edges(130.0, 3000.0, 96)
+    >>> width, float(edges[0]), float(edges[-1]), edges.size - 1
+    (60.0, 120.0, 3000.0, 48)
+    >>> bucket_edges(0.0, 7200.0, 96)[1], bucket_edges(0.0, 400 * 86400.0, 96)[1]
+    (600.0, 86400.0)
+    """
+    width = BUCKETS[-1][0]
+    for w, _ in BUCKETS:
+        if math.ceil((t1 - t0) / w) + 1 <= max_buckets:
+            width = w
+            break
+    lo = math.floor(t0 / width) * width
+    hi = max(math.ceil(t1 / width) * width, lo + width)
+    n = int(round((hi - lo) / width))
+    return lo + width * np.arange(n + 1, dtype=np.float64), width
+
+
+def bucket_name(width: float) -> str:
+    """How the page names a bucket width (seconds).
+
+    >>> bucket_name(600.0), bucket_name(51.0)
+    ('10 min', '51 s')
+    """
+    return next((name for w, name in BUCKETS if w == width), f"{width:,.0f} s")
 
 
 def valid_times(timestamps: F64) -> NDArray[np.bool_]:
@@ -86,8 +125,8 @@ def summarise(stores: Sequence[AnomalyStore], options: ReportOptions) -> FleetSu
         t0 = t1 = 0.0
     if t1 <= t0:
         t0, t1 = t0 - 0.5, t1 + 0.5
-    buckets = max(1, options.time_buckets)
-    edges = np.linspace(t0, t1, buckets + 1)
+    edges, width = bucket_edges(t0, t1, max(1, options.time_buckets))
+    buckets = edges.size - 1
     heat = sparse.csr_array((turbines.size, buckets), dtype=np.int64)
     top = Anomalies.concat([], sensors)
     thresholds = np.zeros(0)
@@ -126,6 +165,7 @@ def summarise(stores: Sequence[AnomalyStore], options: ReportOptions) -> FleetSu
         top=top,
         thresholds=thresholds,
         invalid_times=invalid,
+        bucket=width,
     )
 
 

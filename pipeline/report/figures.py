@@ -14,7 +14,7 @@ from pipeline.detector import Detector
 from pipeline.episodes import Episodes
 from pipeline.names import TurbineNames
 from pipeline.report.common import correlations, iso, thin, to_datetime64
-from pipeline.report.data import FleetSummary, Series
+from pipeline.report.data import FleetSummary, Series, bucket_name
 from pipeline.store import Anomalies
 
 
@@ -178,13 +178,15 @@ def heatmap_figure(
     ax.set_ylabel("turbine")
     ax.set_facecolor("#f4f4f4")
     _date_axis(ax)
-    width = (summary.edges[-1] - summary.edges[0]) / max(1, summary.edges.size - 1)
+    width = summary.bucket or (summary.edges[-1] - summary.edges[0]) / max(
+        1, summary.edges.size - 1
+    )
     shown = (
         f"all {r} turbines with anomalies"
         if r == np.count_nonzero(summary.counts)
         else f"the {r} of {np.count_nonzero(summary.counts)} turbines with the most anomalies"
     )
-    ax.set_title(f"Anomalies per turbine and {width:,.0f} s bucket ({shown})", fontsize=11)
+    ax.set_title(f"Anomalies per turbine and {bucket_name(width)} ({shown})", fontsize=11)
     fig.colorbar(mesh, ax=ax, label="anomalies", shrink=0.8)
     return fig
 

@@ -32,6 +32,7 @@ from pipeline.report.common import (
 )
 from pipeline.report.data import (
     FleetSummary,
+    bucket_name,
     load_model,
     open_stores,
     recorded_config,
@@ -391,7 +392,8 @@ def _page(
             _figure(
                 HEATMAP,
                 "heatmap of anomaly counts per turbine and time bucket",
-                "Anomalies per turbine and time bucket; blank cells have none.",
+                f"Anomalies per turbine and {bucket_name(summary.bucket)} bucket (UTC clock "
+                "intervals); blank cells have none.",
             )
         )
     else:
