@@ -68,3 +68,50 @@ def test_heatmap_buckets_are_round_units_chosen_by_span(tmp_path, span, width, n
     page = write_report(path, tmp_path / "rep").index.read_text()
     assert f"{name} bucket" in page
     assert " s bucket" not in page
+
+
+def _cells(page: str, header: str) -> list[list[str]]:
+    """Rows (as cell texts) of the first table whose header row has ``header``."""
+    import re
+
+    for table in re.findall(r"<table>(.*?)</table>", page, flags=re.S):
+        heads = re.findall(r"<th>(.*?)</th>", table)
+        if header in heads:
+            body = table.split("</thead>", 1)[1]
+            rows = [re.findall(r"<td>(.*?)</td>", row) for row in body.split("</tr>")]
+            return [r for r in rows if r]
+    raise AssertionError(f"no table with a {header!r} column")
+
+
+def test_contributions_are_explained_and_their_shares_sum_to_d2(tmp_path):
+    # Signed shares: one larger than d^2, one negative (correlated sensors against each other).
+    contrib = np.array([[30.0, -12.0, 2.0], [5.0, 6.0, 1.0]])
+    path = anomaly_store(tmp_path / "s", T0 + np.array([0.0, 60.0]), np.array([1, 2]), contrib)
+    page = write_report(path, tmp_path / "rep").index.read_text()
+    assert "signed shares of d\u00b2" in page and "add up to its d\u00b2" in page
+    rows = _cells(page, "sum of shares")
+    assert len(rows) == 2
+    for row in rows:
+        d2, total = float(row[3].replace(",", "")), float(row[-1].replace(",", ""))
+        assert total == pytest.approx(d2)
+    assert any("s0 +30.0" in row[4] for row in rows)
+    # The note stands beside the contributions: in section 3, before its event table.
+    section = page.split("<h2>3.", 1)[1].split("<h2>4.", 1)[0]
+    assert section.index("signed shares") < section.index("sum of shares")
+
+
+@pytest.mark.parametrize(("partition", "embedded"), [(-1, True), (3, False)])
+def test_event_id_format_is_explained_in_the_page(tmp_path, partition, embedded):
+    store = AnomalyStore(tmp_path / "s", sensors=("a", "b"))
+    c = np.array([[4.0, 1.0]])
+    store.append(
+        BatchResult(np.array([T0]), np.array([7]), c.sum(1), np.ones(1, bool),
+                    np.ones(1, np.int8), 1.0, np.arange(1), c),
+        partitions=partition,
+        offsets=12,
+    )  # fmt: skip
+    store.flush()
+    page = write_report(tmp_path / "s", tmp_path / "rep").index.read_text()
+    assert f"{partition}:12:0" in page
+    assert "Event ids are partition:offset:row" in page
+    assert ("Partition -1 is an embedded run" in page) is embedded

@@ -91,9 +91,38 @@ def _figure(name: str, alt: str, caption: str) -> str:
     )
 
 
+CONTRIBUTIONS_NOTE = (
+    "Contributions are signed shares of d\u00b2: each event's shares add up to its d\u00b2 "
+    "(column 'sum of shares'). One share can exceed d\u00b2 and another be negative when "
+    "correlated sensors deviate against their usual relation: the negative share is the part "
+    "of one sensor's deviation that the other's explains."
+)
+
+
+def event_id_note(ids: Sequence[str]) -> str:
+    """What an event id ``partition:offset:row`` means, said for the ids on the page.
+
+    >>> "-1 is an embedded run" in event_id_note(["-1:4:0"])
+    True
+    """
+    note = (
+        "Event ids are partition:offset:row: the Kafka partition the readings came from, the "
+        "offset of their record in it, and the reading's row in that record. "
+    )
+    if any(i.startswith("-1:") for i in ids):
+        note += (
+            "Partition -1 is an embedded run (turbine detect --input, no Kafka): its offset is "
+            "the engine batch, counted from 0, and the row the reading's place in the batch. "
+        )
+    return note + (
+        "turbine anomalies STORE --similar-to ID finds one; Kafka events carry the same id "
+        "after their topic (topic:partition:offset:row)."
+    )
+
+
 def _top_sensors(contrib: F64, sensors: tuple[str, ...], n: int = 2) -> str:
     order = np.argsort(-contrib, kind="stable")[:n]
-    return ", ".join(f"{sensors[j]} {contrib[j]:.1f}" for j in order.tolist())
+    return ", ".join(f"{sensors[j]} {contrib[j]:+.1f}" for j in order.tolist())
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -409,6 +438,7 @@ def _page(
                 "squared distance (red adds, blue subtracts).",
             )
         )
+        add(f"<p class='note contributions'>{esc(CONTRIBUTIONS_NOTE)}</p>")
         top = summary.top
         ids = top.event_ids()
         rows = [
@@ -418,10 +448,13 @@ def _page(
                 name_of(int(top.turbine_ids[i])),
                 f"{float(top.distances[i]):,.1f}",
                 _top_sensors(top.contributions[i], top.sensors),
+                f"{float(top.contributions[i].sum()):,.1f}",
             )
             for i in range(len(top))  # a few events
         ]
-        add(_table(("event", "time (UTC)", "turbine", statistic_name(config), "top sensors"), rows))
+        header = ("event", "time (UTC)", "turbine", statistic_name(config), "top sensors")
+        add(_table((*header, "sum of shares"), rows))
+        add(f"<p class='note event-ids'>{esc(event_id_note(ids))}</p>")
         add(
             "<h3>Seen before</h3><p class='note'>For each event, the earlier anomalies "
             "whose per-sensor contributions point the same way (cosine similarity; "
