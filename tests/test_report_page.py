@@ -9,7 +9,9 @@ import pytest
 
 from pipeline.detector import BatchResult
 from pipeline.report import ReportOptions, write_report
+from pipeline.report.common import iso
 from pipeline.report.data import open_stores, summarise
+from pipeline.similarity import SeenBefore
 from pipeline.store import AnomalyStore
 
 T0 = 1_767_225_617.3  # 2026-01-01 00:00:17.3 UTC: not on any round edge
@@ -115,3 +117,102 @@ def test_event_id_format_is_explained_in_the_page(tmp_path, partition, embedded)
     assert f"{partition}:12:0" in page
     assert "Event ids are partition:offset:row" in page
     assert ("Partition -1 is an embedded run" in page) is embedded
+
+
+def _episodes(turbines, starts, ends, d: int):
+    from pipeline.episodes import Episodes
+
+    k = len(turbines)
+    return Episodes(
+        np.asarray(turbines, np.int64),
+        np.asarray(starts, float),
+        np.asarray(ends, float),
+        np.ones(k),
+        np.asarray(ends, float),
+        np.ones(k, np.int64),
+        np.zeros((k, d)),
+        np.array(["normal"] * k),
+        tuple(f"s{j}" for j in range(d)),
+    )
+
+
+def _seen_before_store(tmp_path: Path, with_episodes: bool) -> Path:
+    # Turbine 1's fault: alarms every 600 s (under the 1800 s gap) for 6000 s, all alike,
+    # the last the largest.  Earlier: turbine 1's own older fault (another episode), and
+    # turbine 2's look-alike.  Turbine 3 points elsewhere.
+    fault = T0 + np.arange(0.0, 6001.0, 600.0)
+    ts = np.r_[T0 - 20_000.0, T0 - 15_000.0, T0 - 14_000.0, fault]
+    turb = np.r_[1, 2, 3, np.ones(fault.size, np.int64)]
+    contrib = np.r_[
+        [[5.0, 1.2, 0.0]],
+        [[4.0, 1.0, 0.1]],
+        [[0.0, -1.0, 6.0]],
+        np.tile([[5.0, 1.0, 0.0]], (11, 1)),
+    ]
+    contrib[3:, 1] += 0.02 * np.arange(10, -1, -1)  # the latest alarms most like the event
+    contrib[-1] *= 3.0
+    path = anomaly_store(tmp_path / "s", ts, turb, contrib)
+    if with_episodes:
+        store = AnomalyStore(path)
+        store.append_episodes(
+            _episodes(
+                [1, 2, 3, 1], [ts[0], ts[1], ts[2], fault[0]], [ts[0], ts[1], ts[2], fault[-1]], 3
+            )
+        )
+        store.flush()
+    return path
+
+
+@pytest.mark.parametrize("with_episodes", [True, False])
+def test_seen_before_skips_the_events_own_episode(tmp_path, with_episodes):
+    path = _seen_before_store(tmp_path, with_episodes)
+    page = write_report(path, tmp_path / "rep").index.read_text()
+    section = page.split("<h3>Seen before</h3>", 1)[1].split("<h2>4.", 1)[0]
+    worst = section.split("(turbine 1)</h4>", 1)[1].split("<h4>", 1)[0]
+    rows = _cells(worst, "similarity")
+    times = {row[2] for row in rows}
+    own = {iso(T0 + t) for t in np.arange(0.0, 6000.0, 600.0)}
+    if with_episodes:
+        assert not times & own  # none of the fault's own alarms, however far back the chain
+        assert {row[3] for row in rows} == {"1", "2"}  # turbine 1's older fault and turbine 2
+    else:
+        # Without recorded episodes, the gap before the event: its last 1800 s are left out.
+        assert not times & {iso(T0 + t) for t in (4800.0, 5400.0)}
+        assert times & {iso(T0 + t) for t in (3000.0, 3600.0)}
+    assert all(float(row[0]) > 0 for row in rows)  # turbine 3 points elsewhere: not listed
+    assert "3" not in {row[3] for row in rows}
+
+
+def test_seen_before_says_when_nothing_else_is_similar(tmp_path):
+    fault = T0 + np.arange(0.0, 601.0, 60.0)
+    contrib = np.tile([[5.0, 1.0]], (fault.size, 1))
+    contrib[-1] *= 2
+    path = anomaly_store(tmp_path / "s", fault, np.ones(fault.size, np.int64), contrib)
+    page = write_report(path, tmp_path / "rep").index.read_text()
+    assert "Nothing else similar" in page and "own episode" in page
+    assert "<td>1.0000</td>" not in page  # no match with itself seconds earlier
+
+
+def test_seen_before_own_episode_equals_a_naive_loop(tmp_path, rng):
+    n, d = 300, 4
+    contrib = rng.normal(size=(n, d))
+    ts = np.sort(rng.uniform(0, 1000, size=n))
+    ids = rng.integers(0, 5, size=n)
+    path = anomaly_store(tmp_path / "s", ts, ids, contrib, batch_of=np.arange(n) // 20)
+    table = AnomalyStore(path).query()
+    q = np.array([50, 150, 299])
+    since = table.timestamps[q] - 200.0
+    seen = SeenBefore(
+        table.contributions[q], 6, table.timestamps[q], own=(table.turbine_ids[q], since)
+    )
+    for chunk in AnomalyStore(path).iter_matrices():
+        seen.update(chunk)
+    for i, qi in enumerate(q.tolist()):
+        ok = (table.timestamps < table.timestamps[qi]) & ~(
+            (table.turbine_ids == table.turbine_ids[qi]) & (table.timestamps >= since[i])
+        )
+        a = table.contributions[qi] / np.linalg.norm(table.contributions[qi])
+        b = table.contributions / np.linalg.norm(table.contributions, axis=1, keepdims=True)
+        sims = np.where(ok, b @ a, -np.inf)
+        want = np.sort(sims[np.isfinite(sims)])[::-1][:6]
+        np.testing.assert_allclose(seen.matches(i)[1], want, rtol=1e-10)

@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.config import DetectorConfig
 from pipeline.detector import Detector
 from pipeline.durable import atomic_file
-from pipeline.episodes import Episodes
+from pipeline.episodes import Episodes, own_episode_starts
 from pipeline.errors import ConfigError
 from pipeline.evaluation import Confusion
 from pipeline.names import TurbineNames
@@ -59,6 +59,14 @@ class Report:
     index: Path
     figures: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Start of each worst event's own episode, left out of its "seen before" matches.
+    own_episodes: F64 = field(default_factory=lambda: np.zeros(0))
+
+
+def _pointing_the_same_way(matches: Anomalies, sim: F64) -> tuple[Anomalies, F64]:
+    """The matches with a positive cosine similarity (the others point elsewhere)."""
+    keep = np.flatnonzero(sim > 0)
+    return matches.select(keep), sim[keep]
 
 
 def _table(header: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> str:
@@ -266,12 +274,20 @@ def write_report(
     if len(summary.top):
         fig = contributions_figure(summary.top, names=names)
         report.figures[CONTRIBUTIONS] = _save(fig, out / CONTRIBUTIONS, opts.dpi)
-        seen = SeenBefore(summary.top.contributions, opts.similar, summary.top.timestamps)
+        gap = config.episode_gap if config is not None else DetectorConfig().episode_gap
+        own = own_episode_starts(episodes, summary.top.turbine_ids, summary.top.timestamps, gap)
+        seen = SeenBefore(
+            summary.top.contributions,
+            opts.similar,
+            summary.top.timestamps,
+            own=(summary.top.turbine_ids, own),
+        )
         latest = float(summary.top.timestamps.max())
         for st in stores:
             for chunk in st.iter_matrices(until=latest):
                 seen.update(chunk)
-        similar = [seen.matches(i) for i in range(len(summary.top))]
+        similar = [_pointing_the_same_way(*seen.matches(i)) for i in range(len(summary.top))]
+        report.own_episodes = own
 
     # 5. correlation
     if model is not None:
@@ -457,13 +473,21 @@ def _page(
         add(f"<p class='note event-ids'>{esc(event_id_note(ids))}</p>")
         add(
             "<h3>Seen before</h3><p class='note'>For each event, the earlier anomalies "
-            "whose per-sensor contributions point the same way (cosine similarity; "
-            f"<code>turbine anomalies STORE --similar-to EVENT --top {opts.similar}</code>).</p>"
+            "whose per-sensor contributions point the same way (cosine similarity above 0), "
+            "leaving out the event's own episode: its turbine's alarms less than "
+            "<code>episode_gap</code> apart, which are the same fault seconds earlier "
+            f"(<code>turbine anomalies STORE --similar-to EVENT --top {opts.similar}</code> "
+            "lists those too).</p>"
         )
         for i, (matches, sim) in enumerate(similar):
             add(f"<h4>{esc(ids[i])} (turbine {esc(name_of(int(top.turbine_ids[i])))})</h4>")
             if len(matches) == 0:
-                add("<p class='note'>Nothing earlier: the first of its kind.</p>")
+                since = iso(float(report.own_episodes[i])) if report.own_episodes.size else "?"
+                add(
+                    "<p class='note seen-none'>Nothing else similar: no earlier anomaly outside "
+                    f"this event's own episode (turbine {esc(name_of(int(top.turbine_ids[i])))} "
+                    f"since {esc(since)} UTC) points the same way.</p>"
+                )
                 continue
             mids = matches.event_ids()
             add(
