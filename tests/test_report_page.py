@@ -216,3 +216,81 @@ def test_seen_before_own_episode_equals_a_naive_loop(tmp_path, rng):
         sims = np.where(ok, b @ a, -np.inf)
         want = np.sort(sims[np.isfinite(sims)])[::-1][:6]
         np.testing.assert_allclose(seen.matches(i)[1], want, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------- faults and their kinds
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """A simulated fleet (with fault kinds), its store and its report with --input."""
+    from tests.cli_support import turbine
+
+    d = tmp_path_factory.mktemp("faults")
+    made = turbine(
+        "simulate", "--turbines", 20, "--steps", 2000, "--seed", 11, "--output", d / "f.npz"
+    ).stdout
+    turbine("detect", "--input", d / "f.npz", "--store", d / "store", "--quiet")
+    turbine("report", "--store", d / "store", "--input", d / "f.npz", "--output", d / "rep")
+    return d, made, (d / "rep" / "index.html").read_text()
+
+
+def test_the_simulator_and_the_report_count_faults_alike(simulated):
+    import json
+    import re
+
+    from tests.cli_support import turbine
+
+    d, made, page = simulated
+    n = int(re.search(r"(\d+) faults: labelled runs per turbine, from (\d+) injected", made)[1])
+    injected = int(re.search(r"from (\d+) injected episodes", made)[1])
+    assert n != injected  # correlation breaks are labelled only where they show: not 1:1
+    ev = json.loads(turbine("evaluate", "--input", d / "f.npz", "--format", "json").stdout)
+    assert ev["faults"] == n
+    row = dict((r[0], r[1]) for r in _cells(page, "value"))
+    assert row["faults detected"].endswith(f"of {n}")
+    assert "A fault is a labelled run" in page
+
+
+def test_fault_kinds_in_the_evaluation_and_the_event_tables(simulated):
+    import re
+
+    _, made, page = simulated
+    printed = dict((k, int(v)) for k, v in re.findall(r"(\w+) (\d+)", made.split("by kind:", 1)[1]))
+    rows = dict((r[0], r[1]) for r in _cells(page, "value"))
+    shown = {
+        k.removeprefix("faults detected: "): int(v.split(" of ")[1])
+        for k, v in rows.items()
+        if k.startswith("faults detected: ")
+    }
+    assert shown == printed and sum(shown.values()) == int(rows["faults detected"].split()[-1])
+    events = _cells(page, "sum of shares")
+    assert events and all(r[-1] in (*printed, "none") for r in events)
+    assert any(r[-1] in printed for r in events)  # the worst events are faults here
+    episodes = _cells(page, "fault kinds")
+    assert episodes and all(set(r[-1].split("+")) <= {*printed, "none"} for r in episodes)
+    assert "each with its fault kind" in page
+
+
+def test_timeline_series_carry_kinds_and_the_figure_writes_them():
+    from pipeline.detector import BatchResult as R
+    from pipeline.recordings import Chunk
+    from pipeline.report.data import TimelineCollector
+    from pipeline.report.figures import timeline_figure
+
+    c = TimelineCollector(np.array([7]))
+    ts = np.arange(6.0)
+    r = R(ts, np.full(6, 7), np.array([1.0, 30, 30, 1, 40, 1]), np.array([0, 1, 1, 0, 1, 0], bool),
+          np.ones(6, np.int8), 10.0, np.array([1, 2, 4]), np.zeros((3, 1)))  # fmt: skip
+    labels = np.array([0, 1, 1, 0, 1, 0], np.int8)
+    kinds = np.array(["", "drift", "drift", "", "stuck", ""])
+    c(Chunk(ts, np.full(6, 7), np.zeros((6, 1)), labels, kinds, np.arange(6)), r)
+    s = c.series()[7]
+    assert s.kinds is not None and s.kinds.tolist() == kinds.tolist()
+    fig = timeline_figure({7: s}, {7: 3}, 10.0, True)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["drift", "stuck"]
+
+
+def test_a_file_without_kinds_shows_no_kind_column(tmp_path):
+    contrib = np.array([[30.0, -12.0], [5.0, 6.0]])
+    path = anomaly_store(tmp_path / "s", T0 + np.array([0.0, 60.0]), np.array([1, 2]), contrib)
+    page = write_report(path, tmp_path / "rep").index.read_text()
+    assert "fault kind" not in page

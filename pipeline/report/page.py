@@ -31,6 +31,7 @@ from pipeline.report.common import (
     worst,
 )
 from pipeline.report.data import (
+    FaultKinds,
     FleetSummary,
     bucket_name,
     load_model,
@@ -137,11 +138,19 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+FAULT_DEFINITION = (
+    "A fault is a labelled run: consecutive labelled readings of one turbine, as "
+    "turbine simulate and turbine evaluate count them; its kind is that of its first reading."
+)
+
+
 def evaluation_rows(c: Confusion) -> list[tuple[str, str]]:
-    """The evaluation table's rows, as ``turbine evaluate`` prints them.
+    """The evaluation table's rows, as ``turbine evaluate`` prints them, then per fault kind.
 
     >>> evaluation_rows(Confusion(tp=8, fp=2, fn=2, tn=88))[:3]
     [('precision', '0.800'), ('recall', '0.800'), ('F1 (SKAB)', '0.800')]
+    >>> evaluation_rows(Confusion(fault_kinds=(("drift", True), ("spike", False))))[-2:]
+    [('faults detected: drift', '1 of 1'), ('faults detected: spike', '0 of 1')]
     """
     faults = len(c.delays) + c.missed_faults
     return [
@@ -153,6 +162,10 @@ def evaluation_rows(c: Confusion) -> list[tuple[str, str]]:
         ("mean detection delay (s)", _fmt(c.mean_delay, 1)),
         ("faults detected", f"{faults - c.missed_faults} of {faults}"),
         ("TP / FP / FN / TN", f"{c.tp:,} / {c.fp:,} / {c.fn:,} / {c.tn:,}"),
+    ] + [
+        (f"faults detected: {kind}", f"{hit} of {total}")
+        for kind, (hit, total) in c.by_kind().items()
+        if kind
     ]
 
 
@@ -226,12 +239,13 @@ def write_report(
 
     # 1. timelines
     run: RunReport | None = None
+    kinds: FaultKinds | None = None
     if input_path is not None and config is not None:
         steps = batch_steps or next(
             (s.batch_steps for s in stores if s.batch_steps), DEFAULT_BATCH_STEPS
         )
         train_rows = next((s.train_rows for s in stores if s.train_rows), 0)
-        run, series = rescore(
+        run, series, kinds = rescore(
             input_path,
             spec or RecordingSpec(),
             config,
@@ -308,6 +322,7 @@ def write_report(
         opts,
         names,
         episodes,
+        kinds if kinds is not None and kinds.seen else None,
     )
     with atomic_file(report.index) as f:
         f.write(page.encode("utf-8"))
@@ -327,6 +342,7 @@ def _page(
     opts: ReportOptions,
     names: TurbineNames | None = None,
     episodes: Episodes | None = None,
+    kinds: FaultKinds | None = None,
 ) -> str:
     esc = html.escape
     name_of = (names or TurbineNames()).name_of
@@ -418,6 +434,7 @@ def _page(
                 "Every scored reading's distance (line, log scale) against the threshold "
                 "(dashed); anomalies in red"
                 + (", labelled faults shaded" if run.confusion is not None else "")
+                + (", each with its fault kind" if kinds is not None else "")
                 + f". Re-scored from {input_path} with the store's configuration."
             )
         else:
@@ -457,7 +474,7 @@ def _page(
         add(f"<p class='note contributions'>{esc(CONTRIBUTIONS_NOTE)}</p>")
         top = summary.top
         ids = top.event_ids()
-        rows = [
+        rows: list[tuple[object, ...]] = [
             (
                 ids[i],
                 iso(float(top.timestamps[i])),
@@ -468,8 +485,15 @@ def _page(
             )
             for i in range(len(top))  # a few events
         ]
-        header = ("event", "time (UTC)", "turbine", statistic_name(config), "top sensors")
-        add(_table((*header, "sum of shares"), rows))
+        header: tuple[str, ...] = ("event", "time (UTC)", "turbine", statistic_name(config))
+        header += ("top sensors", "sum of shares")
+        if kinds is not None:
+            header += ("fault kind",)
+            rows = [
+                (*row, kind or "none")
+                for row, kind in zip(rows, kinds.at(top.turbine_ids, top.timestamps), strict=True)
+            ]
+        add(_table(header, rows))
         add(f"<p class='note event-ids'>{esc(event_id_note(ids))}</p>")
         add(
             "<h3>Seen before</h3><p class='note'>For each event, the earlier anomalies "
@@ -490,22 +514,24 @@ def _page(
                 )
                 continue
             mids = matches.event_ids()
-            add(
-                _table(
-                    ("similarity", "event", "time (UTC)", "turbine", "d\u00b2", "top sensors"),
-                    [
-                        (
-                            f"{float(sim[j]):.4f}",
-                            mids[j],
-                            iso(float(matches.timestamps[j])),
-                            name_of(int(matches.turbine_ids[j])),
-                            f"{float(matches.distances[j]):,.1f}",
-                            _top_sensors(matches.contributions[j], matches.sensors),
-                        )
-                        for j in range(len(matches))  # at most k rows
-                    ],
+            m_rows: list[tuple[object, ...]] = [
+                (
+                    f"{float(sim[j]):.4f}",
+                    mids[j],
+                    iso(float(matches.timestamps[j])),
+                    name_of(int(matches.turbine_ids[j])),
+                    f"{float(matches.distances[j]):,.1f}",
+                    _top_sensors(matches.contributions[j], matches.sensors),
                 )
-            )
+                for j in range(len(matches))  # at most k rows
+            ]
+            m_head: tuple[str, ...] = ("similarity", "event", "time (UTC)", "turbine", "d\u00b2")
+            m_head += ("top sensors",)
+            if kinds is not None:
+                m_head += ("fault kind",)
+                found = kinds.at(matches.turbine_ids, matches.timestamps)
+                m_rows = [(*row, k or "none") for row, k in zip(m_rows, found, strict=True)]
+            add(_table(m_head, m_rows))
     else:
         add("<p class='note'>No anomalies in the store.</p>")
 
@@ -514,7 +540,7 @@ def _page(
         add(_table(("score", "value"), evaluation_rows(run.confusion)))
         add(
             "<p class='note'>Point-wise, as <code>turbine evaluate</code> (SKAB's "
-            "definitions), over the re-scored input.</p>"
+            f"definitions), over the re-scored input. {esc(FAULT_DEFINITION)}</p>"
         )
     elif run is not None:
         add("<p class='note'>The input has no label column (set --label-col).</p>")
@@ -539,13 +565,17 @@ def _page(
     else:
         add("<p class='note'>The models have not learned enough readings yet.</p>")
     add("<h2>6. Alarm episodes</h2>")
-    add(episode_section(episodes, config, opts.top_events * 2, names))
+    add(episode_section(episodes, config, opts.top_events * 2, names, kinds))
     add("</body></html>\n")
     return "\n".join(parts)
 
 
 def episode_section(
-    episodes: Episodes, config: DetectorConfig | None, n: int, names: TurbineNames | None = None
+    episodes: Episodes,
+    config: DetectorConfig | None,
+    n: int,
+    names: TurbineNames | None = None,
+    kinds: FaultKinds | None = None,
 ) -> str:
     """The longest episodes as a table (``turbine anomalies STORE --episodes`` lists all)."""
     if len(episodes) == 0:
@@ -553,7 +583,7 @@ def episode_section(
     gap = config.episode_gap if config is not None else None
     longest = episodes.select(np.argsort(-episodes.durations, kind="stable")[:n])
     top = longest.top_sensors()
-    rows = [
+    rows: list[tuple[object, ...]] = [
         (
             (names or TurbineNames()).name_of(int(longest.turbine_ids[i])),
             iso(float(longest.starts[i])),
@@ -572,7 +602,7 @@ def episode_section(
         + " apart count as one (<code>episode_gap</code>). The longest "
         f"{len(longest)}; <code>turbine anomalies STORE --episodes</code> lists them all.</p>"
     )
-    header = (
+    header: tuple[str, ...] = (
         "turbine",
         "start (UTC)",
         "end (UTC)",
@@ -582,6 +612,10 @@ def episode_section(
         "top sensors",
         "state",
     )
+    if kinds is not None:
+        header += ("fault kinds",)
+        found = kinds.during(longest.turbine_ids, longest.starts, longest.ends)
+        rows = [(*row, k or "none") for row, k in zip(rows, found, strict=True)]
     return intro + _table(header, rows)
 
 
