@@ -49,6 +49,7 @@ bench: $(STAMP) ## benchmarks (engine, quality, real SCADA, Kafka); figures go t
 	$(PY) -m bench.engine
 	$(PY) -m bench.quality
 	$(PY) -m bench.scada
+	$(PY) -m bench.skab
 	$(PY) -m bench.kafka_e2e
 
 clean: ## remove outputs (not the venv)

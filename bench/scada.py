@@ -22,6 +22,7 @@ Open Licence 2.0, as distributed with NREL OpenOA.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -35,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bench.power_curve import fit_power_curve, fortnight_wander, power_curve_scores
+from bench.skab import REBASELINE
 from pipeline.config import DetectorConfig, load_config, make_config
 from pipeline.detector import FILTERED, SKIPPED, Detector
 from pipeline.evaluation import EpisodeScores, LabelRuns, score_episodes
@@ -234,15 +236,17 @@ def inject(seed: int, out: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)  # noqa: S603
 
 
+def skab_toml() -> str:
+    """The SKAB re-baselining settings (:data:`bench.skab.REBASELINE`) as a TOML file."""
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in REBASELINE.items())
+
+
 def skab_rebaselined() -> str | None:
     if not SKAB.is_dir():
         return None
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "skab.toml"
-        cfg.write_text(
-            'chart = "mewma"\nmewma_lambda = 0.2\nrebaseline_after = "60s"\n'
-            "rebaseline_share = 0.9\n"
-        )
+        cfg.write_text(skab_toml())
         cmd = [
             sys.executable, "-m", "pipeline.cli", "evaluate", "--input",
             *sorted(str(p) for p in SKAB.glob("*.csv")), "--sep", ";", "--time-col",

@@ -15,7 +15,7 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -31,12 +31,13 @@ from pipeline.evaluation import (
     EpisodeScores,
     LabelRuns,
     alarm_mask,
+    fault_kinds,
     score_episodes,
 )
 from pipeline.memory import limit_blas_threads, tune_malloc
 from pipeline.names import TurbineNames, turbine_id
 from pipeline.quirks import Quirks
-from pipeline.recordings import RecordingSpec, RecordingWriter, read_recording
+from pipeline.recordings import Chunk, RecordingSpec, RecordingWriter, read_recording
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
 from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
 from pipeline.store import (
@@ -257,11 +258,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.write_config:
         Path(args.write_config).write_text(json.dumps(sim.fleet.calibration(), indent=1) + "\n")
     with RecordingWriter(args.output, sim.fleet.sensors, labels=True, kinds=True) as writer:
-        for chunk in sim.chunks():
-            writer.write(chunk)
+
+        def written() -> Iterator[Chunk]:
+            for chunk in sim.chunks():
+                writer.write(chunk)
+                yield chunk
+
+        # Faults as the evaluation and the report count them: labelled runs per turbine.
+        # An injected episode may give several (a correlation break is labelled only where
+        # it shows) and overlapping ones give one.
+        faults = fault_kinds(written())
+    by_kind = Confusion(fault_kinds=tuple(faults.kinds)).by_kind()
+    kinds = ", ".join(f"{k} {n}" for k, (_, n) in by_kind.items())
     print(
         f"wrote {writer.rows:,} readings ({params.turbines} turbines x {params.steps} steps, "
-        f"{params.sensors} sensors, {len(sim.episodes)} faults) to {args.output}"
+        f"{params.sensors} sensors, {len(faults.kinds)} faults: labelled runs per turbine, "
+        f"from {len(sim.episodes)} injected episodes) to {args.output}"
+        + (f"; by kind: {kinds}" if kinds else "")
     )
     return 0
 
@@ -412,11 +425,12 @@ def evaluate_store(
             )
             labels = part.labels.astype(bool)  # type: ignore[union-attr]
             confusion.add(labels, alarms)
-            delays.update(part.timestamps, part.turbine_ids, labels, alarms)
+            delays.update(part.timestamps, part.turbine_ids, labels, alarms, part.kinds)
             runs.update(part.timestamps, part.turbine_ids, labels)
     delays.finish()
     confusion.delays = tuple(delays.delays)
     confusion.missed_faults = delays.missed
+    confusion.fault_kinds = tuple(delays.kinds)
     # The store's episodes within the file's scored time span (a store may hold others).
     lo = float(runs.first_seen.min(initial=np.inf))
     hi = float(runs.last_seen.max(initial=-np.inf))

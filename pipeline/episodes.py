@@ -576,3 +576,33 @@ class EpisodeTracker:
         out = cls(episodes.sensors, saved if gap is None else gap)
         out._open = episodes.select(np.argsort(episodes.turbine_ids, kind="stable"))
         return out
+
+
+def own_episode_starts(
+    episodes: Episodes, turbines: ArrayLike, times: ArrayLike, gap: float
+) -> NDArray[np.float64]:
+    """When the episode holding each anomaly began, shape (q,).
+
+    The anomaly of ``turbines[i]`` at ``times[i]`` belongs to the episode of
+    that turbine spanning its time; with none recorded (a store written
+    without episodes), its episode is taken to start ``gap`` seconds
+    earlier.
+
+    >>> eps = Episodes(np.array([3]), np.array([100.0]), np.array([500.0]), np.array([40.0]),
+    ...                np.array([300.0]), np.array([9]), np.zeros((1, 1)), np.array(["normal"]),
+    ...                ("a",))
+    >>> own_episode_starts(eps, [3, 3, 4], [300.0, 900.0, 300.0], 60.0).tolist()
+    [100.0, 840.0, 240.0]
+    """
+    t = np.asarray(turbines, dtype=np.int64).reshape(-1)
+    when = np.asarray(times, dtype=np.float64).reshape(-1)
+    out = when - float(gap)
+    for i in range(t.size):  # a loop over the few queried anomalies
+        hold = (
+            (episodes.turbine_ids == t[i])
+            & (episodes.starts <= when[i])
+            & (episodes.ends >= when[i])
+        )
+        if hold.any():
+            out[i] = float(episodes.starts[hold].min())
+    return out

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from pipeline.recordings.spec import Chunk
 
 
 @dataclass
@@ -24,6 +29,8 @@ class Confusion:
     tn: int = 0
     delays: tuple[float, ...] = ()
     missed_faults: int = 0
+    # Each fault's kind and whether it was detected (with a kind column; see DelayTracker).
+    fault_kinds: tuple[tuple[str, bool], ...] = ()
 
     def merge(self, other: Confusion) -> None:
         """Add another stream's counts and delays (streams are evaluated separately)."""
@@ -33,6 +40,19 @@ class Confusion:
         self.tn += other.tn
         self.delays += other.delays
         self.missed_faults += other.missed_faults
+        self.fault_kinds += other.fault_kinds
+
+    def by_kind(self) -> dict[str, tuple[int, int]]:
+        """Faults detected and faults, per fault kind, sorted by kind.
+
+        >>> Confusion(fault_kinds=(("drift", True), ("spike", False), ("drift", False))).by_kind()
+        {'drift': (1, 2), 'spike': (0, 1)}
+        """
+        out: dict[str, tuple[int, int]] = {}
+        for kind, detected in self.fault_kinds:
+            hit, total = out.get(kind, (0, 0))
+            out[kind] = (hit + int(detected), total + 1)
+        return dict(sorted(out.items()))
 
     def add(self, labels: NDArray[np.bool_], alarms: NDArray[np.bool_]) -> None:
         """Count one stream's labels (n,) against its alarms (n,)."""
@@ -91,7 +111,9 @@ class DelayTracker:
 
     A fault is a run of labelled readings of one turbine; its delay is the
     time from its first reading to its first alarm.  Runs may span batches:
-    the open run of each turbine is carried over.
+    the open run of each turbine is carried over.  Given the readings' fault kinds,
+    each fault's kind (that of its first reading) and whether it was
+    detected are kept in ``kinds``, in the order the faults end.
 
     >>> tr = DelayTracker()
     >>> lab = np.array([0, 1, 1, 1], bool)
@@ -104,7 +126,8 @@ class DelayTracker:
     def __init__(self) -> None:
         self.delays: list[float] = []
         self.missed = 0
-        self._open: dict[int, tuple[float, bool]] = {}  # turbine -> (onset, detected)
+        self.kinds: list[tuple[str, bool]] = []
+        self._open: dict[int, tuple[float, bool, str]] = {}  # turbine -> (onset, detected, kind)
 
     def update(
         self,
@@ -112,13 +135,15 @@ class DelayTracker:
         turbine_ids: NDArray[np.int64],
         labels: NDArray[np.bool_],
         alarms: NDArray[np.bool_],
+        kinds: NDArray[np.str_] | None = None,
     ) -> None:
-        """Add one batch (arrays of shape (n,), in stream order)."""
+        """Add one batch (arrays of shape (n,), in stream order; ``kinds`` "" when none)."""
         if timestamps.size == 0:
             return
         order = np.lexsort((np.arange(timestamps.size), turbine_ids))
         t, ids = timestamps[order], turbine_ids[order]
         lab, al = labels[order], alarms[order]
+        kind = None if kinds is None else np.asarray(kinds)[order]
         first = np.r_[True, ids[1:] != ids[:-1]]
         last = np.r_[ids[1:] != ids[:-1], True]
         # Loop over the turbines present (not readings) to join runs across batches.
@@ -134,9 +159,10 @@ class DelayTracker:
             return
         onset = t[start].copy()
         detected_before = np.zeros(n_runs, dtype=bool)
+        run_kind = [""] * n_runs if kind is None else [str(k) for k in kind[start].tolist()]
         for r in np.flatnonzero(carried[start]).tolist():
             tid = int(ids[start][r])
-            onset[r], detected_before[r] = self._open.pop(tid)
+            onset[r], detected_before[r], run_kind[r] = self._open.pop(tid)
         first_alarm = np.full(n_runs, np.inf)
         hit = lab & al
         np.minimum.at(first_alarm, run[hit], t[hit])
@@ -148,12 +174,16 @@ class DelayTracker:
                 self.delays.append(float(first_alarm[r] - onset[r]))
                 detected = True
             if ends_open[r]:
-                self._open[int(ids[start][r])] = (float(onset[r]), detected)
-            elif not detected:
-                self.missed += 1
+                self._open[int(ids[start][r])] = (float(onset[r]), detected, run_kind[r])
+            else:
+                self._end(run_kind[r], detected)
 
     def _close(self, turbine: int) -> None:
-        _, detected = self._open.pop(turbine)
+        _, detected, kind = self._open.pop(turbine)
+        self._end(kind, detected)
+
+    def _end(self, kind: str, detected: bool) -> None:
+        self.kinds.append((kind, detected))
         if not detected:
             self.missed += 1
 
@@ -392,3 +422,20 @@ def score_episodes(
         turbine_months=float(turbine_months),
         delays=tuple(delays.tolist()),
     )
+
+
+def fault_kinds(chunks: Iterable[Chunk]) -> DelayTracker:
+    """The faults of labelled chunks (in stream order), counted as the evaluation counts them.
+
+    A fault is a run of labelled readings of one turbine (:class:`DelayTracker`);
+    ``tracker.kinds`` holds each one's kind.  ``turbine simulate`` reports
+    this count, so its summary and the report's evaluation agree.
+    """
+    tracker = DelayTracker()
+    for c in chunks:
+        if c.labels is None:
+            continue
+        lab = c.labels.astype(bool)
+        tracker.update(c.timestamps, c.turbine_ids, lab, np.zeros(lab.size, bool), c.kinds)
+    tracker.finish()
+    return tracker

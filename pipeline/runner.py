@@ -224,7 +224,10 @@ def run_recording(
                 lab = batch.labels.astype(bool)[scored]
                 alarm = result.is_anomaly[scored]
                 report.confusion.add(lab, alarm)
-                delays.update(batch.timestamps[scored], batch.turbine_ids[scored], lab, alarm)
+                kinds = None if batch.kinds is None else batch.kinds[scored]
+                delays.update(
+                    batch.timestamps[scored], batch.turbine_ids[scored], lab, alarm, kinds
+                )
                 runs.update(batch.timestamps[scored], batch.turbine_ids[scored], lab)
             bar.update(len(batch))
     finally:
@@ -251,6 +254,7 @@ def run_recording(
         delays.finish()
         report.confusion.delays = tuple(delays.delays)
         report.confusion.missed_faults = delays.missed
+        report.confusion.fault_kinds = tuple(delays.kinds)
         e = report.episodes
         report.episode_scores = score_episodes(
             *runs.finish(), e.turbine_ids, e.starts, e.ends, runs.turbine_months

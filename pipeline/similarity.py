@@ -109,6 +109,10 @@ class SeenBefore:
     before : ndarray of shape (q,), optional
         Only candidates strictly earlier than the query's time count (which
         also leaves the query itself out).  None: any time.
+    own : (ndarray of shape (q,), ndarray of shape (q,)), optional
+        Each query's turbine and the start of its own episode: that
+        turbine's candidates from then on are the same episode (the fault
+        seconds earlier), not something seen before, and are left out.
 
     Examples
     --------
@@ -133,6 +137,7 @@ class SeenBefore:
         queries: ArrayLike,
         k: int = 5,
         before: ArrayLike | None = None,
+        own: tuple[ArrayLike, ArrayLike] | None = None,
     ) -> None:
         q = np.atleast_2d(np.asarray(queries, dtype=np.float64))
         self.k = int(k)
@@ -141,6 +146,15 @@ class SeenBefore:
         self._before = None if before is None else np.asarray(before, dtype=np.float64)
         if self._before is not None and self._before.shape != (self.n_queries,):
             raise ValueError(f"before has shape {self._before.shape}, queries {q.shape}")
+        self._own: tuple[NDArray[np.int64], NDArray[np.float64]] | None = None
+        if own is not None:
+            turbines = np.asarray(own[0], dtype=np.int64).reshape(-1)
+            since = np.asarray(own[1], dtype=np.float64).reshape(-1)
+            if turbines.shape != (self.n_queries,) or since.shape != (self.n_queries,):
+                raise ValueError(
+                    f"own has shapes {turbines.shape}, {since.shape}, queries {q.shape}"
+                )
+            self._own = (turbines, since)
         self._scores = np.zeros((self.n_queries, 0))
         self._table: Anomalies | None = None
         self._sensors: tuple[str, ...] = ()
@@ -165,6 +179,12 @@ class SeenBefore:
         allowed = np.ones((self.n_queries, n), dtype=bool)
         if self._before is not None:
             allowed &= chunk.timestamps[None, :] < self._before[:, None]
+        if self._own is not None:
+            turbines, since = self._own
+            allowed &= ~(
+                (chunk.turbine_ids[None, :] == turbines[:, None])
+                & (chunk.timestamps[None, :] >= since[:, None])
+            )
         if candidates is not None:
             allowed &= np.asarray(candidates, dtype=bool)[None, :]
         scores[~allowed] = -np.inf

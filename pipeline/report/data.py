@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,44 @@ class FleetSummary:
     top: Anomalies
     thresholds: F64
     invalid_times: int = 0
+    bucket: float = 0.0  # bucket width, seconds (one of BUCKETS)
+
+
+# Heatmap bucket widths, seconds, and how the page names them.
+BUCKETS = ((60.0, "1 min"), (600.0, "10 min"), (3600.0, "1 h"), (86_400.0, "1 day"))
+
+
+def bucket_edges(t0: float, t1: float, max_buckets: int) -> tuple[F64, float]:
+    """Edges (B + 1,) of round time buckets covering [t0, t1], and their width in seconds.
+
+    The width is the smallest of 1 min, 10 min, 1 h and 1 day that needs at
+    most ``max_buckets`` buckets (1 day for longer spans); edges fall on
+    multiples of the width (UTC), so a bucket reads as a clock interval.
+
+    >>> edges, width = bucket_edges(130.0, 3000.0, 96)
+    >>> width, float(edges[0]), float(edges[-1]), edges.size - 1
+    (60.0, 120.0, 3000.0, 48)
+    >>> bucket_edges(0.0, 7200.0, 96)[1], bucket_edges(0.0, 400 * 86400.0, 96)[1]
+    (600.0, 86400.0)
+    """
+    width = BUCKETS[-1][0]
+    for w, _ in BUCKETS:
+        if math.ceil((t1 - t0) / w) + 1 <= max_buckets:
+            width = w
+            break
+    lo = math.floor(t0 / width) * width
+    hi = max(math.ceil(t1 / width) * width, lo + width)
+    n = int(round((hi - lo) / width))
+    return lo + width * np.arange(n + 1, dtype=np.float64), width
+
+
+def bucket_name(width: float) -> str:
+    """How the page names a bucket width (seconds).
+
+    >>> bucket_name(600.0), bucket_name(51.0)
+    ('10 min', '51 s')
+    """
+    return next((name for w, name in BUCKETS if w == width), f"{width:,.0f} s")
 
 
 def valid_times(timestamps: F64) -> NDArray[np.bool_]:
@@ -86,8 +125,8 @@ def summarise(stores: Sequence[AnomalyStore], options: ReportOptions) -> FleetSu
         t0 = t1 = 0.0
     if t1 <= t0:
         t0, t1 = t0 - 0.5, t1 + 0.5
-    buckets = max(1, options.time_buckets)
-    edges = np.linspace(t0, t1, buckets + 1)
+    edges, width = bucket_edges(t0, t1, max(1, options.time_buckets))
+    buckets = edges.size - 1
     heat = sparse.csr_array((turbines.size, buckets), dtype=np.int64)
     top = Anomalies.concat([], sensors)
     thresholds = np.zeros(0)
@@ -126,6 +165,7 @@ def summarise(stores: Sequence[AnomalyStore], options: ReportOptions) -> FleetSu
         top=top,
         thresholds=thresholds,
         invalid_times=invalid,
+        bucket=width,
     )
 
 
@@ -138,12 +178,14 @@ class Series:
     timestamps, distances : ndarray of shape (n,)
     anomalous : ndarray of shape (n,)
     labels : ndarray of shape (n,), optional
+    kinds : ndarray of shape (n,), optional
     """
 
     timestamps: F64
     distances: F64
     anomalous: NDArray[np.bool_]
     labels: NDArray[np.bool_] | None = None
+    kinds: NDArray[np.str_] | None = None  # each reading's fault kind ("" for none)
 
 
 def stored_series(stores: Sequence[AnomalyStore], turbines: I64) -> dict[int, Series]:
@@ -163,6 +205,7 @@ def _split_series(
     extra: list[tuple[NDArray[np.bool_], NDArray[np.bool_] | None]] | None,
     turbines: I64,
     all_anomalous: bool = False,
+    kind_parts: list[NDArray[np.str_] | None] | None = None,
 ) -> dict[int, Series]:
     """Concatenate collected (timestamps, ids, distances) and cut them per turbine."""
     if not parts:
@@ -170,6 +213,7 @@ def _split_series(
     ts = np.concatenate([p[0] for p in parts])
     ids = np.concatenate([p[1] for p in parts])
     dist = np.concatenate([p[2] for p in parts])
+    kinds = None
     if extra is None:
         flags = np.ones(ts.size, dtype=bool)
         labels = None
@@ -177,6 +221,8 @@ def _split_series(
         flags = np.concatenate([e[0] for e in extra])
         has = all(e[1] is not None for e in extra)
         labels = np.concatenate([e[1] for e in extra if e[1] is not None]) if has else None
+        if kind_parts is not None and kind_parts and all(k is not None for k in kind_parts):
+            kinds = np.concatenate([k for k in kind_parts if k is not None])
     order = np.lexsort((ts, ids))  # by turbine, then time (stable within a time step)
     ids_s = ids[order]
     out: dict[int, Series] = {}
@@ -184,7 +230,13 @@ def _split_series(
     for t, a, b in zip(turbines.tolist(), bounds[0].tolist(), bounds[1].tolist(), strict=True):
         idx = order[a:b]  # loop over the few turbines drawn, not over readings
         if idx.size:
-            out[t] = Series(ts[idx], dist[idx], flags[idx], None if labels is None else labels[idx])
+            out[t] = Series(
+                ts[idx],
+                dist[idx],
+                flags[idx],
+                None if labels is None else labels[idx],
+                None if kinds is None else kinds[idx],
+            )
     return out
 
 
@@ -212,6 +264,7 @@ class TimelineCollector:
         self.turbines = np.asarray(turbines, dtype=np.int64)
         self._parts: list[tuple[F64, I64, F64]] = []
         self._flags: list[tuple[NDArray[np.bool_], NDArray[np.bool_] | None]] = []
+        self._kinds: list[NDArray[np.str_] | None] = []
 
     def __call__(self, batch: Chunk, result: BatchResult) -> None:
         keep = np.isin(result.turbine_ids, self.turbines) & (result.scored_by > 0)
@@ -222,10 +275,65 @@ class TimelineCollector:
         )
         labels = None if batch.labels is None else batch.labels[keep].astype(bool)
         self._flags.append((result.is_anomaly[keep], labels))
+        self._kinds.append(None if batch.kinds is None else batch.kinds[keep])
 
     def series(self) -> dict[int, Series]:
         """Each collected turbine's series."""
-        return _split_series(self._parts, self._flags, self.turbines)
+        return _split_series(self._parts, self._flags, self.turbines, kind_parts=self._kinds)
+
+
+class FaultKinds:
+    """The labelled readings' fault kinds while a file is re-scored (labelled ones only).
+
+    >>> k = FaultKinds()
+    >>> k.add(np.array([0.0, 1, 2, 3]), np.array([5, 5, 5, 6]),
+    ...       np.array(["", "drift", "drift", "spike"]))
+    >>> k.at(np.array([5, 5, 6]), np.array([1.0, 0.0, 3.0]))
+    ['drift', '', 'spike']
+    >>> k.during(np.array([5, 6]), np.array([0.0, 0.0]), np.array([9.0, 1.0]))
+    ['drift', '']
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[F64, I64, NDArray[np.str_]]] = []
+        self.seen = False  # the input carried a kind column
+
+    def __call__(self, batch: Chunk, result: BatchResult) -> None:
+        if batch.kinds is not None:
+            self.add(batch.timestamps, batch.turbine_ids, batch.kinds)
+
+    def add(self, timestamps: F64, turbine_ids: I64, kinds: NDArray[np.str_]) -> None:
+        """Keep the readings (arrays of shape (n,)) that carry a kind."""
+        self.seen = True
+        hit = np.flatnonzero(kinds != "")
+        if hit.size:
+            self._parts.append((timestamps[hit], turbine_ids[hit], kinds[hit]))
+
+    def _all(self) -> tuple[F64, I64, NDArray[np.str_]]:
+        if not self._parts:
+            return np.zeros(0), np.zeros(0, np.int64), np.zeros(0, dtype="<U1")
+        if len(self._parts) > 1:
+            merged = tuple(np.concatenate(a) for a in zip(*self._parts, strict=True))
+            self._parts = [merged]  # type: ignore[list-item]
+        return self._parts[0]
+
+    def at(self, turbines: I64, times: F64) -> list[str]:
+        """The kind of the reading of each turbine (q,) at each time (q,); "" for none."""
+        ts, ids, kinds = self._all()
+        out = []
+        for t, when in zip(turbines.tolist(), times.tolist(), strict=True):  # a few events
+            hit = np.flatnonzero((ids == t) & (ts == when))
+            out.append(str(kinds[hit[0]]) if hit.size else "")
+        return out
+
+    def during(self, turbines: I64, starts: F64, ends: F64) -> list[str]:
+        """The kinds (joined by '+') of each turbine's readings in [start, end], (q,)."""
+        ts, ids, kinds = self._all()
+        out = []
+        for t, lo, hi in zip(turbines.tolist(), starts.tolist(), ends.tolist(), strict=True):
+            hit = (ids == t) & (ts >= lo) & (ts <= hi)
+            out.append("+".join(sorted(set(kinds[hit].tolist()))))
+        return out
 
 
 def recorded_config(stores: Sequence[AnomalyStore], model: Detector | None) -> DetectorConfig:
@@ -249,9 +357,18 @@ def rescore(
     turbines: I64,
     sensors: tuple[str, ...],
     train_rows: int = 0,
-) -> tuple[RunReport, dict[int, Series]]:
-    """Re-score a recorded file as the store was written; keep ``turbines``' readings (k,)."""
+) -> tuple[RunReport, dict[int, Series], FaultKinds]:
+    """Re-score a recorded file as the store was written; keep ``turbines``' readings (k,).
+
+    Also returns the fault kinds of the file's labelled readings (all turbines).
+    """
     collector = TimelineCollector(turbines)
+    kinds = FaultKinds()
+
+    def keep(batch: Chunk, result: BatchResult) -> None:
+        collector(batch, result)
+        kinds(batch, result)
+
     with read_recording(path, spec) as rec:
         if sensors and tuple(rec.sensors) != tuple(sensors):
             raise InputError(
@@ -260,9 +377,9 @@ def rescore(
             )
         detector = Detector(config_for(config, rec.sensors, str(path)))
         run = run_recording(
-            rec, detector, None, batch_steps, train_rows, id_col=spec.id_col, on_batch=collector
+            rec, detector, None, batch_steps, train_rows, id_col=spec.id_col, on_batch=keep
         )
-    return run, collector.series()
+    return run, collector.series(), kinds
 
 
 def load_model(store: str | Path, checkpoint_dir: str | Path | None = None) -> Detector | None:

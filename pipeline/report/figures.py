@@ -14,7 +14,7 @@ from pipeline.detector import Detector
 from pipeline.episodes import Episodes
 from pipeline.names import TurbineNames
 from pipeline.report.common import correlations, iso, thin, to_datetime64
-from pipeline.report.data import FleetSummary, Series
+from pipeline.report.data import FleetSummary, Series, bucket_name
 from pipeline.store import Anomalies
 
 
@@ -45,6 +45,9 @@ def timeline_figure(
 ) -> Figure:
     """One panel per turbine: distance against threshold, anomalies, labelled faults, episodes.
 
+    Labelled faults are shaded, each with its kind written at its start when
+    the series carries kinds.
+
     Parameters
     ----------
     series : dict of turbine id to Series
@@ -70,9 +73,11 @@ def timeline_figure(
     Examples
     --------
     >>> s = Series(np.arange(5.0), np.array([1.0, 2, 40, 3, 1]),
-    ...            np.array([0, 0, 1, 0, 0], bool), np.array([0, 1, 1, 0, 0], bool))
-    >>> len(timeline_figure({3: s}, {3: 1}, 20.0, True).axes)
-    1
+    ...            np.array([0, 0, 1, 0, 0], bool), np.array([0, 1, 1, 0, 0], bool),
+    ...            np.array(["", "drift", "drift", "", ""]))
+    >>> fig = timeline_figure({3: s}, {3: 1}, 20.0, True)
+    >>> len(fig.axes), [t.get_text() for t in fig.axes[0].texts]
+    (1, ['drift'])
     """
     label = (names or TurbineNames()).name_of
     n = max(1, len(series))
@@ -97,6 +102,8 @@ def timeline_figure(
                 transform=ax.get_xaxis_transform(),
                 label="labelled fault",
             )
+            if s.kinds is not None:
+                _kind_labels(ax, t, s.labels, s.kinds)
         hit = s.anomalous
         ax.scatter(t[hit], d[hit], s=9, color="tab:red", zorder=3, label="anomaly")
         if episodes is not None:
@@ -119,6 +126,36 @@ def timeline_figure(
     which = ": the turbines with the most anomalies" if len(series) > 1 else ""
     fig.suptitle(f"{statistic} over time{which} ({what})", fontsize=12, x=0.01, ha="left")
     return fig
+
+
+def fault_runs(labels: np.ndarray, kinds: np.ndarray) -> list[tuple[int, str]]:
+    """(first index, kind) of each run of labelled readings (n,), kind of its first reading.
+
+    >>> fault_runs(np.array([0, 1, 1, 0, 1], bool), np.array(["", "drift", "drift", "", "spike"]))
+    [(1, 'drift'), (4, 'spike')]
+    """
+    starts = np.flatnonzero(labels & ~np.r_[False, labels[:-1]])
+    return [(int(i), str(kinds[i])) for i in starts.tolist()]
+
+
+MAX_KIND_LABELS = 40  # per panel; more would be unreadable
+
+
+def _kind_labels(ax: Axes, t: np.ndarray, labels: np.ndarray, kinds: np.ndarray) -> None:
+    """Each labelled fault's kind, written at its start along the top of the panel."""
+    for i, kind in fault_runs(labels, kinds)[:MAX_KIND_LABELS]:
+        if kind:
+            ax.text(
+                t[i],
+                0.86,
+                kind,
+                transform=ax.get_xaxis_transform(),
+                fontsize=7,
+                color="tab:brown",
+                rotation=0,
+                clip_on=True,
+                gid="fault-kind",
+            )
 
 
 def _episode_bars(
@@ -178,13 +215,15 @@ def heatmap_figure(
     ax.set_ylabel("turbine")
     ax.set_facecolor("#f4f4f4")
     _date_axis(ax)
-    width = (summary.edges[-1] - summary.edges[0]) / max(1, summary.edges.size - 1)
+    width = summary.bucket or (summary.edges[-1] - summary.edges[0]) / max(
+        1, summary.edges.size - 1
+    )
     shown = (
         f"all {r} turbines with anomalies"
         if r == np.count_nonzero(summary.counts)
         else f"the {r} of {np.count_nonzero(summary.counts)} turbines with the most anomalies"
     )
-    ax.set_title(f"Anomalies per turbine and {width:,.0f} s bucket ({shown})", fontsize=11)
+    ax.set_title(f"Anomalies per turbine and {bucket_name(width)} ({shown})", fontsize=11)
     fig.colorbar(mesh, ax=ax, label="anomalies", shrink=0.8)
     return fig
 

@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.config import DetectorConfig
 from pipeline.detector import Detector
 from pipeline.durable import atomic_file
-from pipeline.episodes import Episodes
+from pipeline.episodes import Episodes, own_episode_starts
 from pipeline.errors import ConfigError
 from pipeline.evaluation import Confusion
 from pipeline.names import TurbineNames
@@ -31,7 +31,9 @@ from pipeline.report.common import (
     worst,
 )
 from pipeline.report.data import (
+    FaultKinds,
     FleetSummary,
+    bucket_name,
     load_model,
     open_stores,
     recorded_config,
@@ -58,6 +60,14 @@ class Report:
     index: Path
     figures: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Start of each worst event's own episode, left out of its "seen before" matches.
+    own_episodes: F64 = field(default_factory=lambda: np.zeros(0))
+
+
+def _pointing_the_same_way(matches: Anomalies, sim: F64) -> tuple[Anomalies, F64]:
+    """The matches with a positive cosine similarity (the others point elsewhere)."""
+    keep = np.flatnonzero(sim > 0)
+    return matches.select(keep), sim[keep]
 
 
 def _table(header: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> str:
@@ -90,20 +100,57 @@ def _figure(name: str, alt: str, caption: str) -> str:
     )
 
 
+CONTRIBUTIONS_NOTE = (
+    "Contributions are signed shares of d\u00b2: each event's shares add up to its d\u00b2 "
+    "(column 'sum of shares'). One share can exceed d\u00b2 and another be negative when "
+    "correlated sensors deviate against their usual relation: the negative share is the part "
+    "of one sensor's deviation that the other's explains."
+)
+
+
+def event_id_note(ids: Sequence[str]) -> str:
+    """What an event id ``partition:offset:row`` means, said for the ids on the page.
+
+    >>> "-1 is an embedded run" in event_id_note(["-1:4:0"])
+    True
+    """
+    note = (
+        "Event ids are partition:offset:row: the Kafka partition the readings came from, the "
+        "offset of their record in it, and the reading's row in that record. "
+    )
+    if any(i.startswith("-1:") for i in ids):
+        note += (
+            "Partition -1 is an embedded run (turbine detect --input, no Kafka): its offset is "
+            "the engine batch, counted from 0, and the row the reading's place in the batch. "
+        )
+    return note + (
+        "turbine anomalies STORE --similar-to ID finds one; Kafka events carry the same id "
+        "after their topic (topic:partition:offset:row)."
+    )
+
+
 def _top_sensors(contrib: F64, sensors: tuple[str, ...], n: int = 2) -> str:
     order = np.argsort(-contrib, kind="stable")[:n]
-    return ", ".join(f"{sensors[j]} {contrib[j]:.1f}" for j in order.tolist())
+    return ", ".join(f"{sensors[j]} {contrib[j]:+.1f}" for j in order.tolist())
 
 
 def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
 
 
+FAULT_DEFINITION = (
+    "A fault is a labelled run: consecutive labelled readings of one turbine, as "
+    "turbine simulate and turbine evaluate count them; its kind is that of its first reading."
+)
+
+
 def evaluation_rows(c: Confusion) -> list[tuple[str, str]]:
-    """The evaluation table's rows, as ``turbine evaluate`` prints them.
+    """The evaluation table's rows, as ``turbine evaluate`` prints them, then per fault kind.
 
     >>> evaluation_rows(Confusion(tp=8, fp=2, fn=2, tn=88))[:3]
     [('precision', '0.800'), ('recall', '0.800'), ('F1 (SKAB)', '0.800')]
+    >>> evaluation_rows(Confusion(fault_kinds=(("drift", True), ("spike", False))))[-2:]
+    [('faults detected: drift', '1 of 1'), ('faults detected: spike', '0 of 1')]
     """
     faults = len(c.delays) + c.missed_faults
     return [
@@ -115,6 +162,10 @@ def evaluation_rows(c: Confusion) -> list[tuple[str, str]]:
         ("mean detection delay (s)", _fmt(c.mean_delay, 1)),
         ("faults detected", f"{faults - c.missed_faults} of {faults}"),
         ("TP / FP / FN / TN", f"{c.tp:,} / {c.fp:,} / {c.fn:,} / {c.tn:,}"),
+    ] + [
+        (f"faults detected: {kind}", f"{hit} of {total}")
+        for kind, (hit, total) in c.by_kind().items()
+        if kind
     ]
 
 
@@ -188,12 +239,13 @@ def write_report(
 
     # 1. timelines
     run: RunReport | None = None
+    kinds: FaultKinds | None = None
     if input_path is not None and config is not None:
         steps = batch_steps or next(
             (s.batch_steps for s in stores if s.batch_steps), DEFAULT_BATCH_STEPS
         )
         train_rows = next((s.train_rows for s in stores if s.train_rows), 0)
-        run, series = rescore(
+        run, series, kinds = rescore(
             input_path,
             spec or RecordingSpec(),
             config,
@@ -236,12 +288,20 @@ def write_report(
     if len(summary.top):
         fig = contributions_figure(summary.top, names=names)
         report.figures[CONTRIBUTIONS] = _save(fig, out / CONTRIBUTIONS, opts.dpi)
-        seen = SeenBefore(summary.top.contributions, opts.similar, summary.top.timestamps)
+        gap = config.episode_gap if config is not None else DetectorConfig().episode_gap
+        own = own_episode_starts(episodes, summary.top.turbine_ids, summary.top.timestamps, gap)
+        seen = SeenBefore(
+            summary.top.contributions,
+            opts.similar,
+            summary.top.timestamps,
+            own=(summary.top.turbine_ids, own),
+        )
         latest = float(summary.top.timestamps.max())
         for st in stores:
             for chunk in st.iter_matrices(until=latest):
                 seen.update(chunk)
-        similar = [seen.matches(i) for i in range(len(summary.top))]
+        similar = [_pointing_the_same_way(*seen.matches(i)) for i in range(len(summary.top))]
+        report.own_episodes = own
 
     # 5. correlation
     if model is not None:
@@ -262,6 +322,7 @@ def write_report(
         opts,
         names,
         episodes,
+        kinds if kinds is not None and kinds.seen else None,
     )
     with atomic_file(report.index) as f:
         f.write(page.encode("utf-8"))
@@ -281,6 +342,7 @@ def _page(
     opts: ReportOptions,
     names: TurbineNames | None = None,
     episodes: Episodes | None = None,
+    kinds: FaultKinds | None = None,
 ) -> str:
     esc = html.escape
     name_of = (names or TurbineNames()).name_of
@@ -372,6 +434,7 @@ def _page(
                 "Every scored reading's distance (line, log scale) against the threshold "
                 "(dashed); anomalies in red"
                 + (", labelled faults shaded" if run.confusion is not None else "")
+                + (", each with its fault kind" if kinds is not None else "")
                 + f". Re-scored from {input_path} with the store's configuration."
             )
         else:
@@ -391,7 +454,8 @@ def _page(
             _figure(
                 HEATMAP,
                 "heatmap of anomaly counts per turbine and time bucket",
-                "Anomalies per turbine and time bucket; blank cells have none.",
+                f"Anomalies per turbine and {bucket_name(summary.bucket)} bucket (UTC clock "
+                "intervals); blank cells have none.",
             )
         )
     else:
@@ -407,46 +471,67 @@ def _page(
                 "squared distance (red adds, blue subtracts).",
             )
         )
+        add(f"<p class='note contributions'>{esc(CONTRIBUTIONS_NOTE)}</p>")
         top = summary.top
         ids = top.event_ids()
-        rows = [
+        rows: list[tuple[object, ...]] = [
             (
                 ids[i],
                 iso(float(top.timestamps[i])),
                 name_of(int(top.turbine_ids[i])),
                 f"{float(top.distances[i]):,.1f}",
                 _top_sensors(top.contributions[i], top.sensors),
+                f"{float(top.contributions[i].sum()):,.1f}",
             )
             for i in range(len(top))  # a few events
         ]
-        add(_table(("event", "time (UTC)", "turbine", statistic_name(config), "top sensors"), rows))
+        header: tuple[str, ...] = ("event", "time (UTC)", "turbine", statistic_name(config))
+        header += ("top sensors", "sum of shares")
+        if kinds is not None:
+            header += ("fault kind",)
+            rows = [
+                (*row, kind or "none")
+                for row, kind in zip(rows, kinds.at(top.turbine_ids, top.timestamps), strict=True)
+            ]
+        add(_table(header, rows))
+        add(f"<p class='note event-ids'>{esc(event_id_note(ids))}</p>")
         add(
             "<h3>Seen before</h3><p class='note'>For each event, the earlier anomalies "
-            "whose per-sensor contributions point the same way (cosine similarity; "
-            f"<code>turbine anomalies STORE --similar-to EVENT --top {opts.similar}</code>).</p>"
+            "whose per-sensor contributions point the same way (cosine similarity above 0), "
+            "leaving out the event's own episode: its turbine's alarms less than "
+            "<code>episode_gap</code> apart, which are the same fault seconds earlier "
+            f"(<code>turbine anomalies STORE --similar-to EVENT --top {opts.similar}</code> "
+            "lists those too).</p>"
         )
         for i, (matches, sim) in enumerate(similar):
             add(f"<h4>{esc(ids[i])} (turbine {esc(name_of(int(top.turbine_ids[i])))})</h4>")
             if len(matches) == 0:
-                add("<p class='note'>Nothing earlier: the first of its kind.</p>")
+                since = iso(float(report.own_episodes[i])) if report.own_episodes.size else "?"
+                add(
+                    "<p class='note seen-none'>Nothing else similar: no earlier anomaly outside "
+                    f"this event's own episode (turbine {esc(name_of(int(top.turbine_ids[i])))} "
+                    f"since {esc(since)} UTC) points the same way.</p>"
+                )
                 continue
             mids = matches.event_ids()
-            add(
-                _table(
-                    ("similarity", "event", "time (UTC)", "turbine", "d\u00b2", "top sensors"),
-                    [
-                        (
-                            f"{float(sim[j]):.4f}",
-                            mids[j],
-                            iso(float(matches.timestamps[j])),
-                            name_of(int(matches.turbine_ids[j])),
-                            f"{float(matches.distances[j]):,.1f}",
-                            _top_sensors(matches.contributions[j], matches.sensors),
-                        )
-                        for j in range(len(matches))  # at most k rows
-                    ],
+            m_rows: list[tuple[object, ...]] = [
+                (
+                    f"{float(sim[j]):.4f}",
+                    mids[j],
+                    iso(float(matches.timestamps[j])),
+                    name_of(int(matches.turbine_ids[j])),
+                    f"{float(matches.distances[j]):,.1f}",
+                    _top_sensors(matches.contributions[j], matches.sensors),
                 )
-            )
+                for j in range(len(matches))  # at most k rows
+            ]
+            m_head: tuple[str, ...] = ("similarity", "event", "time (UTC)", "turbine", "d\u00b2")
+            m_head += ("top sensors",)
+            if kinds is not None:
+                m_head += ("fault kind",)
+                found = kinds.at(matches.turbine_ids, matches.timestamps)
+                m_rows = [(*row, k or "none") for row, k in zip(m_rows, found, strict=True)]
+            add(_table(m_head, m_rows))
     else:
         add("<p class='note'>No anomalies in the store.</p>")
 
@@ -455,7 +540,7 @@ def _page(
         add(_table(("score", "value"), evaluation_rows(run.confusion)))
         add(
             "<p class='note'>Point-wise, as <code>turbine evaluate</code> (SKAB's "
-            "definitions), over the re-scored input.</p>"
+            f"definitions), over the re-scored input. {esc(FAULT_DEFINITION)}</p>"
         )
     elif run is not None:
         add("<p class='note'>The input has no label column (set --label-col).</p>")
@@ -480,13 +565,17 @@ def _page(
     else:
         add("<p class='note'>The models have not learned enough readings yet.</p>")
     add("<h2>6. Alarm episodes</h2>")
-    add(episode_section(episodes, config, opts.top_events * 2, names))
+    add(episode_section(episodes, config, opts.top_events * 2, names, kinds))
     add("</body></html>\n")
     return "\n".join(parts)
 
 
 def episode_section(
-    episodes: Episodes, config: DetectorConfig | None, n: int, names: TurbineNames | None = None
+    episodes: Episodes,
+    config: DetectorConfig | None,
+    n: int,
+    names: TurbineNames | None = None,
+    kinds: FaultKinds | None = None,
 ) -> str:
     """The longest episodes as a table (``turbine anomalies STORE --episodes`` lists all)."""
     if len(episodes) == 0:
@@ -494,7 +583,7 @@ def episode_section(
     gap = config.episode_gap if config is not None else None
     longest = episodes.select(np.argsort(-episodes.durations, kind="stable")[:n])
     top = longest.top_sensors()
-    rows = [
+    rows: list[tuple[object, ...]] = [
         (
             (names or TurbineNames()).name_of(int(longest.turbine_ids[i])),
             iso(float(longest.starts[i])),
@@ -513,7 +602,7 @@ def episode_section(
         + " apart count as one (<code>episode_gap</code>). The longest "
         f"{len(longest)}; <code>turbine anomalies STORE --episodes</code> lists them all.</p>"
     )
-    header = (
+    header: tuple[str, ...] = (
         "turbine",
         "start (UTC)",
         "end (UTC)",
@@ -523,6 +612,10 @@ def episode_section(
         "top sensors",
         "state",
     )
+    if kinds is not None:
+        header += ("fault kinds",)
+        found = kinds.during(longest.turbine_ids, longest.starts, longest.ends)
+        rows = [(*row, k or "none") for row, k in zip(rows, found, strict=True)]
     return intro + _table(header, rows)
 
 

@@ -1,0 +1,48 @@
+"""bench/skab.py: where the false alarms of a labelled file fall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.skab import place_alarms, run_one, top_sensor
+
+
+@pytest.mark.parametrize(
+    ("labels", "alarms", "before", "between", "after", "missed"),
+    [
+        ("0011100", "1010011", 1, 0, 2, 2),
+        ("0000000", "0110000", 2, 0, 0, 0),
+        ("0110110", "1001001", 1, 1, 1, 4),
+        ("1111111", "1111111", 0, 0, 0, 0),
+    ],
+)
+def test_place_alarms(labels, alarms, before, between, after, missed):
+    lab = np.array([c == "1" for c in labels])
+    al = np.array([c == "1" for c in alarms])
+    found = place_alarms("f", np.arange(lab.size, dtype=float), lab, al)
+    assert (found.before, found.between, found.after, found.missed) == (
+        before,
+        between,
+        after,
+        missed,
+    )
+    assert found.false_alarms == int(np.count_nonzero(al & ~lab))
+    assert found.normal == int(np.count_nonzero(~lab))
+
+
+def test_top_sensor():
+    shares = np.array([[1.0, 2.0], [3.0, -1.0], [0.0, 5.0]])
+    assert top_sensor(shares, np.array([True, True, False]), ("a", "b")) == "a"
+    assert top_sensor(shares, np.array([False, False, True]), ("a", "b")) == "b"
+    assert top_sensor(shares, np.zeros(3, dtype=bool), ("a", "b")) == "-"
+
+
+def test_run_one_agrees_with_the_confusion(skab_dir: Path):
+    found, confusion = run_one(skab_dir / "valve1" / "9.csv")
+    assert found.false_alarms == confusion.fp
+    assert found.missed == confusion.fn
+    assert found.normal == confusion.fp + confusion.tn
+    assert found.fault[1] > found.fault[0]
