@@ -15,6 +15,8 @@ from numpy.typing import NDArray
 from pipeline.config import LearnRule
 
 F64 = NDArray[np.float64]
+# Runs of up to this many readings (a time's turbines) are ordered by a sorting network.
+_NETWORK_WIDTH = 16
 
 
 def regime_bins(values: F64, edges: Sequence[float]) -> NDArray[np.intp]:
@@ -114,17 +116,62 @@ def fleet_deviation(timestamps: F64, values: F64) -> F64:
             if (grid == grid[:, :1]).all() and (np.diff(grid[:, 0]) > 0).all():
                 v = values.reshape(-1, k)
                 return (v - np.median(v, axis=1, keepdims=True)).reshape(-1)
-    order = np.lexsort((values, timestamps))
+    order = np.argsort(timestamps, kind="stable")
     ts_sorted = timestamps[order]
-    v_sorted = values[order]
     starts = np.flatnonzero(np.r_[True, ts_sorted[1:] != ts_sorted[:-1]])
-    sizes = np.diff(np.r_[starts, n])
-    lo = v_sorted[starts + (sizes - 1) // 2]
-    hi = v_sorted[starts + sizes // 2]
-    median = np.repeat((lo + hi) / 2.0, sizes)
     out = np.empty(n)
-    out[order] = v_sorted - median
+    v = values[order]
+    out[order] = v - np.repeat(_run_medians(v[None], starts)[0], np.diff(np.r_[starts, n]))
     return out
+
+
+def _run_medians(v: F64, starts: NDArray[np.intp]) -> F64:
+    """The median of each run of consecutive columns, row by row.
+
+    Parameters
+    ----------
+    v : ndarray of shape (R, n)
+        Values, each run's columns contiguous (e.g. sorted by time).
+    starts : ndarray of shape (G,)
+        Where each run begins (``starts[0] == 0``, increasing).
+
+    Returns
+    -------
+    ndarray of shape (R, G)
+        The mean of the two middle values of each run (the middle one of an
+        odd run), NaN sorted last as ``np.sort`` does.
+
+    >>> _run_medians(np.array([[3.0, 1.0, 2.0, 5.0, 4.0]]), np.array([0, 3])).tolist()
+    [[2.0, 4.5]]
+    """
+    r, n = v.shape
+    sizes = np.diff(np.r_[starts, n])
+    g = starts.size
+    width = int(sizes.max())
+    if width <= _NETWORK_WIDTH and not np.isnan(v).any():
+        # The few readings of a time (a fleet's turbines) side by side, padded
+        # with +inf, put in order by an odd-even transposition network: a
+        # handful of element-wise min/max over all runs at once, no sort.
+        pad = np.full((r, g * width), np.inf)
+        pad[:, np.repeat(np.arange(g) * width - starts, sizes) + np.arange(n)] = v
+        cols = [pad[:, j::width] for j in range(width)]
+        for step in range(width):
+            for j in range(step % 2, width - 1, 2):
+                cols[j], cols[j + 1] = (
+                    np.minimum(cols[j], cols[j + 1]),
+                    np.maximum(cols[j], cols[j + 1]),
+                )
+        ordered = np.stack(cols, axis=2).reshape(r, g * width)
+        middle = np.arange(g) * width
+        lo = np.take(ordered, middle + (sizes - 1) // 2, axis=1)
+        hi = np.take(ordered, middle + sizes // 2, axis=1)
+    else:
+        group = np.repeat(np.arange(g), sizes)
+        lo, hi = np.empty((r, g)), np.empty((r, g))
+        for k in range(r):
+            v_sorted = v[k, np.lexsort((v[k], group))]  # by run, then by value (NaN last)
+            lo[k], hi[k] = v_sorted[starts + (sizes - 1) // 2], v_sorted[starts + sizes // 2]
+    return (lo + hi) / 2.0
 
 
 def time_decay(elapsed: F64, span: float, counts: F64, floor: float) -> F64:
@@ -199,20 +246,22 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     out = np.empty_like(values_t)
     if n == 0:
         return out, np.zeros(0, dtype=np.intp)
-    order = np.argsort(timestamps, kind="stable")
-    ts_sorted = timestamps[order]
+    if np.all(timestamps[1:] >= timestamps[:-1]):  # a batch in time order, as a farm's is
+        order = None
+        ts_sorted = timestamps
+    else:
+        order = np.argsort(timestamps, kind="stable")
+        ts_sorted = timestamps[order]
     starts = np.flatnonzero(np.r_[True, ts_sorted[1:] != ts_sorted[:-1]])
     sizes = np.diff(np.r_[starts, n])
+    v = values_t if order is None else values_t[:, order]
+    dev = v - np.repeat(_run_medians(v, starts), sizes, axis=1)
+    counts = np.repeat(sizes, sizes)
+    if order is None:
+        return dev, counts
     peers = np.empty(n, dtype=np.intp)
-    peers[order] = np.repeat(sizes, sizes)
-    group = np.repeat(np.arange(starts.size), sizes)
-    for r in range(values_t.shape[0]):
-        v = values_t[r, order]
-        within = np.lexsort((v, group))  # by group, then by value
-        v_sorted = v[within]
-        lo, hi = v_sorted[starts + (sizes - 1) // 2], v_sorted[starts + sizes // 2]
-        median = np.repeat((lo + hi) / 2.0, sizes)
-        out[r, order] = v - median
+    peers[order] = counts
+    out[:, order] = dev
     return out, peers
 
 
