@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from numpy.typing import NDArray
 
-from pipeline.recordings.isotime import TimeFormatError, parse_times
+from pipeline.recordings.isotime import TimeFormatError, parse_fixed, parse_times
 from pipeline.recordings.spec import Chunk
 
 if TYPE_CHECKING:
@@ -109,17 +109,12 @@ class _CompleteLines:
         return lines
 
     def _check(self, lines: bytes) -> None:
-        data = np.frombuffer(lines, dtype=np.uint8)
-        ends = np.flatnonzero(data == 10)  # every line's newline; ``lines`` ends with one
-        starts = np.concatenate(([0], ends[:-1] + 1))
-        crlf = data[np.maximum(ends - 1, 0)] == 13
-        crlf &= ends > starts
-        if lines.count(b"\r") != int(np.count_nonzero(crlf)):
+        # Byte searches over the block (memchr speed): no per-line arrays.
+        if b"\r" in lines and lines.count(b"\r") != lines.count(b"\r\n"):
             raise _Unusual  # a lone CR: a line break to pyarrow, not to the NumPy reader
-        length = ends - starts  # with the CR of a CRLF
-        if int(length.max()) > self._limit:
+        if not self._short_lines(lines):
             raise _Unusual
-        if np.any(length - crlf == 0):
+        if lines.startswith((b"\n", b"\r\n")) or b"\n\n" in lines or b"\n\r\n" in lines:
             raise _Unusual  # a blank line: skipped by the NumPy reader, which counts it
         if self._blank_cells and _BLANK_ASCII.search(lines):
             # A line of separators only is blank to the NumPy reader, a row to pyarrow.
@@ -132,6 +127,23 @@ class _CompleteLines:
                 raise _Unusual from None
             if _BLANK_TEXT.search(text):
                 raise _Unusual
+
+    def _short_lines(self, lines: bytes) -> bool:
+        """Whether no line of ``lines`` (whole lines) is longer than ``max_line_bytes``.
+
+        A line as long as the limit holds a whole aligned window of half the
+        limit: when every such window holds a newline, no line is that long,
+        and the few windows are searched without looking at each line.
+        """
+        half = (self._limit + 1) // 2
+        if len(lines) <= 64 * half:
+            find = lines.find
+            if all(find(b"\n", k, k + half) >= 0 for k in range(0, len(lines) - half + 1, half)):
+                return True
+        data = np.frombuffer(lines, dtype=np.uint8)
+        ends = np.flatnonzero(data == 10)  # every line's newline; ``lines`` ends with one
+        length = np.diff(ends, prepend=-1) - 1  # with the CR of a CRLF
+        return int(length.max()) <= self._limit
 
 
 def arrow_chunks(rec: CsvRecording) -> Generator[Chunk, None, int | None]:
@@ -219,6 +231,21 @@ def _floats(column: pa.ChunkedArray) -> NDArray[np.float64]:
     return np.asarray(filled.to_numpy(), dtype=np.float64)
 
 
+def _fixed_width(column: pa.ChunkedArray) -> NDArray[np.uint8] | None:
+    """The bytes (n, w) of a string column whose n cells are all w bytes long; else None."""
+    cells = column.combine_chunks()
+    n = len(cells)
+    if n == 0 or cells.null_count or cells.type != pa.string():
+        return None
+    _, offsets_buffer, data = cells.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32, count=n + 1, offset=4 * cells.offset)
+    w = int(offsets[1] - offsets[0])
+    if w == 0 or data is None or np.any(np.diff(offsets) != w):
+        return None
+    start = int(offsets[0])
+    return np.frombuffer(data, dtype=np.uint8, count=n * w, offset=start).reshape(n, w)
+
+
 def _distinct(column: pa.ChunkedArray) -> tuple[list[str], NDArray[np.intp]]:
     """The distinct cells of a string column, stripped, and each row's index into them."""
     encoded = column.combine_chunks().dictionary_encode()
@@ -236,11 +263,17 @@ def _chunk(rec: CsvRecording, table: pa.Table, start: int) -> Chunk:
     if rec.time_is_number:
         ts = _floats(table.column(col[rec.time_index]))
     else:
-        cells, index = _distinct(table.column(col[rec.time_index]))
-        cells = [c.strip('"') for c in cells]
-        if "" in cells:
-            raise _Unusual
-        ts = parse_times(cells)[index]
+        column = table.column(col[rec.time_index])
+        fixed = _fixed_width(column)
+        parsed = parse_fixed(fixed) if fixed is not None else None
+        if parsed is not None:
+            ts = parsed
+        else:
+            cells, index = _distinct(column)
+            cells = [c.strip('"') for c in cells]
+            if "" in cells:
+                raise _Unusual
+            ts = parse_times(cells)[index]
     if not np.isfinite(ts).all():
         raise _Unusual
     if rec.id_index is None:
