@@ -225,6 +225,7 @@ def fixed_cells(draw: st.DrawFn) -> tuple[list[str], bool]:
     return cells, plain
 
 
+@pytest.mark.filterwarnings("ignore:no explicit representation of timezones")  # a stray "Z"
 @given(fixed_cells())
 def test_parse_fixed_is_parse_times_or_declines(drawn: tuple[list[str], bool]) -> None:
     cells, plain = drawn

@@ -114,7 +114,7 @@ class _CompleteLines:
             raise _Unusual  # a lone CR: a line break to pyarrow, not to the NumPy reader
         if not self._short_lines(lines):
             raise _Unusual
-        if lines.startswith((b"\n", b"\r\n")) or b"\n\n" in lines or b"\n\r\n" in lines:
+        if lines.startswith((b"\n", b"\r\n")) or _two_newlines(lines):
             raise _Unusual  # a blank line: skipped by the NumPy reader, which counts it
         if self._blank_cells and _BLANK_ASCII.search(lines):
             # A line of separators only is blank to the NumPy reader, a row to pyarrow.
@@ -144,6 +144,22 @@ class _CompleteLines:
         ends = np.flatnonzero(data == 10)  # every line's newline; ``lines`` ends with one
         length = np.diff(ends, prepend=-1) - 1  # with the CR of a CRLF
         return int(length.max()) <= self._limit
+
+
+def _two_newlines(lines: bytes) -> bool:
+    """Whether ``lines`` holds ``\\n\\n`` or ``\\n\\r\\n`` (a blank line after the first).
+
+    ``\\n\\n`` is looked for as a 16-bit word at even and at odd offsets: a
+    byte search for it stops at every newline.
+    """
+    size = len(lines)
+    if size < 2:
+        return False
+    even = np.frombuffer(lines, dtype=np.uint16, count=size // 2)
+    odd = np.frombuffer(lines, dtype=np.uint16, count=(size - 1) // 2, offset=1)
+    if bool((even == 0x0A0A).any()) or bool((odd == 0x0A0A).any()):
+        return True
+    return b"\r" in lines and b"\n\r\n" in lines
 
 
 def arrow_chunks(rec: CsvRecording) -> Generator[Chunk, None, int | None]:

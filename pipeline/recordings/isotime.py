@@ -151,7 +151,11 @@ def parse_fixed(cells: NDArray[np.uint8]) -> NDArray[np.float64] | None:
     layout = _FIXED_WIDTHS.get(w)
     if layout is None or n == 0:
         return None
-    c = cells
+    # Consecutive equal cells (a fleet's turbines at one time) are read once.
+    rows = np.ascontiguousarray(cells).view(f"S{w}").reshape(n)
+    head = np.ones(n, dtype=bool)
+    np.not_equal(rows[1:], rows[:-1], out=head[1:])
+    c = cells[head]
     ok = (c[:, 4] == 45) & (c[:, 7] == 45) & (c[:, 13] == 58) & (c[:, 16] == 58)
     ok &= (c[:, 10] == 84) | (c[:, 10] == 32)  # 'T' or ' '
     digits = list(_DATE_DIGITS)
@@ -194,5 +198,5 @@ def parse_fixed(cells: NDArray[np.uint8]) -> NDArray[np.float64] | None:
         sign = np.where(c[:, 19] == 45, -1, 1)
         offsets = sign * ((d[:, 14] * 10 + d[:, 15]) * 3600 + (d[:, 16] * 10 + d[:, 17]) * 60)
     else:
-        offsets = np.zeros(n, dtype=np.int64)
-    return ms / 1000.0 - offsets
+        offsets = np.zeros(ms.size, dtype=np.int64)
+    return (ms / 1000.0 - offsets)[np.cumsum(head) - 1]
