@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.config import LearnRule
+from pipeline.grouping import run_lengths, stable_order
 
 F64 = NDArray[np.float64]
 # Runs of up to this many readings (a time's turbines) are ordered by a sorting network.
@@ -118,11 +119,18 @@ def fleet_deviation(timestamps: F64, values: F64) -> F64:
                 return (v - np.median(v, axis=1, keepdims=True)).reshape(-1)
     order = np.argsort(timestamps, kind="stable")
     ts_sorted = timestamps[order]
-    starts = np.flatnonzero(np.r_[True, ts_sorted[1:] != ts_sorted[:-1]])
+    starts = _run_starts(ts_sorted)
     out = np.empty(n)
     v = values[order]
-    out[order] = v - np.repeat(_run_medians(v[None], starts)[0], np.diff(np.r_[starts, n]))
+    out[order] = v - np.repeat(_run_medians(v[None], starts)[0], run_lengths(starts, n))
     return out
+
+
+def _run_starts(v: NDArray[np.generic]) -> NDArray[np.intp]:
+    """Where each run of equal consecutive values of ``v`` (n,) begins (n >= 1)."""
+    head = np.ones(v.size, dtype=bool)
+    np.not_equal(v[1:], v[:-1], out=head[1:])
+    return np.flatnonzero(head)
 
 
 def _run_medians(v: F64, starts: NDArray[np.intp]) -> F64:
@@ -145,7 +153,7 @@ def _run_medians(v: F64, starts: NDArray[np.intp]) -> F64:
     [[2.0, 4.5]]
     """
     r, n = v.shape
-    sizes = np.diff(np.r_[starts, n])
+    sizes = run_lengths(starts, n)
     g = starts.size
     width = int(sizes.max())
     if width <= _NETWORK_WIDTH and not np.isnan(v).any():
@@ -252,8 +260,8 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     else:
         order = np.argsort(timestamps, kind="stable")
         ts_sorted = timestamps[order]
-    starts = np.flatnonzero(np.r_[True, ts_sorted[1:] != ts_sorted[:-1]])
-    sizes = np.diff(np.r_[starts, n])
+    starts = _run_starts(ts_sorted)
+    sizes = run_lengths(starts, n)
     v = values_t if order is None else values_t[:, order]
     dev = v - np.repeat(_run_medians(v, starts), sizes, axis=1)
     counts = np.repeat(sizes, sizes)
@@ -305,15 +313,19 @@ def settling(
     last = last_state_time.copy()
     if n == 0:
         return np.zeros(0, dtype=bool), last
-    order = np.lexsort((timestamps, turbines))
+    if np.all(timestamps[1:] >= timestamps[:-1]):  # in time order: a stable sort by turbine
+        order = stable_order(turbines)
+    else:
+        order = np.lexsort((timestamps, turbines))
     u, t, s = turbines[order], timestamps[order], in_state[order]
-    first = np.r_[True, u[1:] != u[:-1]]
+    first = np.ones(n, dtype=bool)
+    np.not_equal(u[1:], u[:-1], out=first[1:])
     group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     latest = np.maximum.accumulate(np.where(s, np.arange(n), -1))  # last state at or before
     inside = latest >= group_start
     since = np.where(inside, t[np.maximum(latest, 0)], np.take(last_state_time, u))
     out = np.zeros(n, dtype=bool)
     out[order] = ~s & (t - since <= span)  # NaN (never in a state) compares False
-    ends = np.r_[np.flatnonzero(first)[1:], n] - 1
+    ends = np.append(np.flatnonzero(first)[1:], n) - 1
     last[u[ends]] = since[ends]
     return out, last

@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import ConfigError
+from pipeline.grouping import stable_order
 from pipeline.recordings.spec import Chunk, RecordingSpec
 
 F64 = NDArray[np.float64]
@@ -84,7 +85,7 @@ def order_codes(
     known[known] = last_ids[pos[known]] == uniq[known]
     prev = np.full(uniq.size, -np.inf)
     prev[known] = last_times[pos[known]]
-    order = np.argsort(inv, kind="stable")  # by turbine, each in stream order
+    order = stable_order(inv)  # by turbine, each in stream order
     group = inv[order]
     ts = timestamps[order]
     first = np.ones(n, dtype=bool)

@@ -156,7 +156,10 @@ class ResidualChart:
         has variance ``lambda / (2 - lambda)``.  The step is the batch's median
         time step (the last one seen when a batch holds a single time).
         """
-        uts = np.unique(timestamps)
+        if timestamps.size and np.all(timestamps[1:] >= timestamps[:-1]):
+            uts = timestamps[np.concatenate(([True], timestamps[1:] != timestamps[:-1]))]
+        else:
+            uts = np.unique(timestamps)
         if uts.size > 1:
             self.step = float(np.median(np.diff(uts)))
         lam = -np.expm1(-self.step / self.span) if self.step > 0 else 1.0
