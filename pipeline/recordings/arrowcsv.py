@@ -7,7 +7,9 @@ The blocks are read here, in the calling thread, and handed over one at a
 time: ``pyarrow.csv.open_csv`` on a Python stream reads ahead as fast as it
 can (36 of La Haute Borne's 40 MiB before its first batch), so memory would
 not be bounded, and a reader abandoned mid-file left its thread inside
-Python's file object at interpreter exit (a fatal error).  The NumPy reader
+Python's file object at interpreter exit (a fatal error).  Each block is
+parsed in a worker thread while the chunks of the one before are scored (one
+block ahead, never more; the worker sees bytes in memory, never the file).  The NumPy reader
 stays the oracle: the fast path never raises on bad input.  Whatever it does not
 accept exactly as the NumPy reader would (a blank line, a line too long, a
 lone CR, bytes that are not UTF-8, a cell pyarrow cannot convert, a turbine
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
@@ -195,43 +198,55 @@ def arrow_chunks(rec: CsvRecording) -> Generator[Chunk, None, int | None]:
     )
     rows = spec.chunk_rows
     done = 0
-    with open(rec.path, "rb") as raw:
-        raw.seek(rec.data_offset)
-        source = _CompleteLines(raw, spec.max_line_bytes, spec.sep)
-        pending: list[pa.Table] = []
-        held = 0
-        while True:
+
+    def parse(block: bytes) -> pa.Table:
+        return pacsv.read_csv(
+            pa.py_buffer(block),
+            read_options=read_options,
+            parse_options=parse_options,
+            convert_options=convert_options,
+        )
+
+    # One block is parsed ahead, in a worker thread (pyarrow releases the GIL),
+    # while the chunks of the one before are scored.  The worker only ever sees
+    # bytes in memory, never the file, and is joined when reading ends.
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arrowcsv")
+    try:
+        with open(rec.path, "rb") as raw:
+            raw.seek(rec.data_offset)
+            source = _CompleteLines(raw, spec.max_line_bytes, spec.sep)
+            pending: list[pa.Table] = []
+            held = 0
             block = source.read(BLOCK_BYTES)
-            if not block:
-                break
-            try:
-                table = pacsv.read_csv(
-                    pa.py_buffer(block),
-                    read_options=read_options,
-                    parse_options=parse_options,
-                    convert_options=convert_options,
-                )
-            except (pa.ArrowException, ValueError):  # any refusal: the NumPy reader decides
+            parsing = ahead.submit(parse, block) if block else None
+            while parsing is not None:
+                block = source.read(BLOCK_BYTES)
+                current, parsing = parsing, (ahead.submit(parse, block) if block else None)
+                try:
+                    table = current.result()
+                except (pa.ArrowException, ValueError):  # any refusal: the NumPy reader decides
+                    return done
+                pending.append(table)
+                held += table.num_rows
+                while held >= rows:
+                    joined = pa.concat_tables(pending)
+                    chunk = _convert(rec, joined.slice(0, rows), done)
+                    if chunk is None:
+                        return done
+                    yield chunk
+                    done += rows
+                    held -= rows
+                    pending = [joined.slice(rows)]
+            if source.unusual:
                 return done
-            pending.append(table)
-            held += table.num_rows
-            while held >= rows:
-                joined = pa.concat_tables(pending)
-                chunk = _convert(rec, joined.slice(0, rows), done)
+            if held:
+                chunk = _convert(rec, pa.concat_tables(pending), done)
                 if chunk is None:
                     return done
                 yield chunk
-                done += rows
-                held -= rows
-                pending = [joined.slice(rows)]
-        if source.unusual:
-            return done
-        if held:
-            chunk = _convert(rec, pa.concat_tables(pending), done)
-            if chunk is None:
-                return done
-            yield chunk
-    return None
+        return None
+    finally:
+        ahead.shutdown(wait=True, cancel_futures=True)
 
 
 def _convert(rec: CsvRecording, table: pa.Table, start: int) -> Chunk | None:
