@@ -927,8 +927,8 @@ def _pool_groups(
 ) -> tuple[F64, F64, F64]:
     """Moments of each key group from its turbines' moments (exact, Chan).
 
-    Uses ``np.bincount`` so each group sums only its own turbines, in turbine
-    order: the result does not depend on other groups' data.
+    Each group sums only its own turbines, in turbine order (``np.bincount``,
+    ``np.add.at``): the result does not depend on other groups' data.
 
     Parameters
     ----------
@@ -941,16 +941,16 @@ def _pool_groups(
     d = means.shape[1]
     gc = np.bincount(group_of, weights=counts, minlength=n_groups).astype(np.float64)
     safe = np.where(gc > 0, gc, 1.0)
-    weighted = means * counts[:, None]
-    gm = np.empty((n_groups, d))
-    for j in range(d):
-        gm[:, j] = np.bincount(group_of, weights=weighted[:, j], minlength=n_groups) / safe
+    # np.add.at adds the turbines' rows in turbine order, as a bincount per entry would.
+    sums = np.zeros((n_groups, d))
+    np.add.at(sums, group_of, means * counts[:, None])
+    gm = sums / safe[:, None]
     dev = means - gm[group_of]
+    a, b = np.triu_indices(d)
+    w = m2[:, a, b] + counts[:, None] * dev[:, a] * dev[:, b]  # the upper triangle, (T, P)
+    upper = np.zeros((n_groups, a.size))
+    np.add.at(upper, group_of, w)
     gm2 = np.empty((n_groups, d, d))
-    for a in range(d):
-        for b in range(a, d):
-            w = m2[:, a, b] + counts * dev[:, a] * dev[:, b]
-            v = np.bincount(group_of, weights=w, minlength=n_groups)
-            gm2[:, a, b] = v
-            gm2[:, b, a] = v
+    gm2[:, a, b] = upper
+    gm2[:, b, a] = upper
     return gc, gm, gm2

@@ -178,7 +178,7 @@ class ResidualChart:
         fresh = np.isnan(self.since[who])
         self.since[who[fresh]] = self.last_time[who[fresh]]
         s = np.take(scores.deviations, sel, axis=1) + gather_rows(self.models.means, who)
-        c, mu, m2 = grouped_moments(np.ascontiguousarray(s.T), who, self.models.n_groups)
+        c, mu, m2 = grouped_moments(s.T, who, self.models.n_groups)  # (n, R) view of s
         self.models.merge_moments(c, mu, m2)
 
     def contributions(
