@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.grouping import run_lengths, stable_order
+
 F64 = NDArray[np.float64]
 
 # Above this many time constants between two values of a turbine the old
@@ -27,9 +29,11 @@ _BLOCK_SPANS = 600.0
 
 def _runs(keys: NDArray[np.intp]) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:
     """Stable order by key, the start of each key's run in it, and each run's key."""
-    order = np.argsort(keys, kind="stable")
+    order = stable_order(keys)
     sorted_keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    head = np.ones(keys.size, dtype=bool)
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=head[1:])
+    starts = np.flatnonzero(head)
     return order, starts, sorted_keys[starts]
 
 
@@ -60,7 +64,7 @@ def ewma_by_count(
     if keys.size == 0:
         return out
     order, starts, turb = _runs(keys)
-    lengths = np.diff(np.r_[starts, keys.size])
+    lengths = run_lengths(starts, keys.size)
     fresh = ~started[turb]
     state[turb[fresh]] = x_t[:, order[starts[fresh]]].T
     started[turb] = True
@@ -118,29 +122,36 @@ def ewma_by_time(
     if n == 0:
         return out
     order, starts, turb = _runs(keys)
-    lengths = np.diff(np.r_[starts, n])
+    lengths = run_lengths(starts, n)
     width = int(lengths.max())
-    pos = np.arange(n) - np.repeat(starts, lengths)
-    row = np.repeat(np.arange(turb.size), lengths)
+    cells = turb.size * width
+    # The padded (keys, width) cell of each reading in key order, and of each reading.
+    flat = np.repeat(np.arange(turb.size) * width - starts, lengths) + np.arange(n)
+    slot = np.empty(n, dtype=np.intp)
+    slot[order] = flat
     ts = timestamps[order]
     prev = last_time[turb]
     prev = np.where(np.isnan(prev), ts[starts], prev)  # a fresh key starts at its first time
-    dt = np.diff(np.r_[np.nan, ts])
+    dt = np.diff(ts, prepend=np.nan)
     dt[starts] = ts[starts] - prev
-    dt = np.clip(np.nan_to_num(dt, nan=0.0), 0.0, _MAX_GAP_SPANS * span) / span
-    cum = np.zeros((turb.size, width))
-    cum[row, pos] = dt
-    cum = np.cumsum(cum, axis=1)  # elapsed spans since each key's previous value
-    lam = np.zeros((turb.size, width))
-    lam[row, pos] = -np.expm1(-dt)
-    z = np.zeros((r, turb.size, width))
-    z[:, row, pos] = z_t[:, order]
-    valid = np.zeros((turb.size, width), dtype=bool)
-    valid[row, pos] = True
+    # NaN -> 0, then clipped to [0, 40 spans] (fmax and fmin pass over NaN, and inf clips).
+    dt = np.fmin(np.fmax(dt, 0.0), _MAX_GAP_SPANS * span) / span
+    padded = np.zeros(cells)
+    padded[flat] = dt
+    cum = np.cumsum(padded.reshape(turb.size, width), axis=1)  # spans since each previous
+    padded = np.zeros(cells)
+    padded[flat] = -np.expm1(-dt)
+    lam = padded.reshape(turb.size, width)
+    z_cells = np.zeros((r, cells))
+    z_cells[:, slot] = z_t
+    z = z_cells.reshape(r, turb.size, width)
+    filled = np.zeros(cells, dtype=bool)
+    filled[flat] = True
+    valid = filled.reshape(turb.size, width)
     s0 = state[turb].T.copy()  # (R, rows)
     result = np.zeros((r, turb.size, width))
     base = np.zeros(turb.size)
-    top = float(cum[row, pos].max()) if n else 0.0
+    top = float(cum.reshape(cells)[flat].max())
     block = 0
     while True:
         lo, hi = block * _BLOCK_SPANS, (block + 1) * _BLOCK_SPANS
@@ -160,7 +171,7 @@ def ewma_by_time(
         if hi > top:
             break
         block += 1
-    out[:, order] = result[:, row, pos]
+    out = np.take(result.reshape(r, cells), slot, axis=1)
     state[turb] = s0.T
     last = np.zeros(turb.size)
     last[:] = ts[starts + lengths - 1]

@@ -284,23 +284,31 @@ class Detector:
         return self.n_features
 
     def _calibrated(
-        self, ids: NDArray[np.int64], x: F64, ts: F64
+        self, ids: NDArray[np.int64], x: F64, ts: F64, idx: NDArray[np.intp] | None = None
     ) -> tuple[NDArray[np.intp], NDArray[np.intp], F64]:
         """Dense turbine indices (n,), model indices (n,) and model-ready readings (D, n).
 
         Model-ready: calibrated, fleet-relative sensors as deviations from the
-        fleet median, smoothed (``chart = "mewma"``), conditions first.
+        fleet median, smoothed (``chart = "mewma"``), conditions first.  ``idx``:
+        the turbine indices of ``ids`` when already looked up.
         """
-        idx = self.turbines.lookup(ids)
-        self._sync_turbines()
+        if idx is None:
+            idx = self.turbines.lookup(ids)
+            self._sync_turbines()
         if self._identity:
             x_t = np.ascontiguousarray(x.T)  # (D, n): what calibrate() would return, unscaled
         else:
             x_t = calibrate(x, self._offsets, self._gains, np.take(self._factor, idx)).T
-        for j in self._relative_cols:
+        cols = self._relative_cols
+        if cols:
             if not x_t.flags.writeable or x_t.base is x:
                 x_t = np.array(x_t)
-            x_t[j] = fleet_deviation(ts, x_t[j])
+            if len(set(cols)) == len(cols):
+                # fleet_deviation of each column, the times grouped once for all of them.
+                x_t[cols] = peer_deviation(ts, x_t[cols])[0]
+            else:
+                for j in cols:
+                    x_t[j] = fleet_deviation(ts, x_t[j])
         if self.config.chart == "mewma" and idx.size:
             x_t = ewma_by_count(idx, x_t, self.config.mewma_lambda, self._ewma, self._ewma_started)
         if self._perm is not None:
@@ -315,24 +323,27 @@ class Detector:
 
     def _live(
         self, raw: F64, valid: NDArray[np.bool_], ids: NDArray[np.int64], ts: F64
-    ) -> tuple[NDArray[np.intp], NDArray[np.int8] | None]:
-        """Positions of the readings to score and learn, and each reading's state code (n,)."""
+    ) -> tuple[NDArray[np.intp], NDArray[np.int8] | None, NDArray[np.intp] | None]:
+        """Positions of the readings to score and learn, each reading's state code (n,),
+        and the turbine indices of those readings when they were looked up here."""
         if not self._rule_cols:
-            return (np.arange(valid.size) if valid.all() else np.flatnonzero(valid)), None
+            return (np.arange(valid.size) if valid.all() else np.flatnonzero(valid)), None, None
         states = np.zeros(valid.size, dtype=np.int8)
         pos = np.flatnonzero(valid)
         states[pos] = learning_states(
             raw[pos], self.config.learn_when, self._rule_cols, self._where_cols
         )
         span = self.config.settle_span
-        if span is not None:
-            idx = self.turbines.lookup(ids[pos])
-            self._sync_turbines()
-            settle, self._last_state_time = settling(
-                idx, ts[pos], states[pos] > 0, self._last_state_time, span
-            )
-            states[pos[settle]] = len(self.state_names) - 1
-        return pos[states[pos] == 0], states
+        if span is None:
+            return pos[states[pos] == 0], states, None
+        idx = self.turbines.lookup(ids[pos])
+        self._sync_turbines()
+        settle, self._last_state_time = settling(
+            idx, ts[pos], states[pos] > 0, self._last_state_time, span
+        )
+        states[pos[settle]] = len(self.state_names) - 1
+        keep = states[pos] == 0
+        return pos[keep], states, idx[keep]
 
     # ------------------------------------------------------------------ public API
     def process(
@@ -351,14 +362,14 @@ class Detector:
         """
         ts, ids, raw, valid = self._prepare(timestamps, turbine_ids, values)
         n = raw.shape[0]
-        live, states = self._live(raw, valid, ids, ts)
+        live, states, idx_live = self._live(raw, valid, ids, ts)
         everything = live.size == n
         if everything:
-            idx, model_of, x_t = self._calibrated(ids, raw, ts)
+            idx, model_of, x_t = self._calibrated(ids, raw, ts, idx_live)
             ts_l = ts
         else:
             ts_l = ts[live]
-            idx, model_of, x_t = self._calibrated(ids[live], raw[live], ts_l)
+            idx, model_of, x_t = self._calibrated(ids[live], raw[live], ts_l, idx_live)
         stat, scored_by, diff_t, z_t, model, chol = self._score(model_of, x_t, ts_l)
         chart = None
         if self.config.chart == "residual":
@@ -431,8 +442,8 @@ class Detector:
     def learn(self, timestamps: ArrayLike, turbine_ids: ArrayLike, values: ArrayLike) -> int:
         """Learn a batch without scoring it (a training period); returns readings learned."""
         ts, ids, raw, valid = self._prepare(timestamps, turbine_ids, values)
-        live, states = self._live(raw, valid, ids, ts)
-        _, model_of, x_t = self._calibrated(ids[live], raw[live], ts[live])
+        live, states, idx_live = self._live(raw, valid, ids, ts)
+        _, model_of, x_t = self._calibrated(ids[live], raw[live], ts[live], idx_live)
         self._learn(model_of, x_t, ts[live])
         self.skipped += int(np.count_nonzero(~valid))
         if states is not None:
@@ -918,8 +929,8 @@ def _pool_groups(
 ) -> tuple[F64, F64, F64]:
     """Moments of each key group from its turbines' moments (exact, Chan).
 
-    Uses ``np.bincount`` so each group sums only its own turbines, in turbine
-    order: the result does not depend on other groups' data.
+    Each group sums only its own turbines, in turbine order (``np.bincount``,
+    ``np.add.at``): the result does not depend on other groups' data.
 
     Parameters
     ----------
@@ -932,16 +943,16 @@ def _pool_groups(
     d = means.shape[1]
     gc = np.bincount(group_of, weights=counts, minlength=n_groups).astype(np.float64)
     safe = np.where(gc > 0, gc, 1.0)
-    weighted = means * counts[:, None]
-    gm = np.empty((n_groups, d))
-    for j in range(d):
-        gm[:, j] = np.bincount(group_of, weights=weighted[:, j], minlength=n_groups) / safe
+    # np.add.at adds the turbines' rows in turbine order, as a bincount per entry would.
+    sums = np.zeros((n_groups, d))
+    np.add.at(sums, group_of, means * counts[:, None])
+    gm = sums / safe[:, None]
     dev = means - gm[group_of]
+    a, b = np.triu_indices(d)
+    w = m2[:, a, b] + counts[:, None] * dev[:, a] * dev[:, b]  # the upper triangle, (T, P)
+    upper = np.zeros((n_groups, a.size))
+    np.add.at(upper, group_of, w)
     gm2 = np.empty((n_groups, d, d))
-    for a in range(d):
-        for b in range(a, d):
-            w = m2[:, a, b] + counts * dev[:, a] * dev[:, b]
-            v = np.bincount(group_of, weights=w, minlength=n_groups)
-            gm2[:, a, b] = v
-            gm2[:, b, a] = v
+    gm2[:, a, b] = upper
+    gm2[:, b, a] = upper
     return gc, gm, gm2

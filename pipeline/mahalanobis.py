@@ -112,12 +112,14 @@ def mahalanobis_squared(x: F64, mean: F64, chol: F64) -> F64:
 def _gather_factors(chol: F64, groups: NDArray[np.intp]) -> list[list[F64]]:
     """Each reading's factor entries: ``out[j][k] = chol[groups, j, k]`` for k <= j.
 
-    One 1-D ``np.take`` per entry of the lower triangle, each a contiguous
-    vector of n values; only the D(D+1)/2 entries a solve needs are gathered.
+    One ``np.take`` of the D(D+1)/2 entries a solve needs (the lower triangle),
+    each row of the result a contiguous vector of n values.
     """
     d = chol.shape[-1]
-    cols = np.ascontiguousarray(chol.reshape(chol.shape[0], d * d).T)  # (D*D, G)
-    return [[np.take(cols[j * d + k], groups) for k in range(j + 1)] for j in range(d)]
+    lower = [j * d + k for j in range(d) for k in range(j + 1)]
+    cols = chol.reshape(chol.shape[0], d * d).T[lower]  # (D(D+1)/2, G)
+    entries = np.take(cols, groups, axis=1)  # one gather of all the entries: contiguous rows
+    return [[entries[j * (j + 1) // 2 + k] for k in range(j + 1)] for j in range(d)]
 
 
 def squared_norms(z_t: F64) -> F64:
@@ -181,18 +183,14 @@ def unwhiten_transposed_grouped(z_t: F64, groups: NDArray[np.intp], chol: F64) -
 
 
 def gather_rows(table: F64, index: NDArray[np.intp]) -> F64:
-    """``table[index].T`` as a C-contiguous (D, n) array, one 1-D take per column.
+    """``table[index].T`` as a C-contiguous (D, n) array, one take along the columns.
 
     Parameters
     ----------
     table : ndarray of shape (G, D)
     index : ndarray of shape (n,)
     """
-    cols = np.ascontiguousarray(table.T)
-    out = np.empty((cols.shape[0], index.size))
-    for j in range(cols.shape[0]):
-        np.take(cols[j], index, out=out[j])
-    return out
+    return np.take(np.ascontiguousarray(table.T), index, axis=1)
 
 
 def mahalanobis_squared_grouped(x: F64, groups: NDArray[np.intp], means: F64, chol: F64) -> F64:

@@ -13,8 +13,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.config import LearnRule
+from pipeline.grouping import run_lengths, stable_order
 
 F64 = NDArray[np.float64]
+# Runs of up to this many readings (a time's turbines) are ordered by a sorting network.
+_NETWORK_WIDTH = 16
 
 
 def regime_bins(values: F64, edges: Sequence[float]) -> NDArray[np.intp]:
@@ -114,17 +117,115 @@ def fleet_deviation(timestamps: F64, values: F64) -> F64:
             if (grid == grid[:, :1]).all() and (np.diff(grid[:, 0]) > 0).all():
                 v = values.reshape(-1, k)
                 return (v - np.median(v, axis=1, keepdims=True)).reshape(-1)
-    order = np.lexsort((values, timestamps))
+    order = np.argsort(timestamps, kind="stable")
     ts_sorted = timestamps[order]
-    v_sorted = values[order]
-    starts = np.flatnonzero(np.r_[True, ts_sorted[1:] != ts_sorted[:-1]])
-    sizes = np.diff(np.r_[starts, n])
-    lo = v_sorted[starts + (sizes - 1) // 2]
-    hi = v_sorted[starts + sizes // 2]
-    median = np.repeat((lo + hi) / 2.0, sizes)
+    starts = _run_starts(ts_sorted)
     out = np.empty(n)
-    out[order] = v_sorted - median
+    v = values[order]
+    out[order] = v - np.repeat(_run_medians(v[None], starts)[0], run_lengths(starts, n))
     return out
+
+
+def _run_starts(v: NDArray[np.generic]) -> NDArray[np.intp]:
+    """Where each run of equal consecutive values of ``v`` (n,) begins (n >= 1)."""
+    head = np.ones(v.size, dtype=bool)
+    np.not_equal(v[1:], v[:-1], out=head[1:])
+    return np.flatnonzero(head)
+
+
+def _ordered_runs(v: F64, starts: NDArray[np.intp]) -> tuple[F64, NDArray[np.intp]]:
+    """Each run of consecutive columns in order, row by row, padded to the longest run.
+
+    Returns the ordered values (R, G, W), padded with +inf (NaN sorted last
+    within a run, as ``np.sort`` does), and the run sizes (G,).
+    """
+    r, n = v.shape
+    sizes = run_lengths(starts, n)
+    g = starts.size
+    width = int(sizes.max())
+    slots = np.repeat(np.arange(g) * width - starts, sizes) + np.arange(n)
+    if width <= _NETWORK_WIDTH and not np.isnan(v).any():
+        # The few readings of a time (a fleet's turbines) side by side, padded
+        # with +inf, put in order by an odd-even transposition network: a
+        # handful of element-wise min/max over all runs at once, no sort.
+        pad = np.full((r, g * width), np.inf)
+        pad[:, slots] = v
+        cols = [pad[:, j::width] for j in range(width)]
+        for step in range(width):
+            for j in range(step % 2, width - 1, 2):
+                cols[j], cols[j + 1] = (
+                    np.minimum(cols[j], cols[j + 1]),
+                    np.maximum(cols[j], cols[j + 1]),
+                )
+        return np.stack(cols, axis=2), sizes
+    group = np.repeat(np.arange(g), sizes)
+    out = np.full((r, g * width), np.inf)
+    for k in range(r):
+        out[k, slots] = v[k, np.lexsort((v[k], group))]  # by run, then by value (NaN last)
+    return out.reshape(r, g, width), sizes
+
+
+def _run_medians(v: F64, starts: NDArray[np.intp]) -> F64:
+    """The median of each run of consecutive columns, row by row.
+
+    Parameters
+    ----------
+    v : ndarray of shape (R, n)
+        Values, each run's columns contiguous (e.g. sorted by time).
+    starts : ndarray of shape (G,)
+        Where each run begins (``starts[0] == 0``, increasing).
+
+    Returns
+    -------
+    ndarray of shape (R, G)
+        The mean of the two middle values of each run (the middle one of an
+        odd run), NaN sorted last as ``np.sort`` does.
+
+    >>> _run_medians(np.array([[3.0, 1.0, 2.0, 5.0, 4.0]]), np.array([0, 3])).tolist()
+    [[2.0, 4.5]]
+    """
+    ordered, sizes = _ordered_runs(v, starts)
+    runs = np.arange(starts.size)
+    lo = ordered[:, runs, (sizes - 1) // 2]
+    hi = ordered[:, runs, sizes // 2]
+    return (lo + hi) / 2.0
+
+
+def _medians_of_the_others(v: F64, starts: NDArray[np.intp]) -> F64:
+    """For each column, the median of the other columns of its run, row by row.
+
+    Position ``j`` of a run's ordered values without a value ``x`` is the
+    ``j + 1``-th of the run's when ``x`` lies at or below its ``j``-th, else
+    its ``j``-th (ties give the same multiset whichever copy goes).
+
+    Parameters
+    ----------
+    v : ndarray of shape (R, n)
+        Values, each run's columns contiguous; no NaN.
+    starts : ndarray of shape (G,)
+
+    Returns
+    -------
+    ndarray of shape (R, n)
+        NaN for a column alone in its run.
+
+    >>> _medians_of_the_others(np.array([[3.0, 1.0, 2.0, 5.0, 4.0]]), np.array([0, 3])).tolist()
+    [[1.5, 2.5, 2.0, 4.0, 5.0]]
+    """
+    r, n = v.shape
+    ordered, sizes = _ordered_runs(v, starts)
+    run = np.repeat(np.arange(starts.size), sizes)
+    others = np.repeat(sizes, sizes) - 1
+    alone = others == 0
+    top = ordered.shape[2] - 1
+
+    def without(j: NDArray[np.intp]) -> F64:
+        at = ordered[:, run, np.minimum(j, top)]
+        above = ordered[:, run, np.minimum(j + 1, top)]
+        return np.where(v <= at, above, at)
+
+    med = (without((others - 1) // 2) + without(others // 2)) / 2.0
+    return np.where(alone, np.nan, med)
 
 
 def time_decay(elapsed: F64, span: float, counts: F64, floor: float) -> F64:
@@ -186,6 +287,7 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     ----------
     timestamps : ndarray of shape (n,)
     values_t : ndarray of shape (R, n)
+        Finite values.
 
     Returns
     -------
@@ -200,35 +302,25 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     ([[-4.5, -3.0, 7.5, 0.0]], [3, 3, 3, 1])
     """
     n = timestamps.size
-    out = np.zeros_like(values_t)
     if n == 0:
-        return out, np.zeros(0, dtype=np.intp)
-    order = np.argsort(timestamps, kind="stable")
-    ts_sorted = timestamps[order]
-    starts = np.flatnonzero(np.r_[True, ts_sorted[1:] != ts_sorted[:-1]])
-    sizes = np.diff(np.r_[starts, n])
+        return np.zeros_like(values_t), np.zeros(0, dtype=np.intp)
+    if np.all(timestamps[1:] >= timestamps[:-1]):  # a batch in time order, as a farm's is
+        order = None
+        ts_sorted = timestamps
+    else:
+        order = np.argsort(timestamps, kind="stable")
+        ts_sorted = timestamps[order]
+    starts = _run_starts(ts_sorted)
+    sizes = run_lengths(starts, n)
+    v = values_t if order is None else values_t[:, order]
+    dev = np.nan_to_num(v - _medians_of_the_others(v, starts), nan=0.0)
+    counts = np.repeat(sizes, sizes)
+    if order is None:
+        return dev, counts
+    out = np.empty_like(values_t)
     peers = np.empty(n, dtype=np.intp)
-    peers[order] = np.repeat(sizes, sizes)
-    group = np.repeat(np.arange(starts.size), sizes)
-    first = np.repeat(starts, sizes)  # where each reading's group begins (sorted positions)
-    size = np.repeat(sizes, sizes)
-    others = size - 1
-    # The median of the others, from the sorted group without the reading at rank r:
-    # position j of that list is position j (j < r) or j + 1 (j >= r) of the group.
-    lo_j, hi_j = (others - 1) // 2, others // 2
-    has = others > 0
-    for r in range(values_t.shape[0]):
-        v = values_t[r, order]
-        within = np.lexsort((v, group))  # by group, then by value
-        v_sorted = v[within]
-        rank = np.empty(n, dtype=np.intp)
-        rank[within] = np.arange(n) - first[within]
-        lo = np.where(lo_j < rank, lo_j, lo_j + 1)
-        hi = np.where(hi_j < rank, hi_j, hi_j + 1)
-        lo_v = v_sorted[np.minimum(first + lo, n - 1)]
-        hi_v = v_sorted[np.minimum(first + hi, n - 1)]
-        dev = np.where(has, v - (lo_v + hi_v) / 2.0, 0.0)
-        out[r, order] = dev
+    peers[order] = counts
+    out[:, order] = dev
     return out, peers
 
 
@@ -272,15 +364,19 @@ def settling(
     last = last_state_time.copy()
     if n == 0:
         return np.zeros(0, dtype=bool), last
-    order = np.lexsort((timestamps, turbines))
+    if np.all(timestamps[1:] >= timestamps[:-1]):  # in time order: a stable sort by turbine
+        order = stable_order(turbines)
+    else:
+        order = np.lexsort((timestamps, turbines))
     u, t, s = turbines[order], timestamps[order], in_state[order]
-    first = np.r_[True, u[1:] != u[:-1]]
+    first = np.ones(n, dtype=bool)
+    np.not_equal(u[1:], u[:-1], out=first[1:])
     group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     latest = np.maximum.accumulate(np.where(s, np.arange(n), -1))  # last state at or before
     inside = latest >= group_start
     since = np.where(inside, t[np.maximum(latest, 0)], np.take(last_state_time, u))
     out = np.zeros(n, dtype=bool)
     out[order] = ~s & (t - since <= span)  # NaN (never in a state) compares False
-    ends = np.r_[np.flatnonzero(first)[1:], n] - 1
+    ends = np.append(np.flatnonzero(first)[1:], n) - 1
     last[u[ends]] = since[ends]
     return out, last

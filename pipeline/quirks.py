@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from pipeline.errors import ConfigError
+from pipeline.grouping import stable_order
 from pipeline.recordings.spec import Chunk, RecordingSpec
 
 F64 = NDArray[np.float64]
@@ -84,11 +85,38 @@ def order_codes(
     known[known] = last_ids[pos[known]] == uniq[known]
     prev = np.full(uniq.size, -np.inf)
     prev[known] = last_times[pos[known]]
-    # A running maximum per turbine, in stream order: rank the times, offset each
-    # turbine's ranks past the previous turbine's, and take one cumulative max.
-    order = np.lexsort((np.arange(n), inv))
+    order = stable_order(inv)  # by turbine, each in stream order
     group = inv[order]
-    values, rank = np.unique(np.concatenate((timestamps[order], prev)), return_inverse=True)
+    ts = timestamps[order]
+    first = np.ones(n, dtype=bool)
+    np.not_equal(group[1:], group[:-1], out=first[1:])
+    # Each reading's turbine's previous time: its latest before the chunk first.
+    before = np.empty(n)
+    before[1:] = ts[:-1]
+    before[first] = prev[group[first]]
+    if not np.all(ts >= before):
+        # A step back in time: the running maximum per turbine, in stream order.
+        before = _running_before(ts, group, prev)
+    sorted_codes = np.where(ts > before, KEPT, np.where(ts == before, DUPLICATE, OUT_OF_ORDER))
+    codes = np.empty(n, dtype=np.int8)
+    codes[order] = sorted_codes
+    latest = prev.copy()
+    np.maximum.at(latest, inv, timestamps)
+    ids = np.concatenate((last_ids, uniq[~known]))
+    times = np.concatenate((last_times, latest[~known]))
+    times[pos[known]] = latest[known]
+    back = np.argsort(ids, kind="stable")
+    return codes, ids[back], times[back]
+
+
+def _running_before(ts: F64, group: NDArray[np.intp], prev: F64) -> F64:
+    """The latest time before each reading of its turbine (readings sorted by turbine, (n,)).
+
+    A running maximum per turbine: rank the times, offset each turbine's ranks
+    past the previous turbine's, and take one cumulative max.
+    """
+    n = ts.size
+    values, rank = np.unique(np.concatenate((ts, prev)), return_inverse=True)
     rank = rank.ravel()
     width = values.size + 1
     key = group.astype(np.int64) * width + rank[:n]
@@ -101,18 +129,7 @@ def order_codes(
         before[:] = -np.inf
         prior = running[:-1][same[1:]] - group[1:][same[1:]].astype(np.int64) * width
         before[1:][same[1:]] = values[prior]
-    before = np.maximum(before, prev[group])
-    ts = timestamps[order]
-    sorted_codes = np.where(ts > before, KEPT, np.where(ts == before, DUPLICATE, OUT_OF_ORDER))
-    codes = np.empty(n, dtype=np.int8)
-    codes[order] = sorted_codes
-    latest = prev.copy()
-    np.maximum.at(latest, inv, timestamps)
-    ids = np.concatenate((last_ids, uniq[~known]))
-    times = np.concatenate((last_times, latest[~known]))
-    times[pos[known]] = latest[known]
-    back = np.argsort(ids, kind="stable")
-    return codes, ids[back], times[back]
+    return np.maximum(before, prev[group])
 
 
 def blank_sentinels(values: F64, sentinels: Mapping[int, tuple[float, ...]]) -> tuple[F64, I64]:

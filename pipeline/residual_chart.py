@@ -156,7 +156,10 @@ class ResidualChart:
         has variance ``lambda / (2 - lambda)``.  The step is the batch's median
         time step (the last one seen when a batch holds a single time).
         """
-        uts = np.unique(timestamps)
+        if timestamps.size and np.all(timestamps[1:] >= timestamps[:-1]):
+            uts = timestamps[np.concatenate(([True], timestamps[1:] != timestamps[:-1]))]
+        else:
+            uts = np.unique(timestamps)
         if uts.size > 1:
             self.step = float(np.median(np.diff(uts)))
         lam = -np.expm1(-self.step / self.span) if self.step > 0 else 1.0
@@ -175,7 +178,7 @@ class ResidualChart:
         fresh = np.isnan(self.since[who])
         self.since[who[fresh]] = self.last_time[who[fresh]]
         s = np.take(scores.deviations, sel, axis=1) + gather_rows(self.models.means, who)
-        c, mu, m2 = grouped_moments(np.ascontiguousarray(s.T), who, self.models.n_groups)
+        c, mu, m2 = grouped_moments(s.T, who, self.models.n_groups)  # (n, R) view of s
         self.models.merge_moments(c, mu, m2)
 
     def contributions(

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from pipeline.errors import InputError
 from pipeline.recordings import RecordingSpec, arrowcsv
 from pipeline.recordings.csvfile import CsvRecording
-from pipeline.recordings.isotime import split_offset, split_offsets
+from pipeline.recordings.isotime import (
+    TimeFormatError,
+    parse_fixed,
+    parse_times,
+    split_offset,
+    split_offsets,
+)
 
 FIELDS = ("timestamps", "turbine_ids", "values", "labels", "kinds", "lines")
 
@@ -191,3 +197,45 @@ def test_split_offsets_is_split_offset_of_each_cell(cells: list[str]) -> None:
     expected = [split_offset(c) for c in cells]
     assert local == [e[0] for e in expected]
     assert offsets.tolist() == [e[1] for e in expected]
+
+
+@st.composite
+def fixed_cells(draw: st.DrawFn) -> tuple[list[str], bool]:
+    """Cells of one fixed layout, some not valid dates or times; whether parse_fixed reads it."""
+    tail = draw(st.sampled_from(["", "Z", "z", "+HHMM", "+HH:MM"]))
+    sep = draw(st.sampled_from(["T", " ", "t"]))
+    cells, plain = [], sep != "t"
+    for _ in range(draw(st.integers(1, 8))):
+        year = draw(st.sampled_from([1, 1600, 1899, 1900, 1970, 2000, 2014, 2016, 2100, 9999]))
+        month = draw(st.integers(0, 13))
+        day = draw(st.sampled_from([0, 1, 15, 28, 29, 30, 31, 32]))
+        clock = [draw(st.integers(0, 25)), draw(st.integers(0, 61)), draw(st.integers(0, 61))]
+        cell = f"{year:04d}-{month:02d}-{day:02d}{sep}{clock[0]:02d}:{clock[1]:02d}:{clock[2]:02d}"
+        if tail.startswith("+"):
+            sign = draw(st.sampled_from("+-"))
+            hh, mm = draw(st.integers(0, 99)), draw(st.integers(0, 99))
+            cell += f"{sign}{hh:02d}:{mm:02d}" if tail == "+HH:MM" else f"{sign}{hh:02d}{mm:02d}"
+        else:
+            cell += tail
+        if draw(st.integers(0, 20)) == 0:  # a stray character somewhere
+            k = draw(st.integers(0, len(cell) - 1))
+            cell = cell[:k] + draw(st.sampled_from("x/.:-+ 0")) + cell[k + 1 :]
+            plain = False
+        cells.append(cell)
+    return cells, plain
+
+
+@pytest.mark.filterwarnings("ignore:no explicit representation of timezones")  # a stray "Z"
+@given(fixed_cells())
+def test_parse_fixed_is_parse_times_or_declines(drawn: tuple[list[str], bool]) -> None:
+    cells, plain = drawn
+    data = np.frombuffer("".join(cells).encode("ascii"), dtype=np.uint8)
+    fast = parse_fixed(data.reshape(len(cells), -1))
+    try:
+        expected = parse_times(cells)
+    except TimeFormatError:
+        assert fast is None
+        return
+    assert fast is not None or not plain  # every valid cell of the layouts is read
+    if fast is not None:
+        assert fast.tobytes() == expected.tobytes()

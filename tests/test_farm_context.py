@@ -18,19 +18,24 @@ from tests.test_operating_point import run_daily
 
 
 @given(
-    k=st.integers(1, 5),
+    k=st.integers(1, 20),
     steps=st.integers(1, 6),
     rows=st.integers(1, 3),
     drop=st.integers(0, 3),
+    ties=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-@settings(max_examples=60, deadline=None)
-def test_peer_deviation_against_the_median_of_the_others(k, steps, rows, drop, seed):
+@settings(max_examples=100, deadline=None)
+def test_peer_deviation_against_the_median_of_the_others(k, steps, rows, drop, ties, seed):
     rng = np.random.default_rng(seed)
     ts = np.repeat(np.arange(steps, dtype=float), k)
     order = rng.permutation(ts.size)[drop:] if ts.size > drop else rng.permutation(ts.size)
     ts = ts[order]
-    v = rng.normal(size=(rows, ts.size))
+    v = (
+        rng.integers(0, 3, (rows, ts.size)).astype(float)
+        if ties
+        else rng.normal(size=(rows, ts.size))
+    )
     dev, peers = peer_deviation(ts, v)
     for i in range(ts.size):
         same = ts == ts[i]

@@ -7,7 +7,9 @@ The blocks are read here, in the calling thread, and handed over one at a
 time: ``pyarrow.csv.open_csv`` on a Python stream reads ahead as fast as it
 can (36 of La Haute Borne's 40 MiB before its first batch), so memory would
 not be bounded, and a reader abandoned mid-file left its thread inside
-Python's file object at interpreter exit (a fatal error).  The NumPy reader
+Python's file object at interpreter exit (a fatal error).  Each block is
+parsed in a worker thread while the chunks of the one before are scored (one
+block ahead, never more; the worker sees bytes in memory, never the file).  The NumPy reader
 stays the oracle: the fast path never raises on bad input.  Whatever it does not
 accept exactly as the NumPy reader would (a blank line, a line too long, a
 lone CR, bytes that are not UTF-8, a cell pyarrow cannot convert, a turbine
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
@@ -35,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from numpy.typing import NDArray
 
-from pipeline.recordings.isotime import TimeFormatError, parse_times
+from pipeline.recordings.isotime import TimeFormatError, parse_fixed, parse_times
 from pipeline.recordings.spec import Chunk
 
 if TYPE_CHECKING:
@@ -109,17 +112,12 @@ class _CompleteLines:
         return lines
 
     def _check(self, lines: bytes) -> None:
-        data = np.frombuffer(lines, dtype=np.uint8)
-        ends = np.flatnonzero(data == 10)  # every line's newline; ``lines`` ends with one
-        starts = np.concatenate(([0], ends[:-1] + 1))
-        crlf = data[np.maximum(ends - 1, 0)] == 13
-        crlf &= ends > starts
-        if lines.count(b"\r") != int(np.count_nonzero(crlf)):
+        # Byte searches over the block (memchr speed): no per-line arrays.
+        if b"\r" in lines and lines.count(b"\r") != lines.count(b"\r\n"):
             raise _Unusual  # a lone CR: a line break to pyarrow, not to the NumPy reader
-        length = ends - starts  # with the CR of a CRLF
-        if int(length.max()) > self._limit:
+        if not self._short_lines(lines):
             raise _Unusual
-        if np.any(length - crlf == 0):
+        if lines.startswith((b"\n", b"\r\n")) or _two_newlines(lines):
             raise _Unusual  # a blank line: skipped by the NumPy reader, which counts it
         if self._blank_cells and _BLANK_ASCII.search(lines):
             # A line of separators only is blank to the NumPy reader, a row to pyarrow.
@@ -132,6 +130,39 @@ class _CompleteLines:
                 raise _Unusual from None
             if _BLANK_TEXT.search(text):
                 raise _Unusual
+
+    def _short_lines(self, lines: bytes) -> bool:
+        """Whether no line of ``lines`` (whole lines) is longer than ``max_line_bytes``.
+
+        A line as long as the limit holds a whole aligned window of half the
+        limit: when every such window holds a newline, no line is that long,
+        and the few windows are searched without looking at each line.
+        """
+        half = (self._limit + 1) // 2
+        if len(lines) <= 64 * half:
+            find = lines.find
+            if all(find(b"\n", k, k + half) >= 0 for k in range(0, len(lines) - half + 1, half)):
+                return True
+        data = np.frombuffer(lines, dtype=np.uint8)
+        ends = np.flatnonzero(data == 10)  # every line's newline; ``lines`` ends with one
+        length = np.diff(ends, prepend=-1) - 1  # with the CR of a CRLF
+        return int(length.max()) <= self._limit
+
+
+def _two_newlines(lines: bytes) -> bool:
+    """Whether ``lines`` holds ``\\n\\n`` or ``\\n\\r\\n`` (a blank line after the first).
+
+    ``\\n\\n`` is looked for as a 16-bit word at even and at odd offsets: a
+    byte search for it stops at every newline.
+    """
+    size = len(lines)
+    if size < 2:
+        return False
+    even = np.frombuffer(lines, dtype=np.uint16, count=size // 2)
+    odd = np.frombuffer(lines, dtype=np.uint16, count=(size - 1) // 2, offset=1)
+    if bool((even == 0x0A0A).any()) or bool((odd == 0x0A0A).any()):
+        return True
+    return b"\r" in lines and b"\n\r\n" in lines
 
 
 def arrow_chunks(rec: CsvRecording) -> Generator[Chunk, None, int | None]:
@@ -167,43 +198,55 @@ def arrow_chunks(rec: CsvRecording) -> Generator[Chunk, None, int | None]:
     )
     rows = spec.chunk_rows
     done = 0
-    with open(rec.path, "rb") as raw:
-        raw.seek(rec.data_offset)
-        source = _CompleteLines(raw, spec.max_line_bytes, spec.sep)
-        pending: list[pa.Table] = []
-        held = 0
-        while True:
+
+    def parse(block: bytes) -> pa.Table:
+        return pacsv.read_csv(
+            pa.py_buffer(block),
+            read_options=read_options,
+            parse_options=parse_options,
+            convert_options=convert_options,
+        )
+
+    # One block is parsed ahead, in a worker thread (pyarrow releases the GIL),
+    # while the chunks of the one before are scored.  The worker only ever sees
+    # bytes in memory, never the file, and is joined when reading ends.
+    ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arrowcsv")
+    try:
+        with open(rec.path, "rb") as raw:
+            raw.seek(rec.data_offset)
+            source = _CompleteLines(raw, spec.max_line_bytes, spec.sep)
+            pending: list[pa.Table] = []
+            held = 0
             block = source.read(BLOCK_BYTES)
-            if not block:
-                break
-            try:
-                table = pacsv.read_csv(
-                    pa.py_buffer(block),
-                    read_options=read_options,
-                    parse_options=parse_options,
-                    convert_options=convert_options,
-                )
-            except (pa.ArrowException, ValueError):  # any refusal: the NumPy reader decides
+            parsing = ahead.submit(parse, block) if block else None
+            while parsing is not None:
+                block = source.read(BLOCK_BYTES)
+                current, parsing = parsing, (ahead.submit(parse, block) if block else None)
+                try:
+                    table = current.result()
+                except (pa.ArrowException, ValueError):  # any refusal: the NumPy reader decides
+                    return done
+                pending.append(table)
+                held += table.num_rows
+                while held >= rows:
+                    joined = pa.concat_tables(pending)
+                    chunk = _convert(rec, joined.slice(0, rows), done)
+                    if chunk is None:
+                        return done
+                    yield chunk
+                    done += rows
+                    held -= rows
+                    pending = [joined.slice(rows)]
+            if source.unusual:
                 return done
-            pending.append(table)
-            held += table.num_rows
-            while held >= rows:
-                joined = pa.concat_tables(pending)
-                chunk = _convert(rec, joined.slice(0, rows), done)
+            if held:
+                chunk = _convert(rec, pa.concat_tables(pending), done)
                 if chunk is None:
                     return done
                 yield chunk
-                done += rows
-                held -= rows
-                pending = [joined.slice(rows)]
-        if source.unusual:
-            return done
-        if held:
-            chunk = _convert(rec, pa.concat_tables(pending), done)
-            if chunk is None:
-                return done
-            yield chunk
-    return None
+        return None
+    finally:
+        ahead.shutdown(wait=True, cancel_futures=True)
 
 
 def _convert(rec: CsvRecording, table: pa.Table, start: int) -> Chunk | None:
@@ -217,6 +260,21 @@ def _convert(rec: CsvRecording, table: pa.Table, start: int) -> Chunk | None:
 def _floats(column: pa.ChunkedArray) -> NDArray[np.float64]:
     filled = pc.fill_null(column, np.nan)
     return np.asarray(filled.to_numpy(), dtype=np.float64)
+
+
+def _fixed_width(column: pa.ChunkedArray) -> NDArray[np.uint8] | None:
+    """The bytes (n, w) of a string column whose n cells are all w bytes long; else None."""
+    cells = column.combine_chunks()
+    n = len(cells)
+    if n == 0 or cells.null_count or cells.type != pa.string():
+        return None
+    _, offsets_buffer, data = cells.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32, count=n + 1, offset=4 * cells.offset)
+    w = int(offsets[1] - offsets[0])
+    if w == 0 or data is None or np.any(np.diff(offsets) != w):
+        return None
+    start = int(offsets[0])
+    return np.frombuffer(data, dtype=np.uint8, count=n * w, offset=start).reshape(n, w)
 
 
 def _distinct(column: pa.ChunkedArray) -> tuple[list[str], NDArray[np.intp]]:
@@ -236,11 +294,17 @@ def _chunk(rec: CsvRecording, table: pa.Table, start: int) -> Chunk:
     if rec.time_is_number:
         ts = _floats(table.column(col[rec.time_index]))
     else:
-        cells, index = _distinct(table.column(col[rec.time_index]))
-        cells = [c.strip('"') for c in cells]
-        if "" in cells:
-            raise _Unusual
-        ts = parse_times(cells)[index]
+        column = table.column(col[rec.time_index])
+        fixed = _fixed_width(column)
+        parsed = parse_fixed(fixed) if fixed is not None else None
+        if parsed is not None:
+            ts = parsed
+        else:
+            cells, index = _distinct(column)
+            cells = [c.strip('"') for c in cells]
+            if "" in cells:
+                raise _Unusual
+            ts = parse_times(cells)[index]
     if not np.isfinite(ts).all():
         raise _Unusual
     if rec.id_index is None:

@@ -9,6 +9,9 @@ of offsets is deprecated, so it never sees one).  Consecutive equal cells (a
 fleet snapshot: every turbine at one time) are parsed once, and the offsets
 of ASCII cells are split off by pyarrow's compute functions (RE2), many at a
 time (:func:`split_offsets`), as :func:`split_offset` does one by one.
+Cells all of one fixed layout, as exports write them
+(``2014-01-01T01:00:00+01:00``), are read straight from their bytes
+(:func:`parse_fixed`), with the same result.
 
 >>> parse_times(["2014-01-01T01:00:00+01:00", "2014-01-01T00:00:00Z", "2014-01-01 00:10"])
 array([1.3885344e+09, 1.3885344e+09, 1.3885350e+09])
@@ -112,3 +115,88 @@ def parse_times(cells: Sequence[str] | NDArray[np.str_]) -> NDArray[np.float64]:
         raise TimeFormatError(int(first[k]), str(arr[first[k]]))
     seconds = stamps.astype(np.int64) / 1000.0 - offsets
     return seconds[np.cumsum(head) - 1]
+
+
+# The fixed layouts parse_fixed reads: width -> what follows "YYYY-MM-DDTHH:MM:SS".
+_FIXED_WIDTHS = {19: "", 20: "Z", 24: "+HHMM", 25: "+HH:MM"}
+_DATE_DIGITS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18)
+_MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
+
+
+def parse_fixed(cells: NDArray[np.uint8]) -> NDArray[np.float64] | None:
+    """Epoch seconds (UTC) of n cells of one fixed layout, read from their bytes; else None.
+
+    The layouts: ``YYYY-MM-DDTHH:MM:SS`` (``T`` or a space between date and
+    time), then nothing (UTC), ``Z``/``z``, ``+HHMM`` or ``+HH:MM`` (either
+    sign).  The result is :func:`parse_times`'s, bit for bit; None when any
+    cell is of another layout or not a valid date-time (then
+    :func:`parse_times` decides, and names the cell).
+
+    Parameters
+    ----------
+    cells : ndarray of shape (n, w)
+        The cells' bytes, one row per cell (ASCII, no padding).
+
+    Returns
+    -------
+    ndarray of shape (n,), or None
+
+    >>> cells = np.frombuffer(b"2014-01-01T01:00:00+01:002014-06-01 00:00:00-00:30", np.uint8)
+    >>> parse_fixed(cells.reshape(2, 25)).tolist()
+    [1388534400.0, 1401582600.0]
+    >>> parse_fixed(np.frombuffer(b"2014-02-29T00:00:00", np.uint8).reshape(1, 19)) is None
+    True
+    """
+    n, w = cells.shape
+    layout = _FIXED_WIDTHS.get(w)
+    if layout is None or n == 0:
+        return None
+    # Consecutive equal cells (a fleet's turbines at one time) are read once.
+    rows = np.ascontiguousarray(cells).view(f"S{w}").reshape(n)
+    head = np.ones(n, dtype=bool)
+    np.not_equal(rows[1:], rows[:-1], out=head[1:])
+    c = cells[head]
+    ok = (c[:, 4] == 45) & (c[:, 7] == 45) & (c[:, 13] == 58) & (c[:, 16] == 58)
+    ok &= (c[:, 10] == 84) | (c[:, 10] == 32)  # 'T' or ' '
+    digits = list(_DATE_DIGITS)
+    if layout == "Z":
+        ok &= (c[:, 19] == 90) | (c[:, 19] == 122)
+    elif layout:
+        ok &= (c[:, 19] == 43) | (c[:, 19] == 45)
+        if layout == "+HH:MM":
+            ok &= c[:, 22] == 58
+            digits += [20, 21, 23, 24]
+        else:
+            digits += [20, 21, 22, 23]
+    d = (c[:, digits] - np.uint8(48)).astype(np.int64)  # a byte below '0' wraps above 9
+    ok &= (d <= 9).all(axis=1)
+    if not ok.all():
+        return None
+    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    month, day = d[:, 4] * 10 + d[:, 5], d[:, 6] * 10 + d[:, 7]
+    hour, minute, second = (
+        d[:, 8] * 10 + d[:, 9],
+        d[:, 10] * 10 + d[:, 11],
+        d[:, 12] * 10 + d[:, 13],
+    )
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    if not ((month >= 1) & (month <= 12)).all():
+        return None
+    days_in = _MONTH_DAYS[month] + (leap & (month == 2))
+    valid = (year >= 1) & (day >= 1) & (day <= days_in)
+    valid &= (hour <= 23) & (minute <= 59) & (second <= 59)
+    if not valid.all():
+        return None
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    ms = (days * 86400 + hour * 3600 + minute * 60 + second) * 1000
+    if layout in ("+HHMM", "+HH:MM"):
+        sign = np.where(c[:, 19] == 45, -1, 1)
+        offsets = sign * ((d[:, 14] * 10 + d[:, 15]) * 3600 + (d[:, 16] * 10 + d[:, 17]) * 60)
+    else:
+        offsets = np.zeros(ms.size, dtype=np.int64)
+    return (ms / 1000.0 - offsets)[np.cumsum(head) - 1]
