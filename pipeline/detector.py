@@ -58,6 +58,7 @@ from pipeline.mahalanobis import (
 from pipeline.names import TurbineNames
 from pipeline.policy import (
     fleet_deviation,
+    fleet_deviations,
     learning_states,
     peer_deviation,
     regime_bins,
@@ -305,7 +306,7 @@ class Detector:
                 x_t = np.array(x_t)
             if len(set(cols)) == len(cols):
                 # fleet_deviation of each column, the times grouped once for all of them.
-                x_t[cols] = peer_deviation(ts, x_t[cols])[0]
+                x_t[cols] = fleet_deviations(ts, x_t[cols])
             else:
                 for j in cols:
                     x_t[j] = fleet_deviation(ts, x_t[j])

@@ -126,6 +126,36 @@ def fleet_deviation(timestamps: F64, values: F64) -> F64:
     return out
 
 
+def fleet_deviations(timestamps: F64, values_t: F64) -> F64:
+    """:func:`fleet_deviation` of several rows at once, the times grouped once.
+
+    Parameters
+    ----------
+    timestamps : ndarray of shape (n,)
+    values_t : ndarray of shape (R, n)
+
+    Returns
+    -------
+    ndarray of shape (R, n)
+
+    >>> ts = np.array([0.0, 0.0, 0.0, 1.0])
+    >>> fleet_deviations(ts, np.array([[1.0, 2.0, 9.0, 5.0]])).tolist()
+    [[-1.0, 0.0, 7.0, 0.0]]
+    """
+    n = timestamps.size
+    if n == 0:
+        return np.zeros_like(values_t)
+    if np.all(timestamps[1:] >= timestamps[:-1]):
+        starts = _run_starts(timestamps)
+        return values_t - np.repeat(_run_medians(values_t, starts), run_lengths(starts, n), axis=1)
+    order = np.argsort(timestamps, kind="stable")
+    starts = _run_starts(timestamps[order])
+    v = values_t[:, order]
+    out = np.empty_like(values_t)
+    out[:, order] = v - np.repeat(_run_medians(v, starts), run_lengths(starts, n), axis=1)
+    return out
+
+
 def _run_starts(v: NDArray[np.generic]) -> NDArray[np.intp]:
     """Where each run of equal consecutive values of ``v`` (n,) begins (n >= 1)."""
     head = np.ones(v.size, dtype=bool)

@@ -251,3 +251,28 @@ def test_chart_learn_gate_must_lie_outside_the_alarm_limit():
         )
     with pytest.raises(ConfigError, match='chart_learn_gate is an option of chart = "residual"'):
         make_config({"sensors": ("wind", "power"), "chart_learn_gate": 0.1})
+
+
+@given(
+    k=st.integers(1, 20),
+    steps=st.integers(1, 6),
+    rows=st.integers(1, 3),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_fleet_deviations_of_many_rows_are_each_rows_fleet_deviation(k, steps, rows, shuffle, seed):
+    """fleet_relative sensors: the turbine's deviation from the median of the whole fleet
+    at its time, itself included (unlike the chart's peers, which leave it out)."""
+    from pipeline.policy import fleet_deviation, fleet_deviations
+
+    rng = np.random.default_rng(seed)
+    ts = np.repeat(np.arange(steps, dtype=float), k)
+    if shuffle:
+        ts = ts[rng.permutation(ts.size)]
+    v = rng.normal(size=(rows, ts.size))
+    got = fleet_deviations(ts, v)
+    for r in range(rows):
+        np.testing.assert_allclose(got[r], fleet_deviation(ts, v[r]), atol=1e-12)
+        same = [v[r, i] - np.median(v[r, ts == ts[i]]) for i in range(ts.size)]
+        np.testing.assert_allclose(got[r], same, atol=1e-12)
