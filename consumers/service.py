@@ -597,7 +597,7 @@ class DetectorService:
                 self._producer = None
 
 
-def run_service(settings: ServiceSettings, config: DetectorConfig) -> int:
+def run_service(settings: ServiceSettings, config: DetectorConfig | SiteConfigs) -> int:
     """Run until SIGTERM/SIGINT (or idle, with --stop-after-idle); exit code 0."""
     service = DetectorService(settings, config)
     serve_metrics(service.registry, settings.metrics_address, settings.metrics_port)

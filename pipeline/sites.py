@@ -38,6 +38,15 @@ DEFAULT_MAX_SITES = 8
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
+def site_store(root: str | Path, site: str = DEFAULT_SITE) -> Path:
+    """Where a Kafka detector keeps a site's partition stores under its store ``root``.
+
+    >>> site_store("st"), site_store("st", "lhb")
+    (PosixPath('st'), PosixPath('st/sites/lhb'))
+    """
+    return Path(root) if site == DEFAULT_SITE else Path(root) / "sites" / site
+
+
 def valid_site(name: str) -> bool:
     """Whether ``name`` can be a site (a store path segment, a bounded label).
 
