@@ -117,15 +117,15 @@ def _read(path: Path) -> dict:
     return raw
 
 
-def split_sites(raw: dict) -> tuple[dict, dict, int]:
+def split_sites(raw: dict, source: str) -> tuple[dict, dict, int]:
     """(the top-level settings, the ``sites`` tables, ``max_sites``) of a raw configuration."""
     raw = dict(raw)
     sites = raw.pop("sites", {}) or {}
     max_sites = raw.pop("max_sites", DEFAULT_MAX_SITES)
     if not isinstance(sites, dict) or not all(isinstance(v, dict) for v in sites.values()):
-        raise ConfigError("sites: one table of settings per site ([sites.NAME])")
+        raise ConfigError(f"{source}: sites: one table of settings per site ([sites.NAME])")
     if not isinstance(max_sites, int) or isinstance(max_sites, bool):
-        raise ConfigError(f"max_sites: an integer, not {max_sites!r}")
+        raise ConfigError(f"{source}: max_sites: an integer, not {max_sites!r}")
     return raw, sites, max_sites
 
 
@@ -138,7 +138,7 @@ def site_raw(base: dict, table: dict, directory: Path, source: str) -> dict:
     if not isinstance(ref, str):
         raise ConfigError(f"{source}: config: a file name, not {ref!r}")
     path = directory / ref
-    inner, nested, _ = split_sites(_read(path))
+    inner, nested, _ = split_sites(_read(path), str(path))
     if nested:
         raise ConfigError(f"{path}: a site's configuration cannot name sites of its own")
     return {**inner, **table}
@@ -148,7 +148,7 @@ def load_sites(raw: dict, directory: Path, source: str, **overrides: object) -> 
     """Every site's configuration from a raw configuration (``overrides`` apply to all)."""
     from pipeline.config import normalise_raw
 
-    base, tables, max_sites = split_sites(raw)
+    base, tables, max_sites = split_sites(raw, source)
     given = {k: v for k, v in overrides.items() if v is not None}
     default = make_config(normalise_raw({**base, **given}, source), source)
     sites = {}
