@@ -27,36 +27,29 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry
-from pydantic import Field
 
 from consumers.assignment import Assignments
 from consumers.checkpoint import CheckpointDir
-from consumers.deadletter import DEFAULT_MAX_BYTES
+from consumers.controls import apply_control
+from consumers.gauges import LagMonitor, update_model_gauges
 from consumers.partition_state import PartitionState, checkpoint_of, new_site
 from consumers.publishing import EventPublisher
 from consumers.records import Accepted, DeadLetters, RecordChecker, is_control
 from consumers.scoring import Scorer
+from consumers.settings import ServiceSettings
 from consumers.undecodable import is_data_fault, skip_undecodable
 from pipeline.config import DetectorConfig
-from pipeline.control import ControlError, decode_control
 from pipeline.errors import StoreError
 from pipeline.metrics import DetectorMetrics, serve_metrics
-from pipeline.names import turbine_id
 from pipeline.sites import SiteConfigs
-from pipeline.wire import TIME_RANGE, WireError
+from pipeline.wire import WireError
 from producers.kafka_client import (
-    ANOMALIES_TOPIC,
-    DLQ_TOPIC,
-    READINGS_TOPIC,
     CommitError,
     KafkaIOError,
-    KafkaSettings,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -64,59 +57,6 @@ from producers.kafka_client import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class ServiceSettings(KafkaSettings):
-    """The detector service's settings (options or ``TURBINE_*`` environment variables)."""
-
-    topic: str = READINGS_TOPIC
-    anomalies_topic: str = ANOMALIES_TOPIC
-    episodes_topic: str = Field(
-        "turbine.episodes", description="Episode events (opened, closed); see episode_events."
-    )
-    dlq_topic: str = DLQ_TOPIC
-    group: str = "turbine-detectors"
-    store: Path = Path("store")
-    checkpoint_dir: Path | None = Field(
-        None, description="Shared by the group (default STORE/checkpoints)."
-    )
-    checkpoint_every_batches: int = Field(
-        100_000, ge=1, description="Also checkpoint after this many engine batches."
-    )
-    checkpoint_every_seconds: float = Field(10.0, gt=0)
-    max_record_bytes: int = Field(8 << 20, ge=1024)
-    dlq_max_bytes: int = Field(
-        DEFAULT_MAX_BYTES,
-        ge=1024,
-        description="A dead letter's value is cut to this size (headers keep the original "
-        "size and hash): the dead-letter topic must accept it.",
-    )
-    min_timestamp: float = Field(TIME_RANGE[0], description="Earliest valid reading time (s).")
-    max_timestamp: float = Field(TIME_RANGE[1], description="Valid reading times are below it.")
-    nan_flood_fraction: float = Field(0.5, gt=0, le=1)
-    stop_after_idle: float | None = Field(None, gt=0)
-    metrics_address: str = "127.0.0.1"
-    metrics_port: int | None = None
-    poll_timeout_ms: int = Field(200, ge=1)
-    max_poll_records: int = Field(2000, ge=1)
-    partitions: int = Field(6, ge=1, description="Partitions of topics this service creates.")
-    publish_events: bool = True
-    events_linger_ms: int = Field(
-        10,
-        ge=0,
-        le=1000,
-        description="The event producer's linger: fewer, fuller produce requests; "
-        "it adds at most this much to the event latency.",
-    )
-    store_flush_seconds: float = Field(
-        60.0, gt=0, description="Write pending anomalies as a store chunk at least this often."
-    )
-    session_timeout_ms: int = Field(10_000, ge=1000)
-    instance_id: str | None = Field(
-        None,
-        description="Static group membership: a detector restarted with the same id takes "
-        "its partitions back at once, without a rebalance.",
-    )
 
 
 class DetectorService:
@@ -169,7 +109,7 @@ class DetectorService:
         # never see its checkpoint reach its end.
         self._moved_since_checkpoint = False
         self._last_checkpoint = time.monotonic()
-        self._last_lag_update = 0.0
+        self.lag = LagMonitor(self.metrics, lambda: self._consumer, lambda: self.unrestored)
         self._idle_since: float | None = None
 
     @property
@@ -280,7 +220,7 @@ class DetectorService:
                 if run:
                     self.scorer.score_run(state, run, seen)
                     run, seen = [], {}
-                self._control(state, record)
+                apply_control(state, record, self.dead_letters, self.metrics, self.events)
                 state.next_offset = record.offset + 1
                 continue
             try:
@@ -311,45 +251,6 @@ class DetectorService:
         if records:
             state.next_offset = int(records[-1].offset) + 1
         state.advance()
-
-    def _control(self, state: PartitionState, record: Any) -> None:
-        """Apply one control record to every site's models that know its turbines."""
-        try:
-            msg = decode_control(record.value)
-        except ControlError as exc:
-            self.dead_letters.record(record, "bad_control", str(exc))
-            return
-        ids = np.array([turbine_id(t) for t in msg.turbines], dtype=np.int64)
-        found = np.zeros(ids.size, dtype=bool)
-        per_site = []
-        for site in state.sites.values():
-            if site.detector is not None:
-                mine = site.detector.turbines.find(ids) >= 0
-                found |= mine
-                if mine.any():
-                    per_site.append((site, site.detector, ids[mine]))
-        if not found.all():
-            missing = msg.turbines[int(np.flatnonzero(~found)[0])]
-            self.dead_letters.record(
-                record,
-                "bad_control",
-                f"partition {state.partition} has no model of turbine {missing!r} (sent "
-                "with the key of its key group?)",
-            )
-        for site, det, known in per_site:
-            det.rebaseline(known)
-            self.metrics.rebaselines.labels(reason="operator").inc(int(known.size))
-            log.warning(
-                "rebaseline partition=%d offset=%d turbines=%s reason=operator note=%s site=%s",
-                state.partition,
-                record.offset,
-                ",".join(det.names.labels(known)),
-                msg.reason[:200],
-                site.site,
-            )
-            self.events.rebaselines(
-                state.partition, site, known, "operator", record.offset, msg.reason
-            )
 
     def _without_state(self, partition: int, records: list[Any]) -> None:
         """Records of a partition with no state: read again later, never dropped silently."""
@@ -399,7 +300,7 @@ class DetectorService:
         self._batches_at_checkpoint = self.scorer.batches
         self._moved_since_checkpoint = False
         self._last_checkpoint = time.monotonic()
-        self._update_gauges()
+        update_model_gauges(self.metrics, self.states.values())
 
     def _maybe_checkpoint(self) -> None:
         s = self.settings
@@ -412,75 +313,6 @@ class DetectorService:
                 self.checkpoint()
             except KafkaIOError as exc:
                 log.error("checkpoint_failed error=%s (will retry)", exc)
-
-    def _update_gauges(self) -> None:
-        m = self.metrics
-        counts, known, warming, worst, fleet = [], 0, 0, 1.0, 0.0
-        store_bytes = store_anoms = 0
-        for site in (site for state in self.states.values() for site in state.sites.values()):
-            st = site.store.stats()
-            store_bytes += st["bytes"]
-            store_anoms += st["total"]
-            det = site.detector
-            if det is None or det.n_features is None:
-                continue
-            c = det.sample_counts()
-            counts.append(c)
-            known += c.size
-            warming += det.warming_up()
-            worst = max(worst, det.worst_condition())
-            fleet += det.fleet_model.count
-        m.turbines.set(known)
-        m.warming_up.set(warming)
-        m.condition.set(worst)
-        m.model_samples.labels(model="fleet").set(fleet)
-        if counts:
-            allc = np.concatenate(counts)
-            if allc.size:
-                m.model_samples.labels(model="turbine_min").set(float(allc.min()))
-                m.model_samples.labels(model="turbine_median").set(float(np.median(allc)))
-        m.store_bytes.set(store_bytes)
-        m.store_anomalies.set(store_anoms)
-
-    def _update_lag(self, force: bool = False) -> bool:
-        """Consumer lag per partition (see :meth:`_lag`); a broker away means not caught up."""
-        try:
-            return self._lag(force)
-        except Exception as exc:  # position() and friends while the broker is away
-            log.warning("lag_update_failed error=%s", exc.__class__.__name__)
-            return False
-
-    def _lag(self, force: bool) -> bool:
-        """Consumer lag per partition; returns True when caught up everywhere.
-
-        Uses the high-water marks that come with every fetch response (no
-        broker round trip); only when ``force`` (idle) and a partition has had
-        no fetch yet does it ask the broker for the end offsets.
-        """
-        now = time.monotonic()
-        if not force and now - self._last_lag_update < 2.0:
-            return False
-        self._last_lag_update = now
-        assignment = list(self._consumer.assignment())
-        if not assignment:
-            return False
-        ends = {tp: self._consumer.highwater(tp) for tp in assignment}
-        unknown = [tp for tp, hw in ends.items() if hw is None]
-        if unknown and force:
-            try:
-                ends.update(self._consumer.end_offsets(unknown))
-            except Exception as exc:  # broker away: keep going, report later
-                log.warning("end_offsets_failed error=%s", exc.__class__.__name__)
-                return False
-        caught_up = True
-        for tp, end in ends.items():
-            if end is None:
-                caught_up = False
-                continue
-            lag = max(0, end - self._consumer.position(tp))
-            self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(lag)
-            caught_up &= lag == 0 or tp.partition in self.unrestored  # paused: not consumed
-        return caught_up
 
     def _flush_idle(self) -> None:
         """No traffic: pending anomalies still reach the store within store_flush_seconds.
@@ -551,11 +383,11 @@ class DetectorService:
                     for tp, records in polled.items():
                         self.handle(tp.partition, records)
                     self._maybe_checkpoint()
-                    self._update_lag()
+                    self.lag.update()
                     continue
                 self._maybe_checkpoint()
                 self._flush_idle()
-                caught_up = self._update_lag(force=s.stop_after_idle is not None)
+                caught_up = self.lag.update(force=s.stop_after_idle is not None)
                 if s.stop_after_idle is None:
                     continue
                 undecided = self.assignments.undecided
