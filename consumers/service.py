@@ -34,9 +34,10 @@ from prometheus_client import CollectorRegistry
 
 from consumers.assignment import Assignments
 from consumers.checkpoint import CheckpointDir
+from consumers.checkpointing import Checkpointer
 from consumers.controls import apply_control
 from consumers.gauges import LagMonitor, update_model_gauges
-from consumers.partition_state import PartitionState, checkpoint_of, new_site
+from consumers.partition_state import PartitionState, new_site
 from consumers.publishing import EventPublisher
 from consumers.records import Accepted, DeadLetters, RecordChecker, is_control
 from consumers.scoring import Scorer
@@ -103,12 +104,15 @@ class DetectorService:
         self._consumer: Any = None
         self._producer: Any = None
         self._stop = False
-        self._batches_at_checkpoint = 0
-        # A poll that only dead-letters moves a position too: it is checkpointed
-        # on time like a scored batch, or a stream ending in dead letters would
-        # never see its checkpoint reach its end.
-        self._moved_since_checkpoint = False
-        self._last_checkpoint = time.monotonic()
+        self.checkpointer = Checkpointer(
+            settings,
+            self.checkpoints,
+            self.metrics,
+            states=lambda: self.states,
+            consumer=lambda: self._consumer,
+            producer=lambda: self._producer,
+            batches=lambda: self.scorer.batches,
+        )
         self.lag = LagMonitor(self.metrics, lambda: self._consumer, lambda: self.unrestored)
         self._idle_since: float | None = None
 
@@ -123,10 +127,6 @@ class DetectorService:
     @property
     def processed_readings(self) -> int:
         return self.scorer.readings
-
-    @property
-    def _batches_since_checkpoint(self) -> int:
-        return self.scorer.batches - self._batches_at_checkpoint
 
     def settle_partitions(self) -> None:
         """Decide the partitions assigned without a checkpoint (see :meth:`Assignments.settle`)."""
@@ -208,7 +208,7 @@ class DetectorService:
             self._without_state(partition, records)
             return
         if records:
-            self._moved_since_checkpoint = True
+            self.checkpointer.moved = True
         run: list[Accepted] = []
         seen: dict[tuple[str, int], int] = {}  # batch numbers of `run`, not yet scored
         dead_letter = self.dead_letters.record
@@ -267,48 +267,12 @@ class DetectorService:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, partitions: list[int] | None = None, commit: bool = True) -> None:
-        """Make events durable, write checkpoints, then commit offsets (in that order)."""
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        if self._producer is not None:
-            try:
-                self._producer.flush(timeout=30)
-            except Exception as exc:  # kafka-python's KafkaTimeoutError and friends
-                raise KafkaIOError(f"flushing events before a checkpoint failed: {exc}") from None
-        owned = sorted(self.states if partitions is None else partitions)
-        offsets = {}
-        for p in owned:
-            state = self.states[p]
-            if state.next_offset is None:
-                continue
-            if time.monotonic() - state.last_flush >= self.settings.store_flush_seconds:
-                # Memory and checkpoints stay small; the store grows as anomalies come.
-                state.flush()
-            cp = checkpoint_of(state, state.next_offset)
-            self.checkpoints.save(cp)
-            offsets[TopicPartition(self.settings.topic, p)] = OffsetAndMetadata(
-                state.next_offset, "", -1
-            )
-        if commit and offsets and self._consumer is not None:
-            try:
-                self._consumer.commit(offsets)
-            except Exception as exc:  # kafka-python's CommitFailedError, timeouts...
-                # The checkpoints are written: a restart resumes from them anyway.
-                raise CommitError(f"commit failed after the checkpoint: {exc}") from None
-        self.metrics.checkpoints.inc()
-        self._batches_at_checkpoint = self.scorer.batches
-        self._moved_since_checkpoint = False
-        self._last_checkpoint = time.monotonic()
+        """Make events durable, write checkpoints, then commit offsets (see Checkpointer)."""
+        self.checkpointer.write(partitions, commit)
         update_model_gauges(self.metrics, self.states.values())
 
     def _maybe_checkpoint(self) -> None:
-        s = self.settings
-        due = self._batches_since_checkpoint >= s.checkpoint_every_batches or (
-            (self._batches_since_checkpoint > 0 or self._moved_since_checkpoint)
-            and time.monotonic() - self._last_checkpoint >= s.checkpoint_every_seconds
-        )
-        if due:
+        if self.checkpointer.due():
             try:
                 self.checkpoint()
             except KafkaIOError as exc:
@@ -342,7 +306,7 @@ class DetectorService:
         if state is not None and (state.next_offset is None or state.next_offset <= offset):
             state.next_offset = offset + 1
             state.advance()
-            self._moved_since_checkpoint = True
+            self.checkpointer.moved = True
         return True
 
     # ------------------------------------------------------------------ main loop
