@@ -242,3 +242,14 @@ def test_configured_sites_start_at_zero_and_the_site_label_is_bounded():
     m.count_anomalies(np.array([3]), None, False, site="y")
     labels = {"turbine": "3", "fault_kind": "unknown", "site": "other"}
     assert reg.get_sample_value("turbine_anomalies_total", labels) == 1.0
+
+
+def test_the_shipped_sites_configuration_loads():
+    from tests.conftest import REPO
+
+    sites = load_site_configs(REPO / "deploy" / "configs" / "sites.toml")
+    assert sites.known == ("default", "lhb", "skab")
+    assert sites.config_of("lhb") == load_config(
+        REPO / "deploy" / "configs" / "la-haute-borne.toml"
+    )
+    assert sites.config_of("skab").chart == "mewma"
