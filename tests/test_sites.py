@@ -253,3 +253,27 @@ def test_the_shipped_sites_configuration_loads():
         REPO / "deploy" / "configs" / "la-haute-borne.toml"
     )
     assert sites.config_of("skab").chart == "mewma"
+
+
+def test_an_offline_rebaseline_reaches_every_site_of_a_checkpoint(tmp_path, rng):
+    from pipeline.statefiles import rebaseline_files
+
+    sites = SiteConfigs(DetectorConfig(min_samples=20), {"lhb": DetectorConfig(min_samples=20)})
+    root = tmp_path / "st"
+    state = new_partition(root, 0, sites)
+    state.default.sensors = SKAB
+    state.sites["lhb"] = new_site(root, 0, "lhb", sites)
+    state.sites["lhb"].sensors = LHB
+    for site in state.sites.values():
+        _score(site, 0, rng, 40, 0)
+    cps = CheckpointDir(root / "checkpoints", "readings")
+    cps.save(checkpoint_of(state, 41))
+    done = rebaseline_files(root, ["3"])
+    assert done == [(cps.path(0), ["3"])]
+    cp = cps.load(0)
+    for name, part in cp.all_sites().items():
+        det = state.sites[name].detector.from_state(
+            part.detector_state, config_for(sites.config_of(name), part.sensors, "t")
+        )
+        assert det.turbine_model(3).count == 0 and det.turbine_model(2).count > 30, name
+    assert len(cp.sites["lhb"].pending) == len(state.sites["lhb"].store.pending())
