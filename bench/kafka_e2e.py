@@ -272,6 +272,9 @@ def parse_metrics(text: str) -> dict[str, float]:
                 out[name] = float(value)
             except ValueError:
                 continue
+            base = name.partition("{")[0]
+            if base != name and base in DETECTOR_METRICS:  # labelled (by site): summed
+                out[base] = out.get(base, 0.0) + float(value)
     return out
 
 

@@ -35,8 +35,8 @@ def metrics(port: int) -> dict[str, float]:
         "turbine_store_anomalies",
         "turbine_checkpoints_total",
     ):
-        m = re.search(rf"^{name} (\S+)$", text, re.M)
-        out[name] = float(m.group(1)) if m else 0.0
+        found = re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)  # summed over sites
+        out[name] = sum(float(v) for v in found)
     out["anomalies"] = sum(
         float(v) for v in re.findall(r"^turbine_anomalies_total\{[^}]*\} (\S+)$", text, re.M)
     )

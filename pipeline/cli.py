@@ -22,7 +22,7 @@ from typing import TextIO
 import numpy as np
 from pydantic import ValidationError
 
-from pipeline.config import DetectorConfig, load_config, make_config
+from pipeline.config import DetectorConfig, load_config, load_site_configs, make_config
 from pipeline.episodes import Episodes
 from pipeline.errors import ConfigError, InputError, TurbineError
 from pipeline.evaluation import (
@@ -40,6 +40,7 @@ from pipeline.quirks import Quirks
 from pipeline.recordings import Chunk, RecordingSpec, RecordingWriter, read_recording
 from pipeline.runner import DEFAULT_BATCH_STEPS, RunReport, run_file
 from pipeline.simulator import FAULT_KINDS, FleetSimulator, SimulationParams
+from pipeline.sites import SiteConfigs
 from pipeline.store import (
     Anomalies,
     AnomalyStore,
@@ -167,17 +168,29 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def detector_config(args: argparse.Namespace) -> DetectorConfig:
-    overrides = {
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {
         "false_alarm_rate": args.false_alarm_rate,
         "chart": args.chart,
         "mewma_lambda": args.mewma_lambda,
         "min_samples": args.min_samples,
         "key_groups": args.key_groups,
     }
+
+
+def detector_config(args: argparse.Namespace) -> DetectorConfig:
+    """The configuration (of ``--site``'s ``[sites.NAME]`` table, when the command has one)."""
+    overrides = _overrides(args)
     if args.config is not None:
-        return load_config(args.config, **overrides)
+        return load_config(args.config, getattr(args, "site", None), **overrides)
     return make_config({k: v for k, v in overrides.items() if v is not None}, "options")
+
+
+def site_configs(args: argparse.Namespace) -> SiteConfigs:
+    """Every site's configuration, for the Kafka detector."""
+    if args.config is not None:
+        return load_site_configs(args.config, **_overrides(args))
+    return SiteConfigs(detector_config(args))
 
 
 def print_summary(report: RunReport, out=sys.stdout) -> None:
@@ -288,9 +301,14 @@ def _kafka_mode(args: argparse.Namespace) -> bool:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    config = detector_config(args)
     if _kafka_mode(args):
         from consumers.service import ServiceSettings, run_service
+
+        if args.site != "default":
+            raise ConfigError(
+                "--site picks one site's configuration for an embedded run; "
+                "the Kafka detector scores every site ([sites.NAME] tables)"
+            )
 
         given = {
             "bootstrap_servers": args.bootstrap_servers,
@@ -311,7 +329,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
             "instance_id": args.instance_id,
         }
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
-        return run_service(settings, config)
+        return run_service(settings, site_configs(args))
+    config = detector_config(args)
     if args.input is None:
         raise ConfigError("detect needs --input FILE (or --bootstrap-servers for Kafka)")
     if args.store is None:
@@ -451,7 +470,22 @@ def _json_number(x: object) -> object:
     return x
 
 
+def _site_store(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """(the store to read, the checkpoint directory) for ``--site``: ``STORE/sites/NAME``
+    and ``STORE/checkpoints`` (the default site: STORE itself and its default)."""
+    from pipeline.sites import DEFAULT_SITE, site_store, valid_site
+
+    site = args.site
+    if not valid_site(site):
+        raise ConfigError(f"--site {site!r}: letters, digits, '_', '-', '.' (at most 64)")
+    checkpoints = getattr(args, "checkpoint_dir", None)
+    if site == DEFAULT_SITE:
+        return args.store, checkpoints
+    return site_store(args.store, site), checkpoints or args.store / "checkpoints"
+
+
 def cmd_anomalies(args: argparse.Namespace) -> int:
+    args.store, checkpoint_dir = _site_store(args)
     stores = [AnomalyStore(p) for p in store_paths(args.store)]
     sensors = next((st.sensors for st in stores if st.sensors), ())
     names = TurbineNames()
@@ -462,7 +496,9 @@ def cmd_anomalies(args: argparse.Namespace) -> int:
         return similar_anomalies(args, stores, sensors, names)
     if args.episodes:
         episodes = read_episodes(args.store, args.turbine, args.since, args.until)
-        ongoing = episodes_in_progress(args.store, args.turbine, args.since, args.until)
+        ongoing = episodes_in_progress(
+            args.store, args.turbine, args.since, args.until, checkpoint_dir, site=args.site
+        )
         write_episodes(sys.stdout, args.format, episodes, names, ongoing)
         return 0
     rows = AnomalyRows(sys.stdout, args.format, sensors, names=names)
@@ -683,6 +719,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     options = ReportOptions(
         worst_turbines=args.worst, top_events=args.top_events, similar=args.similar
     )
+    args.store, checkpoint_dir = _site_store(args)
     # The store's configuration may say how to read its input (its [recording] table).
     recorded = next((AnomalyStore(p).config for p in store_paths(args.store)), None)
     report = write_report(
@@ -691,8 +728,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         input_path=args.input,
         spec=recording_spec(args, recorded) if args.input is not None else None,
         batch_steps=args.batch_steps,
-        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_dir=checkpoint_dir,
         options=options,
+        site=args.site,
     )
     for note in report.notes:
         print(f"turbine: {note}", file=sys.stderr)
@@ -820,6 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="embedded run: leading rows learned, not scored (SKAB's protocol)",
     )
+    _add_site_option(p, "embedded run: score with this [sites.NAME] table's configuration")
     add_recording_options(p)
     add_detector_options(p)
     _add_service_options(p)
@@ -923,6 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or topic:partition:offset:row), by the cosine similarity of their sensor contributions",
     )
     p.add_argument("--top", type=int, default=5, help="with --similar-to: how many (default 5)")
+    _add_site_option(p, "the site whose stores are read (a Kafka detector's STORE/sites/NAME)")
     p.add_argument(
         "--episodes",
         action="store_true",
@@ -969,6 +1009,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worst", type=int, default=6, help="turbines with timelines (default 6)")
     p.add_argument("--top-events", type=int, default=6, help="worst events shown (default 6)")
     p.add_argument("--similar", type=int, default=5, help="similar past anomalies per event")
+    _add_site_option(p, "the site whose stores and checkpoint parts are read")
     add_recording_options(p)
     p.set_defaults(func=cmd_report)
     return parser
@@ -995,9 +1036,16 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
         help="time steps per batch (the detector's engine batches)",
     )
     g.add_argument("--producer-id", help="stable id of this stream (default from the source)")
+    _add_site_option(g, "the site the readings belong to (the wire metadata's site)")
     g.add_argument("--partitions", type=int, help="create the topic with this many partitions")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_metrics_options(g)
+
+
+def _add_site_option(p: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
+    p.add_argument(
+        "--site", default="default", metavar="NAME", help=f"{what} (default %(default)s)"
+    )
 
 
 def _add_metrics_options(g: argparse._ArgumentGroup) -> None:

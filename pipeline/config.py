@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -14,6 +12,9 @@ from pipeline.calibration import check_calibration_shapes
 from pipeline.durations import Duration
 from pipeline.errors import ConfigError
 from pipeline.recordings.spec import RecordingSpec
+
+if TYPE_CHECKING:
+    from pipeline.sites import SiteConfigs
 
 
 class Regime(BaseModel):
@@ -442,33 +443,34 @@ class DetectorConfig(BaseModel):
         return chi2_threshold(self.learn_gate, self.degrees_of_freedom(n_features))
 
 
-def load_config(path: str | Path, **overrides: object) -> DetectorConfig:
+def load_config(path: str | Path, site: str | None = None, **overrides: object) -> DetectorConfig:
     """Read a JSON or TOML configuration file (by extension), with keyword overrides.
 
-    Every problem, from a syntax error to a shape that cannot broadcast, becomes
-    one :class:`ConfigError` line naming the file.
+    ``site`` picks a ``[sites.NAME]`` table's configuration (``pipeline/sites.py``);
+    without it, or for a site not named, the top-level settings.  Every problem,
+    from a syntax error to a shape that cannot broadcast, becomes one
+    :class:`ConfigError` line naming the file.
     """
+    sites = load_site_configs(path, **overrides)
+    return sites.config_of(site) if site is not None else sites.default
+
+
+def load_site_configs(path: str | Path, **overrides: object) -> SiteConfigs:
+    """Every site's configuration of a file (see ``pipeline/sites.py``)."""
+    from pipeline.sites import _read, load_sites
+
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read configuration: {exc.strerror}") from None
-    try:
-        if p.suffix.lower() == ".toml":
-            raw = tomllib.loads(text)
-        else:
-            raw = json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{p}: not valid {p.suffix.lstrip('.') or 'JSON'}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the configuration must be a table/object of settings")
+    return load_sites(_read(p), p.parent, str(p), **overrides)
+
+
+def normalise_raw(raw: dict, source: str) -> dict:
+    """Raw settings as the model takes them: ``region_factors`` keys as turbine ids."""
     if isinstance(raw.get("region_factors"), dict):
         try:
-            raw["region_factors"] = {int(k): v for k, v in raw["region_factors"].items()}
+            raw = {**raw, "region_factors": {int(k): v for k, v in raw["region_factors"].items()}}
         except ValueError:
-            raise ConfigError(f"{p}: region_factors keys must be turbine ids") from None
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    return make_config(raw, source=str(p))
+            raise ConfigError(f"{source}: region_factors keys must be turbine ids") from None
+    return raw
 
 
 def make_config(raw: dict[str, object], source: str = "configuration") -> DetectorConfig:

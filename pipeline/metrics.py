@@ -2,7 +2,8 @@
 
 Naming: one namespace (``turbine_``), ``_total`` on counters, base units
 (``_seconds``, ``_bytes``), low-cardinality labels: the ``turbine`` label is
-capped at ``max_turbine_labels`` distinct values (then ``other``).  Everything
+capped at ``max_turbine_labels`` distinct values (then ``other``), the ``site``
+label at ``max_site_labels`` (the service's ``max_sites``; then ``other``).  Everything
 is updated once per batch, never per reading: per-reading distributions go
 through :class:`BulkHistogram`, which bins a whole batch with NumPy.
 """
@@ -78,23 +79,34 @@ class DetectorMetrics:
     >>> reg = CollectorRegistry()
     >>> m = DetectorMetrics(reg)
     >>> m.count_anomalies(np.array([3, 3, 900]), np.array(["drift", "drift", ""]), labelled=True)
-    >>> reg.get_sample_value("turbine_anomalies_total", {"turbine": "3", "fault_kind": "drift"})
+    >>> labels = {"turbine": "3", "fault_kind": "drift", "site": "default"}
+    >>> reg.get_sample_value("turbine_anomalies_total", labels)
     2.0
     """
 
-    def __init__(self, registry: CollectorRegistry, max_turbine_labels: int = 200) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        max_turbine_labels: int = 200,
+        sites: Sequence[str] = ("default",),
+        max_site_labels: int = 8,
+    ) -> None:
         ns = NAMESPACE
         self.max_turbine_labels = max_turbine_labels
         self._turbine_labels: set[str] = set()
-        self.readings = Counter("readings", "Readings processed", namespace=ns, registry=registry)
+        self.max_site_labels = max(max_site_labels, len(sites))
+        self._site_labels: set[str] = set()
+        self.readings = Counter(
+            "readings", "Readings processed, by site", ["site"], namespace=ns, registry=registry
+        )
         self.readings_skipped = Counter(
             "readings_skipped", "Readings skipped as NaN/inf", namespace=ns, registry=registry
         )
         self.batches = Counter("batches", "Batches processed", namespace=ns, registry=registry)
         self.anomalies = Counter(
             "anomalies",
-            "Anomalies flagged, by turbine (capped set) and labelled fault kind",
-            ["turbine", "fault_kind"],
+            "Anomalies flagged, by turbine (capped set), labelled fault kind and site",
+            ["turbine", "fault_kind", "site"],
             namespace=ns,
             registry=registry,
         )
@@ -236,6 +248,16 @@ class DetectorMetrics:
         self.up_since = Gauge(
             "start_time_seconds", "When this detector started", namespace=ns, registry=registry
         )
+        for site in sites:  # the configured sites start at 0: alerts see their first burst
+            self.readings.labels(site=self.site_label(site))
+
+    def site_label(self, site: str) -> str:
+        if site in self._site_labels:
+            return site
+        if len(self._site_labels) < self.max_site_labels:
+            self._site_labels.add(site)
+            return site
+        return "other"
 
     def turbine_label(self, turbine: int | str) -> str:
         key = str(turbine)
@@ -252,11 +274,13 @@ class DetectorMetrics:
         kinds: np.ndarray | None,
         labelled: bool,
         names: TurbineNames | None = None,
+        site: str = "default",
     ) -> None:
         """Count a batch's anomalies: turbine ids (k,) and fault kinds (k,) ('' = normal).
 
         The ``turbine`` label is the turbine's name when ``names`` knows one.
         """
+        site = self.site_label(site)
         if turbines.size == 0:
             return
         if kinds is None or not labelled:
@@ -272,7 +296,7 @@ class DetectorMetrics:
         for (t, c), n in zip(pairs.T.tolist(), counts.tolist(), strict=True):  # per label pair
             shown = t if names is None else names.name_of(t)
             label = self.turbine_label(shown)
-            self.anomalies.labels(turbine=label, fault_kind=str(kind_names[c])).inc(n)
+            self.anomalies.labels(turbine=label, fault_kind=str(kind_names[c]), site=site).inc(n)
 
 
 class ProducerMetrics:

@@ -1,13 +1,15 @@
 """Detector state files on disk: an embedded run's ``model.npz`` and the Kafka checkpoints.
 
 Both hold :meth:`pipeline.detector.Detector.state` as plain ``.npz`` arrays;
-a checkpoint prefixes them with ``det__`` beside its own metadata.  This
+a checkpoint prefixes them with ``det__`` beside its own metadata (the default
+site's), and each other site's with ``siteN__det__`` (``consumers/checkpoint.py``).  This
 module finds them under a store and rewrites them, for operator actions on a
 stopped detector such as ``turbine rebaseline``.  Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +22,14 @@ from pipeline.names import turbine_id
 from pipeline.store import CORRUPT_NPZ_ERRORS
 
 _PREFIXES = ("", "det__")
+_SITE_STATE = re.compile(r"(site\d+__det__)turbine_ids")
+
+
+def _state_prefixes(arrays: dict[str, np.ndarray]) -> list[str]:
+    """The prefixes of the detector states in a file: one per site of a checkpoint."""
+    heads = [p for p in _PREFIXES if f"{p}turbine_ids" in arrays][:1]
+    sites = {m.group(1) for k in arrays if (m := _SITE_STATE.fullmatch(k))}
+    return heads + sorted(sites)
 
 
 def state_files(path: str | Path) -> list[Path]:
@@ -57,25 +67,28 @@ def rebaseline_files(path: str | Path, turbines: Sequence[str]) -> list[tuple[Pa
     seen: set[int] = set()
     for file in state_files(path):
         arrays = _load(file)
-        prefix = next((p for p in _PREFIXES if f"{p}turbine_ids" in arrays), None)
-        if prefix is None:
-            continue
-        state = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-        try:
-            det = Detector.from_state(state)
-        except (SchemaError, ValueError, KeyError) as exc:
-            raise StoreError(f"{file}: not a detector state ({exc})") from None
-        present = [t for t in wanted if det.turbines.find(np.array([t], dtype=np.int64))[0] >= 0]
-        if not present:
-            continue
-        det.rebaseline(np.array(present, dtype=np.int64))
-        seen.update(present)
-        new = {f"{prefix}{k}": v for k, v in det.state().items()}
-        # A checkpoint keeps its metadata and pending anomalies beside the state.
-        others = {k: v for k, v in arrays.items() if prefix and not k.startswith(prefix)}
-        with atomic_file(file) as f:
-            np.savez(f, **{**others, **new})  # type: ignore[arg-type]
-        done.append((file, [det.names.name_of(t) for t in present]))
+        out = dict(arrays)
+        names: list[str] = []
+        for prefix in _state_prefixes(arrays):  # every site's models in a checkpoint
+            state = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            try:
+                det = Detector.from_state(state)
+            except (SchemaError, ValueError, KeyError) as exc:
+                raise StoreError(f"{file}: not a detector state ({exc})") from None
+            ids = np.array(list(wanted), dtype=np.int64)
+            present = ids[det.turbines.find(ids) >= 0].tolist()
+            if not present:
+                continue
+            det.rebaseline(np.array(present, dtype=np.int64))
+            seen.update(present)
+            # A checkpoint keeps its metadata, pending anomalies and other sites.
+            out = {k: v for k, v in out.items() if not k.startswith(prefix)}
+            out.update({f"{prefix}{k}": v for k, v in det.state().items()})
+            names += [det.names.name_of(t) for t in present if det.names.name_of(t) not in names]
+        if names:
+            with atomic_file(file) as f:
+                np.savez(f, **out)  # type: ignore[arg-type]
+            done.append((file, names))
     missing = [name for t, name in wanted.items() if t not in seen]
     if missing:
         raise StoreError(f"{path}: no state of turbine {missing[0]!r} to re-baseline")

@@ -867,8 +867,11 @@ def episodes_in_progress(
     since: float | None = None,
     until: float | None = None,
     checkpoint_dir: str | Path | None = None,
+    site: str = "default",
 ) -> Episodes:
     """The episodes still open in the Kafka detectors' checkpoints, by start.
+
+    ``site``: that site's part of each checkpoint (``pipeline/sites.py``).
 
     The service never sees the end of its stream, so an episode in progress
     is in its partition's checkpoint (``CHECKPOINT_DIR/<topic>-<partition>.npz``,
@@ -892,8 +895,9 @@ def episodes_in_progress(
             cp = CheckpointDir(cp_dir, topic).load(int(part))
         except (OSError, ValueError, KeyError) as exc:
             raise StoreError(f"{f}: unreadable checkpoint ({exc})") from None
-        if cp is not None and cp.episode_state:
-            open_ = EpisodeTracker.from_state(cp.episode_state).in_progress
+        share = cp.site_part(site) if cp is not None else None
+        if share is not None and share.episode_state:
+            open_ = EpisodeTracker.from_state(share.episode_state).in_progress
             parts.append(_episodes_matching(open_, turbine, since, until))
     sensors = next((p.sensors for p in parts), ())
     return Episodes.concat(parts, sensors).chronological()

@@ -12,11 +12,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from pipeline.batching import iter_batches
+from pipeline.errors import ConfigError
 from pipeline.metrics import ProducerMetrics
 from pipeline.names import TurbineNames
 from pipeline.quirks import Quirks
 from pipeline.recordings import RecordingSpec, read_recording
 from pipeline.simulator import FleetSimulator, SimulationParams
+from pipeline.sites import DEFAULT_SITE, valid_site
 from producers.kafka_client import KafkaSettings, ensure_topics
 from producers.publisher import BatchPublisher, send_batches
 
@@ -62,8 +64,18 @@ def _publish(
     if args.partitions:
         ensure_topics(settings, {args.topic: args.partitions})
     bar = _progress(total, desc, not args.quiet and sys.stderr.isatty())
+    site = getattr(args, "site", DEFAULT_SITE)
+    if not valid_site(site):
+        raise ConfigError(f"--site {site!r}: letters, digits, '_', '-', '.' (at most 64)")
     with BatchPublisher(
-        settings, args.topic, sensors, args.key_groups, producer_id, metrics=metrics, names=names
+        settings,
+        args.topic,
+        sensors,
+        args.key_groups,
+        producer_id,
+        site=site,
+        metrics=metrics,
+        names=names,
     ) as pub:
         sent, stopped = send_batches(pub, batches, args.speed, bar)
     if bar is not None:
@@ -71,7 +83,7 @@ def _publish(
     status = "stopped by signal" if stopped else "done"
     print(
         f"{status}: sent {sent:,} readings in {pub.sent_records:,} records to {args.topic}, "
-        f"{pub.delivered:,} acknowledged, {pub.errors:,} delivery errors",
+        f"{pub.delivered:,} acknowledged, {pub.errors:,} delivery errors (site {site})",
         file=sys.stderr,
     )
     return 1 if pub.errors else 0
@@ -81,10 +93,15 @@ def stream_simulation(args: argparse.Namespace, params: SimulationParams) -> int
     """Stream a simulated fleet: real time (--speed 1), faster, or as fast as possible (0)."""
     sim = FleetSimulator(params)
     batches = iter_batches(sim.chunks(), args.batch_steps)
-    producer_id = args.producer_id or f"simulate-seed{params.seed}"
+    producer_id = args.producer_id or f"simulate-seed{params.seed}" + _site_suffix(args)
     return _publish(
         args, sim.fleet.sensors, batches, producer_id, params.steps * params.turbines, "simulate"
     )
+
+
+def _site_suffix(args: argparse.Namespace) -> str:
+    site = getattr(args, "site", DEFAULT_SITE)
+    return "" if site == DEFAULT_SITE else f"-{site}"
 
 
 def content_producer_id(path: Path, *context: object) -> str:
@@ -106,7 +123,10 @@ def content_producer_id(path: Path, *context: object) -> str:
 def replay(args: argparse.Namespace, spec: RecordingSpec) -> int:
     """Replay a recorded file at its recorded pace times --speed (0: as fast as possible)."""
     with read_recording(args.file, spec) as rec:
-        producer_id = args.producer_id or content_producer_id(args.file, args.batch_steps, spec)
+        # Another site is another stream: the same file replayed under two sites
+        # is scored twice, never de-duplicated against itself.
+        context = (args.batch_steps, spec) + ((args.site,) if _site_suffix(args) else ())
+        producer_id = args.producer_id or content_producer_id(args.file, *context)
         # The readings the embedded run scores: duplicates and steps back dropped,
         # sentinels blanked (pipeline/quirks.py), so the service learns nothing twice.
         quirks = Quirks.for_spec(spec, rec.sensors)

@@ -230,10 +230,10 @@ def test_real_prometheus_scrapes_the_detector(kafka_servers, topic_factory, grou
                 text = urllib.request.urlopen(url, timeout=3).read().decode()
             except OSError:
                 text = ""
-            if "turbine_readings_total 16000.0" in text:
+            if 'turbine_readings_total{site="default"} 16000.0' in text:
                 break
             time.sleep(1)
-        assert "turbine_readings_total 16000.0" in text, text[-2000:]
+        assert 'turbine_readings_total{site="default"} 16000.0' in text, text[-2000:]
         own = sum(
             float(v) for v in re.findall(r"^turbine_anomalies_total\{[^}]*\} (\S+)$", text, re.M)
         )

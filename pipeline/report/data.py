@@ -382,7 +382,9 @@ def rescore(
     return run, collector.series(), kinds
 
 
-def load_model(store: str | Path, checkpoint_dir: str | Path | None = None) -> Detector | None:
+def load_model(
+    store: str | Path, checkpoint_dir: str | Path | None = None, site: str = "default"
+) -> Detector | None:
     """The learned models: ``STORE/model.npz``, else the Kafka checkpoints merged.
 
     Checkpoints are ``CHECKPOINT_DIR/<topic>-<partition>.npz`` (default
@@ -412,8 +414,9 @@ def load_model(store: str | Path, checkpoint_dir: str | Path | None = None) -> D
             cp = CheckpointDir(cp_dir, topic).load(int(part))
         except (OSError, ValueError, KeyError) as exc:
             raise StoreError(f"{f}: unreadable checkpoint ({exc})") from None
-        if cp is None:
+        share = cp.site_part(site) if cp is not None else None
+        if share is None or not share.detector_state:
             continue
-        det = Detector.from_state(cp.detector_state)
+        det = Detector.from_state(share.detector_state)
         merged = det if merged is None else merged.merge(det)
     return merged

@@ -189,6 +189,7 @@ def write_report(
     batch_steps: int | None = None,
     checkpoint_dir: str | Path | None = None,
     options: ReportOptions | None = None,
+    site: str = "default",
 ) -> Report:
     """Write ``OUTPUT/index.html`` and its PNG figures for the store under ``store``.
 
@@ -207,13 +208,16 @@ def write_report(
         Time steps per engine batch; default the manifest's, else 10.
     checkpoint_dir : path, optional
         The Kafka detectors' checkpoints (default ``STORE/checkpoints``).
+    site : str
+        The site whose part of the checkpoints is read (``store`` is then that
+        site's stores, ``STORE/sites/NAME``, and ``checkpoint_dir`` is given).
     """
     opts = options or ReportOptions()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     stores = open_stores(store)
     summary = summarise(stores, opts)
-    model = load_model(store, checkpoint_dir)
+    model = load_model(store, checkpoint_dir, site)
     names = TurbineNames()
     for st in stores:
         names.merge(st.names)
@@ -232,7 +236,7 @@ def write_report(
     statistic = statistic_name(config)
     threshold = float(summary.thresholds.max()) if summary.thresholds.size else math.nan
     # A Kafka detector's episodes still in progress are in its checkpoints, drawn as they stand.
-    ongoing = episodes_in_progress(store, checkpoint_dir=checkpoint_dir)
+    ongoing = episodes_in_progress(store, checkpoint_dir=checkpoint_dir, site=site)
     episodes = Episodes.concat(
         [*(st.episodes() for st in stores), ongoing], summary.sensors
     ).chronological()

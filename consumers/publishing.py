@@ -1,0 +1,193 @@
+"""Anomaly, episode and re-baseline events: JSON records keyed by turbine.
+
+At least once (a crash between publishing and the checkpoint republishes),
+with deterministic ids so a consumer can drop duplicates.  A send refused
+while the broker is away is retried, then counted as a failed event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from kafka.partitioner.default import murmur2
+
+from consumers.episode_events import CLOSED, OPENED, render_episode_events
+from consumers.events import render_events
+from consumers.partition_state import SiteState
+from pipeline.detector import BatchResult
+from pipeline.episodes import EpisodeUpdate
+from pipeline.metrics import DetectorMetrics
+from pipeline.names import TurbineNames
+from pipeline.wire import JSON_TYPE, SensorBatch
+from producers.kafka_client import KafkaIOError
+
+log = logging.getLogger(__name__)
+
+
+class EventPublisher:
+    """Sends the service's events (``producer`` returns the Kafka producer)."""
+
+    def __init__(
+        self,
+        settings: Any,
+        metrics: DetectorMetrics,
+        producer: Callable[[], Any],
+        retry: Callable[[str, Any], Any],
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._producer = producer
+        self._retry = retry
+        self._partition_memo: dict[bytes, int] = {}  # event key -> partition
+        self._memo_partitions = 0  # the anomalies topic's partition count behind the memo
+
+    @property
+    def producer(self) -> Any:
+        return self._producer()
+
+    def anomalies(
+        self,
+        partition: int,
+        site: SiteState,
+        result: BatchResult,
+        offsets: np.ndarray,
+        rows: np.ndarray,
+        produced: np.ndarray,
+        kinds: np.ndarray | None,
+        first: SensorBatch,
+    ) -> None:
+        """One JSON event per anomaly, keyed by turbine, with a deterministic id."""
+        if not self.settings.publish_events or result.n_anomalies == 0:
+            return
+        keys, values, ids = render_events(
+            result,
+            sensors=site.sensors,
+            topic=self.settings.topic,
+            partition=partition,
+            offsets=offsets,
+            rows=rows,
+            produced=produced,
+            kinds=kinds,
+            producer_id=first.meta.producer_id,
+            site=first.meta.site,
+            detected_at=time.time(),
+            names=site.detector.names if site.detector is not None else None,
+        )
+        send = self.producer.send
+        topic = self.settings.anomalies_topic
+        partitions = self._retry("event_partitions", lambda: self._event_partitions(keys))
+        if partitions is None:
+            raise KafkaIOError("no partitions for the events", topic=self.settings.anomalies_topic)
+        content_type = ("content-type", JSON_TYPE.encode())
+        on_error = self.failed
+        for key, value, event_id, part in zip(keys, values, ids, partitions, strict=True):
+            # One record per anomaly (the wire contract): kafka-python's send is
+            # most of what an event costs.
+            headers = [("event-id", event_id), content_type]
+            try:
+                future = send(topic, key=key, value=value, headers=headers, partition=part)
+            except Exception:  # the buffer is full or metadata is gone: wait for the broker
+                future = self._retry(
+                    "event_send",
+                    lambda k=key, v=value, h=headers, p=part: send(
+                        topic, key=k, value=v, headers=h, partition=p
+                    ),
+                )
+                if future is None:
+                    on_error(KafkaIOError("event not sent", topic=topic))
+                    continue
+            future.add_errback(on_error)
+        self.metrics.events_published.inc(result.n_anomalies)
+
+    def episodes(
+        self, update: EpisodeUpdate, first: SensorBatch, names: TurbineNames | None
+    ) -> None:
+        """One JSON event per episode opened and per episode closed, keyed by turbine."""
+        now = time.time()
+        send = self.producer.send
+        topic = self.settings.episodes_topic
+        headers = [("content-type", JSON_TYPE.encode())]
+        for kind, table in ((OPENED, update.opened), (CLOSED, update.closed)):
+            keys, values, ids = render_episode_events(
+                table,
+                kind,
+                producer_id=first.meta.producer_id,
+                site=first.meta.site,
+                detected_at=now,
+                names=names,
+            )
+            for key, value, event_id in zip(keys, values, ids, strict=True):
+                h = [("event-id", event_id), *headers]
+                try:
+                    future = send(topic, key=key, value=value, headers=h)
+                except Exception:  # the buffer is full or metadata is gone: wait for the broker
+                    future = self._retry(
+                        "episode_event_send",
+                        lambda k=key, v=value, h=h: send(topic, key=k, value=v, headers=h),
+                    )
+                    if future is None:
+                        self.failed(KafkaIOError("episode event not sent", topic=topic))
+                        continue
+                future.add_errback(self.failed)
+
+    def rebaselines(
+        self,
+        partition: int,
+        site: SiteState,
+        turbines: np.ndarray,
+        reason: str,
+        offset: int,
+        note: str = "",
+    ) -> None:
+        """One JSON event per turbine re-baselined, on the episodes topic, keyed by turbine."""
+        if not self.settings.publish_events or site.detector is None:
+            return
+        names = site.detector.names
+        now = time.time()
+        for t in turbines.tolist():
+            event = {
+                "type": "rebaseline",
+                "turbine": names.name_of(t) if t in names else int(t),
+                "reason": reason,
+                "note": note,
+                "site": site.site,
+                "partition": partition,
+                "offset": int(offset),
+                "detected_at": now,
+                "event_id": f"{self.settings.topic}:{partition}:{offset}:rebaseline:{t}",
+            }
+            key = f"turbine-{names.name_of(t)}".encode()
+            self.producer.send(
+                self.settings.episodes_topic,
+                key=key,
+                value=json.dumps(event).encode(),
+                headers=[("content-type", JSON_TYPE.encode())],
+            ).add_errback(self.failed)
+
+    def _event_partitions(self, keys: list[bytes]) -> list[int]:
+        """The anomalies topic's partition of each key, as kafka-python's default partitioner.
+
+        Memoised per key: its pure-Python murmur2 on every send was a fifth of
+        what a send costs.  Recomputed when the topic's partition count changes.
+        """
+        partitions = sorted(self.producer.partitions_for(self.settings.anomalies_topic))
+        memo = self._partition_memo
+        if self._memo_partitions != len(partitions):
+            memo.clear()
+            self._memo_partitions = len(partitions)
+        out = []
+        for key in keys:
+            p = memo.get(key)
+            if p is None:
+                p = memo[key] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            out.append(p)
+        return out
+
+    def failed(self, exc: BaseException) -> None:
+        self.metrics.publish_errors.inc()
+        log.error("event_send_failed topic=%s error=%s", self.settings.anomalies_topic, exc)
