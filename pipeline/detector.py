@@ -542,7 +542,8 @@ class Detector:
                 stat[s] = squared_norms(z_s[k:] if k else z_s)
         scale = None
         if self._bound is not None:
-            scale = self._bound.scale(np.take(counts, model))
+            # One scale per model (M,), then per reading: no per-reading table look-up.
+            scale = np.take(self._bound.scale(counts), model)
             stat *= scale
         return stat, by, diff_t, z_t, model, chol, scale
 

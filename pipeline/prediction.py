@@ -88,5 +88,5 @@ class PredictionBound:
 
     def scale(self, counts: F64) -> F64:
         """Scale (m,) for models of ``counts`` (m,) readings (decayed counts allowed)."""
-        i = np.clip(counts, 0, N_MAX).astype(np.intp)
+        i = np.minimum(counts, N_MAX).astype(np.intp)  # counts >= 0
         return np.take(self.table, i)
