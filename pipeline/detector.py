@@ -139,6 +139,8 @@ class Detector:
         self.threshold = cfg.threshold(d)
         self.gate = cfg.gate(d)
         # Point statistics scaled to the threshold by the models' ages (pipeline/prediction.py).
+        # The scale is the alarm rate's; a learn_gate compares the same scaled statistic
+        # (at a rarer gate rate the exact scale is a little smaller: the gate is slightly stricter).
         self._bound = (
             PredictionBound(cfg.point_rate(), cfg.degrees_of_freedom(d))
             if cfg.prediction_bound == "hotelling"
