@@ -48,6 +48,7 @@ test-fast: $(STAMP) ## the tests that need no server
 bench: $(STAMP) ## benchmarks (engine, quality, real SCADA, Kafka); figures go to bench/results/ and the README
 	$(PY) -m bench.engine
 	$(PY) -m bench.quality
+	$(PY) -m bench.false_alarms
 	$(PY) -m bench.scada
 	$(PY) -m bench.skab
 	$(PY) -m bench.kafka_e2e

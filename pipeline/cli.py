@@ -269,7 +269,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise ConfigError("simulate needs --output FILE (or --bootstrap-servers to stream)")
     sim = FleetSimulator(params)
     if args.write_config:
-        Path(args.write_config).write_text(json.dumps(sim.fleet.calibration(), indent=1) + "\n")
+        cal = sim.fleet.calibration(fleet_relative=args.fleet_relative)
+        Path(args.write_config).write_text(json.dumps(cal, indent=1) + "\n")
     with RecordingWriter(args.output, sim.fleet.sensors, labels=True, kinds=True) as writer:
 
         def written() -> Iterator[Chunk]:
@@ -845,6 +846,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", type=Path, help="recorded file to write (.csv, .npz or .parquet)")
     p.add_argument("--write-config", type=Path, help="also write the matching calibration (JSON)")
+    p.add_argument(
+        "--fleet-relative",
+        action="store_true",
+        help="the written configuration scores every sensor against the fleet's median at the "
+        "same time, in one key group (the shared wind cancels: no fleet-wide false alarms; "
+        "stream it with --key-groups 1)",
+    )
     _add_stream_options(p)
     p.set_defaults(func=cmd_simulate)
 

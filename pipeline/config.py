@@ -128,6 +128,13 @@ class DetectorConfig(BaseModel):
     false_alarm_rate: float = Field(
         1e-4, gt=0, lt=1, description="Chi-square tail probability of the alarm threshold."
     )
+    prediction_bound: Literal["hotelling", "chi2"] = Field(
+        "hotelling",
+        description="'hotelling': point statistics are scaled so the chi-square threshold "
+        "is Hotelling's T^2 prediction bound (F distribution) for a model of n learned "
+        "readings, so a young model alarms at the configured rate too; 'chi2': the "
+        "chi-square threshold as if the covariance were known.",
+    )
     min_samples: int | None = Field(
         None, ge=2, description="Readings a turbine model learns before it scores (20*D)."
     )
@@ -415,9 +422,12 @@ class DetectorConfig(BaseModel):
         d = n_features if n_features is not None else self._declared_features()
         if d is None:
             raise ConfigError("the number of sensors is not known yet")
+        return chi2_threshold(self.point_rate(), self.degrees_of_freedom(d))
+
+    def point_rate(self) -> float:
+        """Tail probability of the point score's threshold."""
         # The residual chart and the point score each get half the false-alarm rate.
-        rate = self.false_alarm_rate / (2.0 if self.chart == "residual" else 1.0)
-        return chi2_threshold(rate, self.degrees_of_freedom(d))
+        return self.false_alarm_rate / (2.0 if self.chart == "residual" else 1.0)
 
     def chart_threshold(self, n_features: int) -> float:
         """The residual chart's own threshold on its squared distance."""

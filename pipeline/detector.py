@@ -65,6 +65,7 @@ from pipeline.policy import (
     settling,
     time_decay,
 )
+from pipeline.prediction import PredictionBound
 from pipeline.rebaseline import RebaselineRuns
 from pipeline.residual_chart import ChartScores, ResidualChart
 from pipeline.results import FILTERED, FLEET, SKIPPED, TURBINE, WARMUP, BatchResult
@@ -138,6 +139,14 @@ class Detector:
         self.n_features = d
         self.threshold = cfg.threshold(d)
         self.gate = cfg.gate(d)
+        # Point statistics scaled to the threshold by the models' ages (pipeline/prediction.py).
+        # The scale is the alarm rate's; a learn_gate compares the same scaled statistic
+        # (at a rarer gate rate the exact scale is a little smaller: the gate is slightly stricter).
+        self._bound = (
+            PredictionBound(cfg.point_rate(), cfg.degrees_of_freedom(d))
+            if cfg.prediction_bound == "hotelling"
+            else None
+        )
         self.min_samples, self.fleet_min_samples = cfg.warmup(d)
         self._offsets = cfg.offsets_array(d)
         self._gains = cfg.gains_array(d)
@@ -371,7 +380,7 @@ class Detector:
         else:
             ts_l = ts[live]
             idx, model_of, x_t = self._calibrated(ids[live], raw[live], ts_l, idx_live)
-        stat, scored_by, diff_t, z_t, model, chol = self._score(model_of, x_t, ts_l)
+        stat, scored_by, diff_t, z_t, model, chol, scale = self._score(model_of, x_t, ts_l)
         chart = None
         if self.config.chart == "residual":
             chart = self._chart_scores(idx, ts_l, z_t, scored_by)
@@ -380,7 +389,7 @@ class Detector:
             stat = np.maximum(stat, chart.statistic)
         flags = stat > self.threshold
         hit = np.flatnonzero(flags)
-        contrib = self._contributions(diff_t, z_t, model, chol, hit, chart, idx)
+        contrib = self._contributions(diff_t, z_t, model, chol, hit, chart, idx, scale)
         # The learning gate applies to each reading's own score: a reading that is
         # normal on its own is learned even while the residual chart alarms (else
         # the chart would lock its turbine out until a re-baseline).
@@ -484,14 +493,15 @@ class Detector:
     # ------------------------------------------------------------------ scoring
     def _score(
         self, idx: NDArray[np.intp], x_t: F64, ts: F64
-    ) -> tuple[F64, NDArray[np.int8], F64, F64, NDArray[np.intp], F64]:
+    ) -> tuple[F64, NDArray[np.int8], F64, F64, NDArray[np.intp], F64, F64 | None]:
         """Score readings ``x_t`` (D, n) of models ``idx`` (n,) against the models as they are.
 
         Returns the statistic (n,), the model kind (n,), the deviations and
-        whitened deviations (D, n), and each reading's model as an index into
+        whitened deviations (D, n), each reading's model as an index into
         the returned stack of Cholesky factors: turbine factors first, then
         the key groups' fleet factors (the fleet's alone for the fleet-only
-        model).
+        model), and the prediction bound's scale of each statistic (n,)
+        (None without it), already applied to the statistic.
         """
         d, n = x_t.shape
         k = self._k
@@ -507,7 +517,7 @@ class Detector:
         fleet_only = not self.config.per_turbine and self.config.key_groups == 1 and self._bins == 1
         if n and warm.all():
             by = np.full(n, TURBINE, dtype=np.int8)
-            model, chol = idx, self._chol
+            model, chol, counts = idx, self._chol, self._models.counts
             diff_t = x_t - gather_rows(self._models.means, idx)
         else:
             groups, group_chol = self._fleet_view()
@@ -516,6 +526,7 @@ class Detector:
                 ok = groups.counts[0] >= self.fleet_min_samples
                 by = np.full(n, FLEET if ok else WARMUP, dtype=np.int8)
                 model = np.zeros(n, dtype=np.intp)
+                counts = groups.counts[:1]
                 diff_t = x_t - groups.means[0][:, None]
             else:
                 chol = np.concatenate((self._chol, group_chol))
@@ -523,6 +534,7 @@ class Detector:
                 fleet = ~warm & (np.take(groups.counts, g) >= self.fleet_min_samples)
                 by = np.where(warm, TURBINE, np.where(fleet, FLEET, WARMUP)).astype(np.int8)
                 model = np.where(warm, idx, g + self._chol.shape[0])
+                counts = np.concatenate((self._models.counts, groups.counts))
                 diff_t = x_t - gather_rows(
                     np.concatenate((self._models.means, groups.means)), model
                 )
@@ -542,7 +554,12 @@ class Detector:
                 z_s = whiten_grouped(np.take(diff_t, s, axis=1), model[s], chol)
                 z_t[:, s] = z_s
                 stat[s] = squared_norms(z_s[k:] if k else z_s)
-        return stat, by, diff_t, z_t, model, chol
+        scale = None
+        if self._bound is not None:
+            # One scale per model (M,), then per reading: no per-reading table look-up.
+            scale = np.take(self._bound.scale(counts), model)
+            stat *= scale
+        return stat, by, diff_t, z_t, model, chol, scale
 
     def _fleet_of(self, model: NDArray[np.intp]) -> NDArray[np.intp]:
         """Fleet model (key group, bin) of each turbine model index (n,)."""
@@ -616,6 +633,7 @@ class Detector:
         hit: NDArray[np.intp],
         chart: ChartScores | None,
         idx: NDArray[np.intp],
+        scale: F64 | None = None,
     ) -> F64:
         """Per-sensor shares (k, D) of the anomalies' statistics, before the models learn.
 
@@ -631,6 +649,8 @@ class Detector:
             The residual chart's scores of the n readings.
         idx : ndarray of shape (n,)
             The turbine of each reading.
+        scale : ndarray of shape (n,), optional
+            The prediction bound's scale of each point statistic (shares scale with it).
         """
         d, k = self._features(), self._k
         if hit.size == 0:
@@ -646,8 +666,12 @@ class Detector:
             )
         else:
             shares = contributions_from_whitened(dz, zz, mh, chol)
+        if scale is not None:
+            shares *= scale[hit][:, None]
         if chart is not None:
             point = np.einsum("rh,rh->h", zz[k:], zz[k:])
+            if scale is not None:
+                point *= scale[hit]
             use = chart.statistic[hit] > point
             if use.any():
                 u = np.flatnonzero(use)

@@ -95,15 +95,31 @@ class Fleet:
         wind_var = _WIND_SD**2 + _LOCAL_SD**2
         return np.sqrt(self.loading**2 * wind_var + self.noise**2)
 
-    def calibration(self) -> dict[str, object]:
-        """The detector configuration that undoes the sensor and region distortions."""
-        return {
+    @property
+    def covariance(self) -> NDArray[np.float64]:
+        """The true covariance of a turbine's physical readings, shape (D, D)."""
+        wind_var = _WIND_SD**2 + _LOCAL_SD**2
+        return np.outer(self.loading, self.loading) * wind_var + np.diag(self.noise**2)
+
+    def calibration(self, fleet_relative: bool = False) -> dict[str, object]:
+        """The detector configuration that undoes the sensor and region distortions.
+
+        With ``fleet_relative`` every sensor is scored as its deviation from
+        the fleet's median at the same time, in one key group (the median is
+        over the readings a detector sees): the shared wind cancels, so the
+        fleet's weather never alarms every turbine at once.
+        """
+        out: dict[str, object] = {
             "sensors": list(self.sensors),
             "offsets": self.offsets.tolist(),
             "gains": self.gains.tolist(),
             "turbines": list(range(self.site.shape[0])),
             "region_factors": self.region_factors.tolist(),
         }
+        if fleet_relative:
+            out["fleet_relative"] = list(self.sensors)
+            out["key_groups"] = 1
+        return out
 
 
 @dataclass(frozen=True)

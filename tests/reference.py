@@ -7,8 +7,18 @@ readings, and an explicit inverse. Nothing here is shared with the engine.
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 from pipeline.config import DetectorConfig
+
+
+def hotelling_scale(config: DetectorConfig, n: int, p: int) -> float:
+    """chi2 threshold / Hotelling's T^2 prediction bound for a model of n readings (scipy)."""
+    if config.prediction_bound != "hotelling" or n >= 1 << 16:
+        return 1.0
+    rate = config.point_rate()
+    t2 = stats.f.isf(rate, p, n - p) * p * (n - 1) * (n + 1) / (n * (n - p))
+    return float(stats.chi2.isf(rate, p) / t2)
 
 
 def _reg_inverse(rows: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
@@ -58,14 +68,16 @@ def naive_detect(batches, config: DetectorConfig):
             g = t % config.key_groups
             if config.per_turbine and t in models:
                 mean, inv = models[t]
+                n = len(accepted[t])
                 by[i] = 1
             elif g in gmodels:
                 mean, inv = gmodels[g]
+                n = len(group_rows[g])
                 by[i] = 2
             else:
                 continue
             e = x - mean
-            dist[i] = e @ inv @ e
+            dist[i] = e @ inv @ e * hotelling_scale(config, n, d)
         flags = (by > 0) & (dist > threshold)
         for i, t in enumerate(ids.tolist()):
             if xs[i] is None or (flags[i] and not config.learn_anomalies):

@@ -8,7 +8,7 @@ import pytest
 from pipeline import Detector, DetectorConfig, SchemaError
 from pipeline.detector import FLEET, SKIPPED, TURBINE, WARMUP
 from pipeline.errors import InputError
-from tests.reference import naive_detect
+from tests.reference import hotelling_scale, naive_detect
 
 
 def fleet_batches(rng, n_turbines=6, steps=120, per_batch=10, d=3, fault_rate=0.02):
@@ -40,6 +40,9 @@ CONFIGS = {
         region_factors=(1.0, 1.1, 0.9, 1.2, 0.8, 1.0),
     ),
     "learn-anomalies": DetectorConfig(min_samples=30, key_groups=1, learn_anomalies=True),
+    "chi-square": DetectorConfig(
+        min_samples=30, fleet_min_samples=12, key_groups=2, prediction_bound="chi2"
+    ),
 }
 
 
@@ -92,6 +95,8 @@ def test_score_then_learn_reading_never_scores_itself(rng):
     expected = diff @ np.linalg.solve(
         before.covariance + 1e-6 * np.trace(before.covariance) / 2 * np.eye(2), diff
     )
+    # Scaled by the prediction bound of a model of 50 readings, 2 degrees of freedom.
+    expected *= hotelling_scale(config, 50, 2)
     assert r.distances[0] == pytest.approx(expected, rel=1e-6)
     assert r.is_anomaly[0]
     after = det.turbine_model(0)

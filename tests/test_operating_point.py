@@ -12,6 +12,7 @@ from pipeline import Detector, DetectorConfig
 from pipeline.config import make_config
 from pipeline.detector import FILTERED, FLEET, TURBINE
 from pipeline.errors import ConfigError
+from tests.reference import hotelling_scale
 
 SENSORS = ("wind", "temp", "power", "pitch")
 
@@ -45,7 +46,9 @@ def test_conditional_score_is_the_regression_residual_distance(rng):
     x = correlated(rng, 300)
     x[::7, 2] += 3.0  # power off its curve given the wind
     r = det.process(np.full(300, 3000.0), np.zeros(300, dtype=int), x)
-    np.testing.assert_allclose(r.distances, explicit_conditional(train, x, 2), rtol=1e-7)
+    # p = D - k = 2 degrees of freedom in the prediction bound of a model of 2000 readings.
+    expected = explicit_conditional(train, x, 2) * hotelling_scale(config, 2000, 2)
+    np.testing.assert_allclose(r.distances, expected, rtol=1e-7)
     assert r.threshold == pytest.approx(stats.chi2.isf(1e-4, 2))
     assert r.n_anomalies > 0
     # Contributions: responses only, summing to the score.
@@ -90,6 +93,7 @@ def test_regime_models_match_explicit_per_bin_covariances(rng):
         rows = train[(ids == xid[i]) & (bins == xbins[i])]
         e = x[i] - rows.mean(axis=0)
         expected = e @ np.linalg.solve(np.cov(rows, rowvar=False), e)
+        expected *= hotelling_scale(config, len(rows), 4)  # the bin model's own count
         assert r.distances[i] == pytest.approx(expected, rel=1e-7)
     assert (r.scored_by == TURBINE).all()
 
