@@ -735,6 +735,7 @@ class DetectorService:
             now = time.time()
             scored = result.scored_by > 0
             m.lag_seconds.observe_many(now - ts)
+            m.latency_seconds.observe_many(now - produced)  # Kafka record time to scored
             m.distance.observe_many(result.distances[scored])
             m.last_reading.set(float(np.max(ts)))
         hit = result.anomaly_index
