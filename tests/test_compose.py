@@ -267,7 +267,8 @@ def test_compose_stack_end_to_end(docker_env, tmp_path):
         assert len(stored) == counted == len(ids) > 0
     finally:
         logs = compose(env, project, "logs", "--no-color", "--tail", "30")
-        down = compose(env, project, "down", "-v", "--remove-orphans")
+        # every profile's services too (v2's down leaves those of profiles not named)
+        down = compose(env, project, "--profile", "replay", "down", "-v", "--remove-orphans")
     assert down.returncode == 0, down.stderr[-2000:] + logs.stdout[-3000:]
     label = f"label=com.docker.compose.project={project}"
     assert docker(env, "ps", "-a", "-q", "--filter", label).strip() == ""

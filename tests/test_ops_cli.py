@@ -76,3 +76,18 @@ def test_simulate_start_sets_the_written_file_times(tmp_path) -> None:
     with read_recording(out) as rec:
         ts = np.concatenate([c.timestamps for c in rec])
     assert ts.min() == 1_893_456_000.0 and ts.max() == 1_893_456_004.0
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".parquet", ".csv"])
+def test_a_file_mounted_without_its_name_is_read_in_its_format(tmp_path, suffix) -> None:
+    """The compose replay service mounts the file as /input/recording: no extension."""
+    from pipeline.recordings import recording_format
+
+    named = tmp_path / f"fleet{suffix}"
+    turbine("simulate", "--turbines", 2, "--steps", 5, "--output", named)
+    bare = tmp_path / "recording"
+    bare.write_bytes(named.read_bytes())
+    assert recording_format(bare) == suffix[1:]
+    with read_recording(bare) as rec, read_recording(named) as want:
+        got = np.concatenate([c.values for c in rec])
+        assert np.array_equal(got, np.concatenate([c.values for c in want]))

@@ -107,7 +107,8 @@ down() {
   if docker info >/dev/null 2>&1; then
     compose_cli
     docker_socket
-    "${COMPOSE_CMD[@]}" down -v --remove-orphans
+    # the replay profile's container too: v2's down leaves those of profiles not named
+    "${COMPOSE_CMD[@]}" --profile replay down -v --remove-orphans
   fi
   if [ ! -f "$STARTED_MARK" ]; then
     log "the Docker engine keeps running: make compose-up did not start it"
