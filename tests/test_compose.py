@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from pipeline.store import read_anomalies
+from tests.cli_support import turbine
 from tests.conftest import IN_CI, REPO
 from tests.kafka_support import free_port
 from tests.prometheus_support import get_json, query
@@ -145,8 +146,6 @@ def replay_file(tmp_path: Path, turbines: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tests.cli_support import turbine
-
     csv = tmp_path / "replay.csv"
     start = str(int(time.time()) + 86_400)
     turbine("simulate", "--turbines", turbines, "--steps", REPLAY_STEPS, "--seed", 5,
@@ -236,6 +235,24 @@ def test_compose_stack_end_to_end(docker_env, tmp_path):
         wait_for(f"{sent} readings processed with the replay", all_processed, timeout=180)
         dead = query(prom, "sum(turbine_dead_letters_total)")
         assert float(dead[0]["value"][1]) == 0, dead  # scored, none refused
+
+        # `make replay` from the host finds the compose stack's broker and reports
+        more = tmp_path / "more.npz"
+        turbine("simulate", "--turbines", turbines, "--steps", 50, "--seed", 6,
+                "--start", str(int(time.time()) + 3 * 86_400), "--output", more)  # fmt: skip
+        made = subprocess.run(
+            ["make", "-s", "replay", f"FILE={more}"],
+            cwd=REPO,
+            env={**env, "KAFKA_PORT": str(free_port())},  # no make stack there
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert made.returncode == 0, made.stderr[-3000:]
+        assert "into the compose stack" in made.stderr, made.stderr
+        assert "no dead letters since the replay began" in made.stderr, made.stderr
+        sent += turbines * 50
+        wait_for(f"{sent} readings processed with make replay", all_processed, timeout=180)
 
         # an alert on an injected fault fires, goes through Alertmanager, reaches the sink
         sink = f"http://127.0.0.1:{ports['SINK_PORT']}/"
