@@ -45,13 +45,14 @@ test: lint ## lint, then every test (starts the real servers the tests need)
 test-fast: $(STAMP) ## the tests that need no server
 	$(PY) -m pytest -q -m "not kafka and not prometheus and not docker"
 
-bench: $(STAMP) ## benchmarks (engine, quality, real SCADA, Kafka); figures go to bench/results/ and the README
+bench: $(STAMP) ## benchmarks (engine, quality, real SCADA, Kafka, the stack's latency); figures go to bench/results/ and the README
 	$(PY) -m bench.engine
 	$(PY) -m bench.quality
 	$(PY) -m bench.false_alarms
 	$(PY) -m bench.scada
 	$(PY) -m bench.skab
 	$(PY) -m bench.kafka_e2e
+	$(PY) -m bench.latency
 
 clean: ## remove outputs (not the venv)
 	rm -rf $(OUT) .pytest_cache .ruff_cache .mypy_cache
@@ -79,11 +80,26 @@ figure: $(STAMP) ## the README figure (docs/skab-valve1-timeline.png): the repor
 	cp $(OUT)/figure/report/timeline.png docs/skab-valve1-timeline.png
 
 .PHONY: compose-up compose-down
-compose-up: $(STAMP) ## the docker-compose stack (2 detectors); builds local stand-in images where no registry answers
+compose-up: $(STAMP) ## the compose stack (2 detectors; docker compose v2 or docker-compose v1, project turbine-watch); local stand-in images where no registry answers
 	bash deploy/docker/compose.sh up
 
-compose-down: ## stop the docker-compose stack and remove its containers, network and volumes
+compose-down: ## stop the compose stack (containers, network, volumes), and the Docker engine compose-up started unless KEEP_ENGINE=1
 	bash deploy/docker/compose.sh down
+
+KEEP_ENGINE ?= 0
+FILE ?= $(OUT)/demo/fleet.npz
+REPLAY_ARGS ?=
+
+.PHONY: replay clean-cache
+compose-down: export KEEP_ENGINE := $(KEEP_ENGINE)
+replay: export FILE := $(FILE)
+replay: export REPLAY_ARGS := $(REPLAY_ARGS)
+replay: $(STAMP) ## replay FILE (default out/demo/fleet.npz) into the running stack (compose or make stack); REPLAY_ARGS: more replay options
+	bash deploy/stack/replay.sh
+
+clean-cache: ## stop the private Docker engine and remove what make test installs under ~/.cache/turbine-watch (~1.4 GB)
+	-bash deploy/docker/engine.sh down
+	rm -rf $${XDG_CACHE_HOME:-$$HOME/.cache}/turbine-watch
 
 .PHONY: bench-compose soak
 bench-compose: $(STAMP) ## readings/s through the compose stack beside the same stack from local processes (needs Docker; make compose-up builds the images)

@@ -106,7 +106,7 @@ class Scorer:
             )
         except Exception as exc:  # the batch is scored and stored; its events are lost
             self.events.failed(exc)
-        self._count(site, result, ts, ids, kinds, labelled)
+        self._count(site, result, ts, ids, kinds, labelled, produced)
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
         self.batches += 1
         self.readings += result.n_readings
@@ -119,7 +119,9 @@ class Scorer:
         ids: np.ndarray,
         kinds: np.ndarray | None,
         labelled: bool,
+        produced: np.ndarray,
     ) -> None:
+        """Count a scored batch; ``produced`` (n,): each reading's Kafka record time."""
         m = self.metrics
         label = m.site_label(site.site)
         m.readings.labels(site=label).inc(result.n_readings)
@@ -129,6 +131,7 @@ class Scorer:
             now = time.time()
             scored = result.scored_by > 0
             m.lag_seconds.observe_many(now - ts)
+            m.latency_seconds.observe_many(now - produced)  # Kafka record time to scored
             m.distance.observe_many(result.distances[scored])
             m.last_reading.set(float(np.max(ts)))
         hit = result.anomaly_index

@@ -15,12 +15,14 @@ import logging
 import math
 import re
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.config import DetectorConfig, load_config, load_site_configs, make_config
 from pipeline.episodes import Episodes
@@ -152,6 +154,47 @@ def recording_spec(args: argparse.Namespace, config: DetectorConfig | None = Non
         raise ConfigError(f"recording options: {loc}: {first['msg']}") from None
 
 
+class RecordingEnv(BaseSettings):
+    """Recorded-file options from ``TURBINE_RECORDING_*`` variables (the compose ``replay``
+    service sets them): used where the option is not given; an empty variable is unset."""
+
+    model_config = SettingsConfigDict(env_prefix="TURBINE_RECORDING_", extra="ignore")
+
+    sep: str = ""
+    time_col: str = ""
+    id_col: str = ""
+    label_col: str = ""
+    drop_cols: str = Field("", description="comma-separated columns to ignore")
+    sensors: str = Field("", description="COL[=NAME],...")
+    sentinels: str = Field("", description="SENSOR=V[;V...], comma-separated")
+    chunk_rows: str = ""
+
+
+def apply_recording_env(args: argparse.Namespace) -> None:
+    """Fill the recorded-file options not given on the command line from the environment."""
+    env = RecordingEnv()
+    for attr, value in (
+        ("sep", env.sep),
+        ("time_col", env.time_col),
+        ("id_col", env.id_col),
+        ("label_col", env.label_col),
+        ("sensor_cols", env.sensors),
+    ):
+        if value and getattr(args, attr, None) is None:
+            setattr(args, attr, value)
+    if env.chunk_rows and args.chunk_rows is None:
+        try:
+            args.chunk_rows = int(env.chunk_rows)
+        except ValueError:
+            raise ConfigError(
+                f"TURBINE_RECORDING_CHUNK_ROWS={env.chunk_rows!r}: not an integer"
+            ) from None
+    if env.drop_cols and not args.drop_col:
+        args.drop_col = [c.strip() for c in env.drop_cols.split(",") if c.strip()]
+    if env.sentinels and not args.sentinel:
+        args.sentinel = [env.sentinels]
+
+
 def add_detector_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("detector")
     g.add_argument("--config", type=Path, help="detector configuration (JSON or TOML)")
@@ -248,10 +291,15 @@ def print_summary(report: RunReport, out=sys.stdout) -> None:
 
 
 # ---------------------------------------------------------------------- commands
-def cmd_simulate(args: argparse.Namespace) -> int:
-    if args.key_groups is None:
-        args.key_groups = 12
-    params = SimulationParams(
+def simulation_params(args: argparse.Namespace, streamed: bool) -> SimulationParams:
+    """The simulation of ``turbine simulate``'s options.
+
+    A stream starts at the current time, so that the data-time lag is real (at
+    ``--speed 1``); a file is the same file whenever it is written; ``--start`` sets either.
+    """
+    default_start = float(int(time.time())) if streamed else SimulationParams().start
+    return SimulationParams(
+        start=parse_instant_option(args.start, default_start),
         turbines=args.turbines,
         sensors=args.sensors,
         steps=args.steps,
@@ -261,7 +309,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         magnitude=args.magnitude,
         kinds=tuple(args.kinds.split(",")) if args.kinds else FAULT_KINDS,
     )
-    if _kafka_mode(args):
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.key_groups is None:
+        args.key_groups = 12
+    streamed = _kafka_mode(args)
+    params = simulation_params(args, streamed)
+    if streamed:
         from producers.commands import stream_simulation
 
         return stream_simulation(args, params)
@@ -807,6 +862,7 @@ def parse_instant_option(text: str | None, default: float) -> float:
 def cmd_replay(args: argparse.Namespace) -> int:
     from producers.commands import replay
 
+    apply_recording_env(args)
     config = load_config(args.config) if args.config is not None else None
     if args.key_groups is None:
         args.key_groups = config.key_groups if config is not None else 12
@@ -839,6 +895,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interval", type=float, default=1.0, help="seconds between steps")
+    p.add_argument(
+        "--start",
+        help="first reading's time, ISO 8601 or epoch seconds (default: streamed, the current "
+        "time; written to a file, 2026-01-01T00:00:00Z so that the file is reproducible)",
+    )
     p.add_argument("--fault-fraction", type=float, default=0.02)
     p.add_argument("--magnitude", type=float, default=4.0, help="fault size in sigmas")
     p.add_argument(
@@ -1028,9 +1089,14 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--bootstrap-servers", help="HOST:PORT[,HOST:PORT...] (or TURBINE_BOOTSTRAP_SERVERS)"
     )
-    g.add_argument("--topic", default="turbine.readings")
     g.add_argument(
-        "--speed", type=float, default=0.0, help="times the recorded pace; 0 = as fast as possible"
+        "--topic", default="turbine.readings", help="readings topic (default turbine.readings)"
+    )
+    g.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="times the recorded pace; 0 = as fast as possible (default 0)",
     )
     g.add_argument(
         "--key-groups",

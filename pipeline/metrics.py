@@ -19,15 +19,49 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from pipeline.inject import FAULT_KINDS as INJECTED_FAULT_KINDS
 from pipeline.names import TurbineNames
+from pipeline.simulator import FAULT_KINDS as SIMULATED_FAULT_KINDS
 
 NAMESPACE = "turbine"
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
 DISTANCE_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 256, 1024, 4096)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 30, 60)
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 REBASELINE_REASONS = ("operator", "persistent_alarm")
+# Every reason a record can be dead-lettered for (README, "Dead letters"; a test reads the
+# sources for any other). Known label values start at 0: a child created on first use
+# appears at its first burst's count, which increase() and rate() never see.
+DEAD_LETTER_REASONS = (
+    "too_large",
+    "empty",
+    "truncated",
+    "bad_magic",
+    "shape_mismatch",
+    "bad_metadata",
+    "bad_json",
+    "unknown_schema_version",
+    "unknown_content_type",
+    "bad_header",
+    "bad_timestamp",
+    "bad_turbine_id",
+    "sensor_mismatch",
+    "nan_flood",
+    "duplicate",
+    "schema",
+    "undecodable",
+    "internal_error",
+    "bad_control",
+    "too_many_sites",
+    "bad_site",
+)
+# The fault kinds the anomalies of labelled data are counted under ("none": a reading not
+# labelled faulty, "unknown": unlabelled data), those of the simulator and of `turbine inject`.
+FAULT_KIND_LABELS = tuple(
+    dict.fromkeys(("none", "unknown", *SIMULATED_FAULT_KINDS, *INJECTED_FAULT_KINDS))
+)
 
 
 class BulkHistogram(Collector):
@@ -117,6 +151,17 @@ class DetectorMetrics:
             namespace=ns,
             registry=registry,
         )
+        for reason in DEAD_LETTER_REASONS:  # known label values start at 0
+            self.dead_letters.labels(reason=reason)
+        self.anomalies_by_kind = Counter(
+            "anomalies_by_kind",
+            "Anomalies flagged, by labelled fault kind (every known kind from 0)",
+            ["fault_kind"],
+            namespace=ns,
+            registry=registry,
+        )
+        for kind in FAULT_KIND_LABELS:
+            self.anomalies_by_kind.labels(fault_kind=kind)
         self.duplicates = Counter(
             "duplicate_batches",
             "Batches dropped as already processed (replays, retries)",
@@ -149,6 +194,12 @@ class DetectorMetrics:
             f"{ns}_scoring_lag_seconds",
             "Delay from a reading's timestamp to its scoring",
             LAG_BUCKETS,
+            registry,
+        )
+        self.latency_seconds = BulkHistogram(
+            f"{ns}_pipeline_latency_seconds",
+            "Delay from a record's Kafka timestamp (set by the producer) to its readings' scoring",
+            LATENCY_BUCKETS,
             registry,
         )
         self.distance = BulkHistogram(
@@ -297,6 +348,9 @@ class DetectorMetrics:
             shown = t if names is None else names.name_of(t)
             label = self.turbine_label(shown)
             self.anomalies.labels(turbine=label, fault_kind=str(kind_names[c]), site=site).inc(n)
+        for c, n in enumerate(np.bincount(codes, minlength=kind_names.size).tolist()):
+            if n:
+                self.anomalies_by_kind.labels(fault_kind=str(kind_names[c])).inc(n)
 
 
 class ProducerMetrics:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from pipeline.store import read_anomalies
+from tests.cli_support import turbine
 from tests.conftest import IN_CI, REPO
 from tests.kafka_support import free_port
 from tests.prometheus_support import get_json, query
@@ -56,6 +57,11 @@ def docker_env() -> Iterator[dict[str, str]]:
         None,
     )
     env = {**os.environ, **({"DOCKER_HOST": host} if host else {})}
+    # This clone's own app image: another clone building on the same engine keeps its own.
+    tag = os.environ.get("TURBINE_IMAGE") or f"turbine-watch/app:test-{REPO.name.lower()}"
+    env |= {"TURBINE_IMAGE": tag, "APP_IMAGE": tag}
+    socket = (host or "unix:///var/run/docker.sock").removeprefix("unix://")
+    env["DOCKER_SOCKET"] = socket  # Prometheus's Docker discovery
     build = subprocess.run(
         ["bash", str(IMAGES)], capture_output=True, text=True, env=env, timeout=1800
     )
@@ -81,11 +87,24 @@ def short_rules(target: Path) -> Path:
     return target
 
 
+def compose_cli(env: dict[str, str]) -> list[str]:
+    """The compose command `make compose-up` uses (deploy/docker/compose.sh cli)."""
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy" / "docker" / "compose.sh"), "cli"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return out.stdout.split()
+
+
 def compose(
     env: dict[str, str], project: str, *args: str, timeout: float = 600
 ) -> subprocess.CompletedProcess:
+    env = {**env, "COMPOSE_PROJECT_NAME": project}  # Prometheus's discovery reads it
     cmd = [
-        "docker-compose",
+        *compose_cli(env),
         "-p",
         project,
         "-f",
@@ -117,6 +136,34 @@ def wait_for(what: str, check, timeout: float = 240, every: float = 2.0):
     raise AssertionError(f"timed out waiting for {what}: last {last!r}")
 
 
+REPLAY_STEPS = 200
+
+
+def replay_file(tmp_path: Path, turbines: int) -> Path:
+    """A simulated fleet as Parquet with other column names than the defaults (`datetime`,
+    `anomaly`, a `changepoint` to drop), after the live stream, under a name with no
+    extension (as the replay service mounts it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv = tmp_path / "replay.csv"
+    start = str(int(time.time()) + 86_400)
+    turbine("simulate", "--turbines", turbines, "--steps", REPLAY_STEPS, "--seed", 5,
+            "--start", start, "--output", csv)  # fmt: skip
+    from pyarrow import csv as pacsv
+
+    table = pacsv.read_csv(csv)
+    table = table.rename_columns(
+        ["datetime" if n == "timestamp" else "anomaly" if n == "label" else n
+         for n in table.column_names]
+    )  # fmt: skip
+    table = table.append_column("changepoint", pa.array([0] * table.num_rows))
+    out = tmp_path / "recording"
+    pq.write_table(table, out)
+    assert out.read_bytes()[:4] == b"PAR1"
+    return out
+
+
 def test_compose_stack_end_to_end(docker_env, tmp_path):
     project = f"twtest{uuid.uuid4().hex[:6]}"
     turbines, steps = 20, 1500
@@ -142,9 +189,15 @@ def test_compose_stack_end_to_end(docker_env, tmp_path):
             active = get_json(f"{prom}/api/v1/targets")["data"]["activeTargets"]
             jobs = [(t["labels"]["job"], t["health"]) for t in active]
             ok = sorted(jobs) == [("detector", "up"), ("detector", "up"), ("producer", "up")]
-            return jobs if ok else None
+            return active if ok else None
 
-        wait_for("two detectors and the producer up in Prometheus", targets_up)
+        active = wait_for("two detectors and the producer up in Prometheus", targets_up)
+        # named by service and container (relabelled from the Docker discovery), not by IP
+        named = sorted((t["labels"]["service"], t["labels"]["container"]) for t in active)
+        assert [n[0] for n in named] == ["detector", "detector", "simulator"], named
+        for service, container in named:
+            assert container.startswith(project) and service in container, named
+        assert all(t["labels"]["instance"].startswith(project) for t in active), active
 
         # readings processed, summed over the detectors, equal what the simulator sent
         sent = turbines * steps
@@ -162,6 +215,44 @@ def test_compose_stack_end_to_end(docker_env, tmp_path):
 
         line = wait_for("the simulator's final report", simulator_done, timeout=120)[-1]
         assert f"sent {sent:,} readings" in line and "0 delivery errors" in line, line
+
+        # the replay profile: a Parquet file mounted without its name (format from its
+        # content), with its column options from the environment
+        replayed = replay_file(tmp_path, turbines)
+        env_replay = {
+            **env,
+            "REPLAY_FILE": str(replayed),
+            "REPLAY_TIME_COL": "datetime",
+            "REPLAY_LABEL_COL": "anomaly",
+            "REPLAY_DROP_COLS": "changepoint",
+        }
+        run = compose(env_replay, project, "--profile", "replay", "up", "--no-deps", "replay")
+        assert run.returncode == 0, run.stderr[-3000:]
+        logs = compose(env_replay, project, "logs", "--no-color", "replay").stdout
+        assert f"sent {turbines * REPLAY_STEPS:,} readings" in logs, logs[-3000:]
+        assert "0 delivery errors" in logs, logs[-3000:]
+        sent += turbines * REPLAY_STEPS
+        wait_for(f"{sent} readings processed with the replay", all_processed, timeout=180)
+        dead = query(prom, "sum(turbine_dead_letters_total)")
+        assert float(dead[0]["value"][1]) == 0, dead  # scored, none refused
+
+        # `make replay` from the host finds the compose stack's broker and reports
+        more = tmp_path / "more.npz"
+        turbine("simulate", "--turbines", turbines, "--steps", 50, "--seed", 6,
+                "--start", str(int(time.time()) + 3 * 86_400), "--output", more)  # fmt: skip
+        made = subprocess.run(
+            ["make", "-s", "replay", f"FILE={more}"],
+            cwd=REPO,
+            env={**env, "KAFKA_PORT": str(free_port())},  # no make stack there
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert made.returncode == 0, made.stderr[-3000:]
+        assert "into the compose stack" in made.stderr, made.stderr
+        assert "no dead letters since the replay began" in made.stderr, made.stderr
+        sent += turbines * 50
+        wait_for(f"{sent} readings processed with make replay", all_processed, timeout=180)
 
         # an alert on an injected fault fires, goes through Alertmanager, reaches the sink
         sink = f"http://127.0.0.1:{ports['SINK_PORT']}/"
@@ -193,7 +284,8 @@ def test_compose_stack_end_to_end(docker_env, tmp_path):
         assert len(stored) == counted == len(ids) > 0
     finally:
         logs = compose(env, project, "logs", "--no-color", "--tail", "30")
-        down = compose(env, project, "down", "-v", "--remove-orphans")
+        # every profile's services too (v2's down leaves those of profiles not named)
+        down = compose(env, project, "--profile", "replay", "down", "-v", "--remove-orphans")
     assert down.returncode == 0, down.stderr[-2000:] + logs.stdout[-3000:]
     label = f"label=com.docker.compose.project={project}"
     assert docker(env, "ps", "-a", "-q", "--filter", label).strip() == ""

@@ -47,6 +47,7 @@ def test_service_episodes_match_the_embedded_run_across_a_restart(
 ):
     topic = topic_factory("readings", partitions=3)
     sim = ["--turbines", 12, "--steps", 1200, "--seed", 8, "--fault-fraction", 0.05]
+    sim += ["--start", "2026-01-01T00:00:00Z"]  # the file's start for the stream too
     cal = tmp_path / "cal.json"
     turbine("simulate", *sim, "--output", tmp_path / "f.npz", "--write-config", cal)
     config = json.loads(cal.read_text())

@@ -85,7 +85,8 @@ def test_simulate_through_kafka_stores_what_the_embedded_run_stores(
     kafka_servers, topic_factory, group_id, tmp_path
 ):
     topic = topic_factory("readings", partitions=6)
-    sim = ["--turbines", 30, "--steps", 1500, "--seed", 21]
+    # one start for both (a stream starts at the current time by default)
+    sim = ["--turbines", 30, "--steps", 1500, "--seed", 21, "--start", "2026-01-01T00:00:00Z"]
     turbine(
         "simulate", *sim, "--output", tmp_path / "f.npz", "--write-config", tmp_path / "cal.json"
     )
@@ -175,6 +176,8 @@ def test_record_replay_record_gives_the_same_readings(kafka_servers, topic_facto
         300,
         "--seed",
         5,
+        "--start",
+        "2026-01-01T00:00:00Z",  # the file's default start (a stream's is the current time)
         "--bootstrap-servers",
         kafka_servers,
         "--topic",

@@ -87,12 +87,13 @@ def test_metric_names_follow_prometheus_conventions():
 
 def test_promtool_checks_config_and_rules():
     promtool = tool("promtool")
-    out = subprocess.run(
-        [promtool, "check", "config", DEPLOY / "prometheus" / "prometheus.yml"],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    for config in ("prometheus.yml", "compose.yml"):
+        out = subprocess.run(
+            [promtool, "check", "config", DEPLOY / "prometheus" / config],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
     out = subprocess.run(
         [promtool, "check", "rules", *sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))],
         capture_output=True,
@@ -121,9 +122,11 @@ def test_amtool_checks_the_alertmanager_config():
 
 def test_compose_file_mounts_existing_files_and_sets_known_settings():
     from consumers.service import ServiceSettings
+    from pipeline.cli import RecordingEnv
 
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     settings = {f"TURBINE_{name.upper()}" for name in ServiceSettings.model_fields}
+    settings |= {f"TURBINE_RECORDING_{name.upper()}" for name in RecordingEnv.model_fields}
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -137,6 +140,8 @@ def test_compose_file_mounts_existing_files_and_sets_known_settings():
                 assert key.startswith("KAFKA_"), key
             elif name == "grafana":
                 assert key.startswith("GF_"), key
+            elif name == "prometheus":
+                assert key == "PROMETHEUS_COMPOSE_PROJECT", key
             else:
                 pytest.fail(f"{name} sets {key}: not a turbine-watch setting")
     assert {

@@ -322,7 +322,7 @@ def test_report_says_when_the_input_is_not_the_stores(partitioned, tmp_path):
 def test_report_on_the_kafka_detectors_store(kafka_servers, topic_factory, group_id, tmp_path):
     """The real service's store (partition stores, checkpoints, its manifest's config)."""
     topic = topic_factory("report", partitions=4)
-    sim = ["--turbines", 20, "--steps", 1000, "--seed", 5]
+    sim = ["--turbines", 20, "--steps", 1000, "--seed", 5, "--start", "2026-01-01T00:00:00Z"]
     turbine("simulate", *sim, "--output", tmp_path / "f.npz")
     turbine("simulate", *sim, "--bootstrap-servers", kafka_servers, "--topic", topic, "--quiet")
     turbine(

@@ -54,10 +54,13 @@ env "${kafka_env[@]}" bash deploy/kafka/kafka.sh up >/dev/null
 rm -rf "$STACK_DIR/prometheus"
 cp -r deploy/prometheus "$STACK_DIR/prometheus"
 mkdir -p "$STACK_DIR/prometheus/targets"
-printf '[{"targets": ["127.0.0.1:%s"], "labels": {"stack": "local"}}]\n' "$DETECTOR_METRICS_PORT" \
-  >"$STACK_DIR/prometheus/targets/detector-local.json"
-printf '[{"targets": ["127.0.0.1:%s"], "labels": {"stack": "local"}}]\n' "$PRODUCER_METRICS_PORT" \
-  >"$STACK_DIR/prometheus/targets/producer-local.json"
+# Labelled as the compose stack labels its targets: service and container (here, process).
+target() { # target PORT SERVICE
+  printf '[{"targets": ["127.0.0.1:%s"], "labels": {"stack": "local", "service": "%s", "container": "local-%s"}}]\n' \
+    "$1" "$2" "$2"
+}
+target "$DETECTOR_METRICS_PORT" detector >"$STACK_DIR/prometheus/targets/detector-local.json"
+target "$PRODUCER_METRICS_PORT" simulator >"$STACK_DIR/prometheus/targets/producer-local.json"
 printf '[{"targets": ["127.0.0.1:%s"]}]\n' "$ALERTMANAGER_PORT" \
   >"$STACK_DIR/prometheus/targets/alertmanager-local.json"
 

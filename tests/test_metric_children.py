@@ -1,0 +1,64 @@
+"""Counters with known label values start at 0, so increase() and rate() see the first burst."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from pipeline.inject import FAULT_KINDS as INJECTED
+from pipeline.metrics import DEAD_LETTER_REASONS, DetectorMetrics
+from pipeline.simulator import FAULT_KINDS as SIMULATED
+from tests.conftest import REPO
+
+# A reason given to WireError(...) or to a dead-letter call, or chosen for one, in the sources.
+REASON = re.compile(
+    r"""WireError\(\s*"([a-z_]+)"|_dead_letter\([^)]*?"([a-z_]+)",|"([a-z_]+)",\s*message\)"""
+    r"""|\breason = "([a-z_]+)"(?: if \w+ else "([a-z_]+)")?"""
+)
+
+
+def reasons_in_sources() -> set[str]:
+    found: set[str] = set()
+    for folder in ("pipeline", "consumers"):
+        for path in (REPO / folder).rglob("*.py"):
+            for groups in REASON.findall(path.read_text()):
+                found.update(g for g in groups if g)
+    return found
+
+
+def test_every_dead_letter_reason_in_the_sources_is_known_and_starts_at_zero() -> None:
+    found = reasons_in_sources()
+    assert {"bad_magic", "sensor_mismatch", "bad_control", "undecodable", "schema"} <= found
+    assert found <= set(DEAD_LETTER_REASONS), sorted(found - set(DEAD_LETTER_REASONS))
+    reg = CollectorRegistry()
+    DetectorMetrics(reg)
+    for reason in DEAD_LETTER_REASONS:
+        assert reg.get_sample_value("turbine_dead_letters_total", {"reason": reason}) == 0.0
+
+
+def test_readme_lists_every_dead_letter_reason() -> None:
+    readme = (REPO / "README.md").read_text()
+    for reason in DEAD_LETTER_REASONS:
+        assert f"`{reason}`" in readme, reason
+
+
+@pytest.mark.parametrize("kind", ["none", "unknown", *SIMULATED, *INJECTED])
+def test_every_fault_kind_starts_at_zero(kind: str) -> None:
+    reg = CollectorRegistry()
+    DetectorMetrics(reg)
+    assert reg.get_sample_value("turbine_anomalies_by_kind_total", {"fault_kind": kind}) == 0.0
+
+
+def test_anomalies_by_kind_count_as_the_labelled_counter_does() -> None:
+    reg = CollectorRegistry()
+    m = DetectorMetrics(reg)
+    m.count_anomalies(np.array([3, 3, 900, 7]), np.array(["drift", "drift", "", "spike"]), True)
+    m.count_anomalies(np.array([5]), None, labelled=False)
+    got = {
+        k: reg.get_sample_value("turbine_anomalies_by_kind_total", {"fault_kind": k})
+        for k in ("drift", "none", "spike", "unknown", "stuck")
+    }
+    assert got == {"drift": 2.0, "none": 1.0, "spike": 1.0, "unknown": 1.0, "stuck": 0.0}
