@@ -1,6 +1,8 @@
 """The real docker-compose.yml, run on a Docker engine: Kafka, topics, the simulator, two
 detectors, Prometheus, Alertmanager; readings counted, anomalies reconciled, an alert
-delivered to a webhook, and nothing left behind."""
+delivered to a webhook; SKAB and a Parquet copy of part of La Haute Borne replayed
+from the host under their own sites (deploy/configs/sites.toml) and scored; and nothing
+left behind."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.store import read_anomalies
+from pipeline.store import AnomalyStore, read_anomalies, store_paths
 from tests.cli_support import turbine
 from tests.conftest import IN_CI, REPO
 from tests.kafka_support import free_port
@@ -164,7 +166,33 @@ def replay_file(tmp_path: Path, turbines: int) -> Path:
     return out
 
 
-def test_compose_stack_end_to_end(docker_env, tmp_path):
+SITES_CONFIG = REPO / "deploy" / "configs"
+SKAB_OPTIONS = ("--sep", ";", "--time-col", "datetime", "--label-col", "anomaly",
+                "--drop-col", "changepoint")  # fmt: skip
+LHB_ROWS = 20_000  # about 5 weeks of the four turbines
+
+
+def lhb_head_parquet(lhb_csv: Path, tmp_path: Path) -> Path:
+    """The first LHB_ROWS rows of La Haute Borne as Parquet (its columns as published),
+    written in tmp_path: the shared file is read in place."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    head = tmp_path / "lhb-head.csv"
+    with open(lhb_csv, encoding="utf-8") as src, open(head, "w", encoding="utf-8") as dst:
+        for i, line in enumerate(src):
+            if i > LHB_ROWS:
+                break
+            dst.write(line)
+    table = pacsv.read_csv(
+        head, convert_options=pacsv.ConvertOptions(column_types={"Date_time": "string"})
+    )
+    out = tmp_path / "lhb-head.parquet"
+    pq.write_table(table, out, row_group_size=10_000)
+    return out
+
+
+def test_compose_stack_end_to_end(docker_env, tmp_path, skab_dir, lhb_csv):
     project = f"twtest{uuid.uuid4().hex[:6]}"
     turbines, steps = 20, 1500
     ports = {
@@ -268,20 +296,65 @@ def test_compose_stack_end_to_end(docker_env, tmp_path):
         firing = query(prom, 'ALERTS{alertname="TurbineAnomalyRateHigh", alertstate="firing"}')
         assert firing
 
-        counted = float(query(prom, "sum(turbine_anomalies_total)")[0]["value"][1])
-        # the anomalies on the topic (read through the 127.0.0.1 listener)
+        # two sites replayed from the host through the 127.0.0.1 listener, each scored
+        # under its own configuration (the detectors run with deploy/configs/sites.toml)
+        kafka = f"127.0.0.1:{ports['KAFKA_HOST_PORT']}"
+        turbine("replay", skab_dir / "valve1" / "3.csv", *SKAB_OPTIONS, "--site", "skab",
+                "--bootstrap-servers", kafka, "--quiet", timeout=600)  # fmt: skip
+        turbine("replay", lhb_head_parquet(lhb_csv, tmp_path), "--config",
+                SITES_CONFIG / "la-haute-borne.toml", "--batch-steps", 1008, "--site", "lhb",
+                "--bootstrap-servers", kafka, "--quiet", timeout=600)  # fmt: skip
+
+        def value(expr: str) -> float:
+            r = query(prom, expr)
+            return float(r[0]["value"][1]) if r else 0.0
+
+        def sites_scored():
+            seen = {
+                "skab": value('sum(turbine_readings_total{site="skab"})'),
+                "lhb": value('sum(turbine_readings_total{site="lhb"})'),
+                "skab anomalies": value('sum(turbine_anomalies_total{site="skab"})'),
+            }
+            return seen if all(v > 0 for v in seen.values()) else None
+
+        wait_for("SKAB and LHB readings and SKAB anomalies in Prometheus", sites_scored,
+                 timeout=240)  # fmt: skip
+        # each file's sensors are its site's schema: none refused as another site's
+        refused = (
+            'sum(turbine_dead_letters_total{reason=~"sensor_mismatch|too_many_sites|bad_site"})'
+        )
+        assert value(refused) == 0
+        # the simulator's stream stayed the default site's
+        assert value('sum(turbine_readings_total{site="default"})') == sent
+
+        counted = value('sum(turbine_anomalies_total{site="default"})')
+        # the default site's anomalies on the topic (read through the 127.0.0.1 listener)
         from tests.test_kafka import consume_all
 
-        events = consume_all(
-            f"127.0.0.1:{ports['KAFKA_HOST_PORT']}", "turbine.anomalies", timeout_s=10
-        )
-        ids = {json.loads(e.value)["event_id"] for e in events}
+        events = consume_all(kafka, "turbine.anomalies", timeout_s=10)
+        payloads = [json.loads(e.value) for e in events]
+        ids = {p["event_id"] for p in payloads if p.get("site", "default") == "default"}
+        assert any(p.get("site") == "skab" for p in payloads)
         # stop the detectors (SIGTERM: checkpoint, flush the stores) and read the store volume
         stop = compose(env, project, "stop", "detector")
         assert stop.returncode == 0, stop.stderr[-2000:]
         volume = json.loads(docker(env, "volume", "inspect", f"{project}_store"))[0]["Mountpoint"]
         stored = read_anomalies(Path(volume) / "store")
         assert len(stored) == counted == len(ids) > 0
+        # each site's stores: STORE/sites/NAME/partition-NNNN
+        sites = Path(volume) / "store" / "sites"
+        assert {"lhb", "skab"} <= {p.name for p in sites.iterdir()}, list(sites.iterdir())
+        assert list((sites / "lhb").glob("partition-*")), list((sites / "lhb").iterdir())
+        assert len(read_anomalies(sites / "skab")) > 0
+        # ... each written under its own configuration (recorded in its manifests): the
+        # default site's (the top level of sites.toml), [sites.skab]'s, la-haute-borne.toml's
+        charts = {
+            site: {AnomalyStore(p).config.chart for p in store_paths(root)}  # type: ignore[union-attr]
+            for site, root in (("default", sites.parent), ("skab", sites / "skab"),
+                               ("lhb", sites / "lhb"))
+        }  # fmt: skip
+        assert charts == {"default": {"none"}, "skab": {"mewma"}, "lhb": {"residual"}}, charts
+        assert all("wind_vs_fleet" in AnomalyStore(p).sensors for p in store_paths(sites / "lhb"))
     finally:
         logs = compose(env, project, "logs", "--no-color", "--tail", "30")
         # every profile's services too (v2's down leaves those of profiles not named)
