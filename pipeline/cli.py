@@ -1173,6 +1173,29 @@ def _join_event_ids(argv: Sequence[str]) -> list[str]:
     return out
 
 
+class OneLineLibraryErrors(logging.Filter):
+    """The Kafka client's own exceptions as one line each, not a traceback.
+
+    kafka-python logs a dropped connection with its traceback (a broker
+    outage prints one per retry); for an operator the exception's type and
+    message say it all. The project's own loggers keep their tracebacks.
+
+    >>> rec = logging.LogRecord("kafka.net", logging.ERROR, "", 0, "lost", None,
+    ...                         (ConnectionResetError, ConnectionResetError(104, "reset"), None))
+    >>> OneLineLibraryErrors().filter(rec), rec.getMessage(), rec.exc_info
+    (True, 'lost (ConnectionResetError: [Errno 104] reset)', None)
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.split(".")[0] == "kafka":
+            _, exc, _ = record.exc_info
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_event_ids(sys.argv[1:] if argv is None else argv))
@@ -1181,6 +1204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLineLibraryErrors())
     tune_malloc()
     limit_blas_threads()
     try:

@@ -16,6 +16,7 @@ from tests.conftest import REPO
 # A reason given to WireError(...) or to a dead-letter call, or chosen for one, in the sources.
 REASON = re.compile(
     r"""WireError\(\s*"([a-z_]+)"|_dead_letter\([^)]*?"([a-z_]+)",|"([a-z_]+)",\s*message\)"""
+    r'|dead_letters\.record\(\s*\w+,\s*"([a-z_]+)"'
     r"""|\breason = "([a-z_]+)"(?: if \w+ else "([a-z_]+)")?"""
 )
 
