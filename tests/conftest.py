@@ -87,3 +87,23 @@ def topic_factory(kafka_servers: str) -> Iterator[Callable[..., str]]:
 def group_id() -> str:
     """A fresh consumer group id per test (no waiting on a dead member's session)."""
     return f"g-{uuid.uuid4().hex[:10]}"
+
+
+def lhb_head_parquet(lhb_csv: Path, tmp_path: Path, rows: int) -> Path:
+    """The first ``rows`` rows of La Haute Borne as Parquet (its columns as published),
+    written in ``tmp_path``: the shared file is read in place, never copied whole."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    head = tmp_path / "lhb-head.csv"
+    with open(lhb_csv, encoding="utf-8") as src, open(head, "w", encoding="utf-8") as dst:
+        for i, line in enumerate(src):
+            if i > rows:
+                break
+            dst.write(line)
+    table = pacsv.read_csv(
+        head, convert_options=pacsv.ConvertOptions(column_types={"Date_time": "string"})
+    )
+    out = tmp_path / "lhb-head.parquet"
+    pq.write_table(table, out, row_group_size=10_000)
+    return out

@@ -20,7 +20,7 @@ import yaml
 
 from pipeline.store import AnomalyStore, read_anomalies, store_paths
 from tests.cli_support import turbine
-from tests.conftest import IN_CI, REPO
+from tests.conftest import IN_CI, REPO, lhb_head_parquet
 from tests.kafka_support import free_port
 from tests.prometheus_support import get_json, query
 
@@ -172,26 +172,6 @@ SKAB_OPTIONS = ("--sep", ";", "--time-col", "datetime", "--label-col", "anomaly"
 LHB_ROWS = 20_000  # about 5 weeks of the four turbines
 
 
-def lhb_head_parquet(lhb_csv: Path, tmp_path: Path) -> Path:
-    """The first LHB_ROWS rows of La Haute Borne as Parquet (its columns as published),
-    written in tmp_path: the shared file is read in place."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    head = tmp_path / "lhb-head.csv"
-    with open(lhb_csv, encoding="utf-8") as src, open(head, "w", encoding="utf-8") as dst:
-        for i, line in enumerate(src):
-            if i > LHB_ROWS:
-                break
-            dst.write(line)
-    table = pacsv.read_csv(
-        head, convert_options=pacsv.ConvertOptions(column_types={"Date_time": "string"})
-    )
-    out = tmp_path / "lhb-head.parquet"
-    pq.write_table(table, out, row_group_size=10_000)
-    return out
-
-
 def test_compose_stack_end_to_end(docker_env, tmp_path, skab_dir, lhb_csv):
     project = f"twtest{uuid.uuid4().hex[:6]}"
     turbines, steps = 20, 1500
@@ -301,7 +281,7 @@ def test_compose_stack_end_to_end(docker_env, tmp_path, skab_dir, lhb_csv):
         kafka = f"127.0.0.1:{ports['KAFKA_HOST_PORT']}"
         turbine("replay", skab_dir / "valve1" / "3.csv", *SKAB_OPTIONS, "--site", "skab",
                 "--bootstrap-servers", kafka, "--quiet", timeout=600)  # fmt: skip
-        turbine("replay", lhb_head_parquet(lhb_csv, tmp_path), "--config",
+        turbine("replay", lhb_head_parquet(lhb_csv, tmp_path, LHB_ROWS), "--config",
                 SITES_CONFIG / "la-haute-borne.toml", "--batch-steps", 1008, "--site", "lhb",
                 "--bootstrap-servers", kafka, "--quiet", timeout=600)  # fmt: skip
 

@@ -20,7 +20,7 @@ import pytest
 from consumers.checkpoint import CheckpointDir
 from pipeline.store import read_anomalies
 from tests.cli_support import spawn, turbine
-from tests.conftest import REPO
+from tests.conftest import REPO, lhb_head_parquet
 from tests.kafka_support import free_port
 from tests.test_kafka import consume_all
 
@@ -33,22 +33,7 @@ LHB_ROWS = 60_000  # about 5 months of the four turbines
 
 @pytest.fixture
 def lhb_parquet(lhb_csv, tmp_path):
-    """The first LHB_ROWS rows of La Haute Borne as Parquet (its columns as published)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    head = tmp_path / "lhb-head.csv"
-    with open(lhb_csv, encoding="utf-8") as src, open(head, "w", encoding="utf-8") as dst:
-        for i, line in enumerate(src):
-            if i > LHB_ROWS:
-                break
-            dst.write(line)
-    table = pacsv.read_csv(
-        head, convert_options=pacsv.ConvertOptions(column_types={"Date_time": "string"})
-    )
-    out = tmp_path / "lhb-head.parquet"
-    pq.write_table(table, out, row_group_size=10_000)
-    return out
+    return lhb_head_parquet(lhb_csv, tmp_path, LHB_ROWS)
 
 
 def anomaly_keys(path) -> list[tuple]:
