@@ -57,7 +57,6 @@ from pipeline.mahalanobis import (
 )
 from pipeline.names import TurbineNames
 from pipeline.policy import (
-    fleet_deviation,
     fleet_deviations,
     learning_states,
     peer_deviation,
@@ -175,7 +174,8 @@ class Detector:
         self._where_cols = [
             sensors.index(r.where.sensor) if r.where is not None else -1 for r in cfg.learn_when
         ]
-        self._relative_cols = [sensors.index(s) for s in cfg.fleet_relative]
+        # Each once: a deviation from the median is its own deviation from the median.
+        self._relative_cols = list(dict.fromkeys(sensors.index(s) for s in cfg.fleet_relative))
         self._track_time = (
             cfg.warmup_span is not None
             or cfg.memory_span is not None
@@ -313,12 +313,7 @@ class Detector:
         if cols:
             if not x_t.flags.writeable or x_t.base is x:
                 x_t = np.array(x_t)
-            if len(set(cols)) == len(cols):
-                # fleet_deviation of each column, the times grouped once for all of them.
-                x_t[cols] = fleet_deviations(ts, x_t[cols])
-            else:
-                for j in cols:
-                    x_t[j] = fleet_deviation(ts, x_t[j])
+            x_t[cols] = fleet_deviations(ts, x_t[cols])  # the times grouped once for all
         if self.config.chart == "mewma" and idx.size:
             x_t = ewma_by_count(idx, x_t, self.config.mewma_lambda, self._ewma, self._ewma_started)
         if self._perm is not None:

@@ -105,25 +105,7 @@ def fleet_deviation(timestamps: F64, values: F64) -> F64:
     >>> fleet_deviation(np.array([0.0, 0.0, 0.0, 1.0]), np.array([1.0, 2.0, 9.0, 5.0])).tolist()
     [-1.0, 0.0, 7.0, 0.0]
     """
-    n = values.size
-    if n == 0:
-        return np.zeros(0)
-    # Fast path: readings in time order, the same number k at every time (a
-    # fleet's batch): the medians of a (times, k) view.
-    if n > 1 and timestamps[0] != timestamps[-1]:
-        k = int(np.searchsorted(timestamps, timestamps[0], side="right"))
-        if n % k == 0:
-            grid = timestamps.reshape(-1, k)
-            if (grid == grid[:, :1]).all() and (np.diff(grid[:, 0]) > 0).all():
-                v = values.reshape(-1, k)
-                return (v - np.median(v, axis=1, keepdims=True)).reshape(-1)
-    order = np.argsort(timestamps, kind="stable")
-    ts_sorted = timestamps[order]
-    starts = _run_starts(ts_sorted)
-    out = np.empty(n)
-    v = values[order]
-    out[order] = v - np.repeat(_run_medians(v[None], starts)[0], run_lengths(starts, n))
-    return out
+    return fleet_deviations(timestamps, values[None, :])[0]
 
 
 def fleet_deviations(timestamps: F64, values_t: F64) -> F64:
