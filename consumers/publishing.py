@@ -17,7 +17,7 @@ import numpy as np
 from kafka.partitioner.default import murmur2
 
 from consumers.episode_events import CLOSED, OPENED, render_episode_events
-from consumers.events import render_events
+from consumers.events import batched, render_events
 from consumers.partition_state import SiteState
 from pipeline.detector import BatchResult
 from pipeline.episodes import EpisodeUpdate
@@ -83,6 +83,10 @@ class EventPublisher:
         partitions = self._retry("event_partitions", lambda: self._event_partitions(keys))
         if partitions is None:
             raise KafkaIOError("no partitions for the events", topic=self.settings.anomalies_topic)
+        if self.settings.event_records == "batch":
+            self._send_batched(batched(values, ids, partitions))
+            self.metrics.events_published.inc(result.n_anomalies)
+            return
         content_type = ("content-type", JSON_TYPE.encode())
         on_error = self.failed
         for key, value, event_id, part in zip(keys, values, ids, partitions, strict=True):
@@ -103,6 +107,23 @@ class EventPublisher:
                     continue
             future.add_errback(on_error)
         self.metrics.events_published.inc(result.n_anomalies)
+
+    def _send_batched(self, records: list[tuple[int, bytes, list[tuple[str, bytes]]]]) -> None:
+        """Send one record of many events per partition (``event_records = "batch"``)."""
+        send = self.producer.send
+        topic = self.settings.anomalies_topic
+        for part, value, headers in records:
+            try:
+                future = send(topic, value=value, headers=headers, partition=part)
+            except Exception:  # the buffer is full or metadata is gone: wait for the broker
+                future = self._retry(
+                    "event_send",
+                    lambda v=value, h=headers, p=part: send(topic, value=v, headers=h, partition=p),
+                )
+                if future is None:
+                    self.failed(KafkaIOError("events not sent", topic=topic))
+                    continue
+            future.add_errback(self.failed)
 
     def episodes(
         self, update: EpisodeUpdate, first: SensorBatch, names: TurbineNames | None
