@@ -27,6 +27,7 @@ from pipeline.wire import JSON_TYPE, SensorBatch
 from producers.kafka_client import KafkaIOError
 
 log = logging.getLogger(__name__)
+PARTITIONS_TTL_S = 10.0  # the anomalies topic's partitions are read again after this
 
 
 class EventPublisher:
@@ -45,6 +46,8 @@ class EventPublisher:
         self._retry = retry
         self._partition_memo: dict[bytes, int] = {}  # event key -> partition
         self._memo_partitions = 0  # the anomalies topic's partition count behind the memo
+        self._partitions: list[int] | None = None  # the anomalies topic's, read at _partitions_at
+        self._partitions_at = 0.0
 
     @property
     def producer(self) -> Any:
@@ -194,9 +197,15 @@ class EventPublisher:
         """The anomalies topic's partition of each key, as kafka-python's default partitioner.
 
         Memoised per key: its pure-Python murmur2 on every send was a fifth of
-        what a send costs.  Recomputed when the topic's partition count changes.
+        what a send costs.  The topic's partitions are read every
+        ``PARTITIONS_TTL_S`` seconds; the memo is recomputed when their count changes.
         """
-        partitions = sorted(self.producer.partitions_for(self.settings.anomalies_topic))
+        now = time.monotonic()
+        if self._partitions is None or now - self._partitions_at > PARTITIONS_TTL_S:
+            # kafka-python's partitions_for waits on the metadata: a millisecond a batch
+            self._partitions = sorted(self.producer.partitions_for(self.settings.anomalies_topic))
+            self._partitions_at = now
+        partitions = self._partitions
         memo = self._partition_memo
         if self._memo_partitions != len(partitions):
             memo.clear()
