@@ -253,6 +253,26 @@ def test_the_shipped_sites_configuration_loads():
         REPO / "deploy" / "configs" / "la-haute-borne.toml"
     )
     assert sites.config_of("skab").chart == "mewma"
+    # the simulator's stream: fleet-relative, one key group (the stacks' default fleet)
+    default = sites.config_of("default")
+    assert default.key_groups == 1 and default.fleet_relative == default.sensors
+    assert sites.config_of("skab").fleet_relative == ()  # [sites.default] is not inherited
+
+
+def test_the_shipped_simulator_configuration_is_the_stacks_fleet(tmp_path):
+    """deploy/configs/simulator.json is what the stacks' default simulation writes (100
+    turbines, seed 42), so `turbine detect --config deploy/configs/sites.toml` scores it."""
+    import json
+
+    from tests.cli_support import turbine
+    from tests.conftest import REPO
+
+    out = tmp_path / "simulator.json"
+    done = turbine(*("simulate", "--turbines", 100, "--seed", 42, "--fleet-relative"),
+                   "--write-config", out, env={"TURBINE_BOOTSTRAP_SERVERS": ""})  # fmt: skip
+    assert "wrote the configuration" in done.stdout and not list(tmp_path.glob("*.npz"))
+    shipped = REPO / "deploy" / "configs" / "simulator.json"
+    assert json.loads(shipped.read_text()) == json.loads(out.read_text())
 
 
 def test_an_offline_rebaseline_reaches_every_site_of_a_checkpoint(tmp_path, rng):
