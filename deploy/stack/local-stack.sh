@@ -7,8 +7,9 @@
 # Settings (environment): KAFKA_PORT (9092), DETECTOR_METRICS_PORT (9400),
 # KAFKA_CONTROLLER_PORT (KAFKA_PORT+2), PRODUCER_METRICS_PORT (9401), PROMETHEUS_PORT (9090), ALERTMANAGER_PORT (9093),
 # STACK_DIR (out/stack), SIM_TURBINES (100), SIM_STEPS (86400), SIM_SPEED (10), SIM_SEED (42),
-# SIM_FAULT_FRACTION (0.02; 0: a fault-free fleet), STACK_SECONDS (run that long then stop;
-# default: until interrupted).
+# SIM_FAULT_FRACTION (0.02; 0: a fault-free fleet), DETECTOR_CONFIG (the detector's
+# configuration; default below), STACK_SECONDS (run that long then stop; default: until
+# interrupted).
 #
 # The detector reads a copy of deploy/configs (sites.toml: the simulator's stream is the
 # site "default") with this fleet's simulator.json written beside it: every sensor scored
@@ -88,7 +89,7 @@ cp -r deploy/configs "$STACK_DIR/configs"
 TURBINE_BOOTSTRAP_SERVERS='' "$TURBINE" simulate "${fleet[@]}" \
   --write-config "$STACK_DIR/configs/simulator.json" >/dev/null
 "$TURBINE" detect --bootstrap-servers "$BOOTSTRAP" --store "$STACK_DIR/store" \
-  --config "$STACK_DIR/configs/sites.toml" \
+  --config "${DETECTOR_CONFIG:-$STACK_DIR/configs/sites.toml}" \
   --metrics-port "$DETECTOR_METRICS_PORT" --partitions 6 \
   >"$STACK_DIR/detector.log" 2>&1 &
 det_pid=$!
@@ -105,7 +106,7 @@ cat >&2 <<INFO
 stack: running (logs in $STACK_DIR)
   Kafka          $BOOTSTRAP            topics turbine.readings, turbine.anomalies, turbine.readings.dlq
   detector       http://127.0.0.1:$DETECTOR_METRICS_PORT/metrics   store $STACK_DIR/store
-                 configuration $STACK_DIR/configs/sites.toml
+                 configuration ${DETECTOR_CONFIG:-$STACK_DIR/configs/sites.toml}
   simulator      http://127.0.0.1:$PRODUCER_METRICS_PORT/metrics
   Prometheus     http://127.0.0.1:$PROMETHEUS_PORT     (targets: /targets, alerts: /alerts)
   Alertmanager   http://127.0.0.1:$ALERTMANAGER_PORT
