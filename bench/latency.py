@@ -104,7 +104,9 @@ def main() -> int:
             print(rows[-1], file=sys.stderr)
         load = os.getloadavg()
     finally:
-        stack.send_signal(signal.SIGINT)
+        # SIGTERM, which the script handles as Ctrl-C: a job started in the background
+        # inherits SIGINT ignored, and bash cannot trap a signal ignored on entry.
+        stack.send_signal(signal.SIGTERM)
         try:
             stack.communicate(timeout=200)
         except subprocess.TimeoutExpired:

@@ -116,7 +116,9 @@ def run_stack(seed: int, minutes: int, speed: float, label: str) -> Run:
             run.samples.append((minute, readings or 0.0, anomalies or 0.0))
             print(f"seed {seed} minute {minute}: {run.samples[-1]}", file=sys.stderr)
     finally:
-        stack.send_signal(signal.SIGINT)
+        # SIGTERM, which the script handles as Ctrl-C: a job started in the background
+        # inherits SIGINT ignored, and bash cannot trap a signal ignored on entry.
+        stack.send_signal(signal.SIGTERM)
         try:
             stack.communicate(timeout=200)
         except subprocess.TimeoutExpired:
