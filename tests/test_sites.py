@@ -181,8 +181,10 @@ def test_a_version_1_checkpoint_is_the_default_site_and_a_site_store_it_does_not
     assert not new_site(root, 0, "late", sites).store.chunks  # started afresh
 
 
-def _record(site, sensors, batch=1, producer="p", n=4, offset=0):
-    meta = BatchMeta(site=site, sensors=list(sensors), producer_id=producer, batch=batch, n=n)
+def _record(site, sensors, batch=1, producer="p", n=4, offset=0, group=0):
+    meta = BatchMeta(
+        site=site, sensors=list(sensors), producer_id=producer, batch=batch, n=n, group=group
+    )
     value = encode_batch(
         meta,
         np.arange(n, dtype=np.float64) + 1.7e9,
@@ -297,3 +299,24 @@ def test_an_offline_rebaseline_reaches_every_site_of_a_checkpoint(tmp_path, rng)
         )
         assert det.turbine_model(3).count == 0 and det.turbine_model(2).count > 30, name
     assert len(cp.sites["lhb"].pending) == len(state.sites["lhb"].store.pending())
+
+
+def test_a_fleet_relative_site_split_by_key_group_is_reported_once(tmp_path, caplog):
+    """A fleet-relative site needs each batch's whole fleet in one record: a producer
+    keyed by several groups is scored, and the log says once what to change."""
+    relative = DetectorConfig(sensors=SKAB, fleet_relative=SKAB, key_groups=1)
+    sites = SiteConfigs(DetectorConfig(), {"fleet": relative})
+    state = new_partition(tmp_path, 0, sites)
+    limits = SimpleNamespace(
+        max_record_bytes=1 << 20, min_timestamp=0.0, max_timestamp=4e9, nan_flood_fraction=0.5
+    )
+    checker = RecordChecker(limits, sites)
+    with caplog.at_level("WARNING", logger="consumers.records"):
+        checker.check(state, _record("fleet", SKAB, group=0), {})  # one record per batch
+        checker.check(state, _record("default", SKAB, group=3), {})  # not fleet-relative
+        assert not caplog.records
+        for batch in (1, 2):
+            checker.check(state, _record("fleet", SKAB, batch=batch, group=3), {})
+    split = [r.getMessage() for r in caplog.records if "fleet_relative_split" in r.getMessage()]
+    assert len(split) == 1 and "site=fleet producer=p group=3" in split[0], split
+    assert "--key-groups 1" in split[0]
