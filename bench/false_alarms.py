@@ -2,14 +2,15 @@
 
 Writes ``bench/results/false_alarms.md``.  Each seed is a fleet of 100
 turbines x 20,000 steps (2,000,000 readings, ``--fault-fraction 0``), scored
-as the embedded run scores it (batches of 10 steps) under three
+as the embedded run scores it (batches of 10 steps) under four
 configurations: the chi-square threshold (the engine before the prediction
 bound), the default (Hotelling's prediction bound), the default with the
 simulator's ``--fleet-relative`` configuration, and that configuration with the
-engine's default ``min_samples`` (20 * D readings) instead of its own wait.  Beside them, the share the
-simulator's own true model flags (its known mean and covariance, chi-square
-threshold): what the weather alone gives a detector that scores absolute
-levels.  Bursts: readings flagged at a time when at least 5 turbines are.
+engine's default ``min_samples`` (20 * D readings) instead of its own wait.
+Beside them, the share the simulator's own true model flags (its known mean
+and covariance, chi-square threshold): what the weather alone gives a detector
+that scores absolute levels.  Bursts: readings flagged at a time when at least
+5 turbines are.
 """
 
 from __future__ import annotations
