@@ -7,11 +7,12 @@ Starts deploy/stack/local-stack.sh (a real local Kafka broker, the simulator at
 site: the share flagged so far and in that minute, against the configuration's
 ``false_alarm_rate``.  After the stack has stopped it reads the detector's store:
 the anomalies kept, and the most turbines flagged at one time (a fleet-wide
-burst).  ``--before`` runs the same stack with the configuration its detector had
-before (the defaults: absolute levels, no calibration, 12 key groups) as well.
-Writes bench/results/stack_false_alarms.md.
+burst).  ``--compose SEEDS`` runs the compose stack too (deploy/docker/compose.sh:
+two detectors, the private Docker engine), ``--before SEEDS`` the local stack with
+the configuration its detector had before (the defaults: absolute levels, no
+calibration, 12 key groups).  Writes bench/results/stack_false_alarms.md.
 
-    python -m bench.stack_false_alarms [--minutes 6] [--seeds 42,7] [--before]
+    python -m bench.stack_false_alarms [--minutes 6] [--seeds 42,7] [--compose 42] [--before 42]
 """
 
 from __future__ import annotations
@@ -66,7 +67,99 @@ class Run:
 
 
 STACK = "the stack's (fleet-relative)"
+COMPOSE = "the compose stack's (fleet-relative, 2 detectors)"
 BEFORE = "before (defaults: absolute, 12 key groups)"
+
+
+def sample(base: str, run: Run, minutes: int) -> None:
+    """Each minute after the first score, both counters of the default site."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (query(base, f"sum(turbine_readings_total{{{SITE}}})") or 0) > 0:
+            break
+        time.sleep(1)
+    else:
+        raise SystemExit("the stack scored nothing within 5 minutes")
+    started = time.monotonic()
+    for minute in range(1, minutes + 1):
+        time.sleep(max(0.0, started + 60 * minute - time.monotonic()))
+        # One instant for both counters: the same scrape.
+        at = time.time()
+        readings = query(base, f"sum(turbine_readings_total{{{SITE}}})", at)
+        anomalies = query(base, f"sum(turbine_anomalies_total{{{SITE}}})", at)
+        run.samples.append((minute, readings or 0.0, anomalies or 0.0))
+        print(f"{run.label} seed {run.seed} minute {minute}: {run.samples[-1]}", file=sys.stderr)
+
+
+def verdict(run: Run, config: Path, store: Path) -> Run:
+    """The configured rate and wait, and the store's anomalies and largest burst."""
+    default = load_site_configs(config).config_of("default")
+    run.rate = default.false_alarm_rate
+    run.min_samples = default.warmup(4)[0]  # the simulator's 4 sensors
+    stored = read_anomalies(store)
+    run.stored = len(stored)
+    if len(stored):
+        run.largest_at_one_time = int(np.unique(stored.timestamps, return_counts=True)[1].max())
+    return run
+
+
+def run_compose(seed: int, minutes: int, speed: float) -> Run:
+    """The same on the compose stack (`make compose-up`: 2 detectors), on its own ports."""
+    up = subprocess.run(  # noqa: S603
+        ["bash", str(REPO / "deploy" / "docker" / "engine.sh"), "up"],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    started_engine = "starting dockerd" in up.stderr
+    host = [ln.split("=", 1)[1] for ln in up.stdout.splitlines() if ln.startswith("DOCKER_HOST=")]
+    project = f"twfa{os.getpid()}"
+    ports = {
+        k: free_port()
+        for k in ("PROMETHEUS_PORT", "ALERTMANAGER_PORT", "KAFKA_HOST_PORT", "GRAFANA_PORT")
+    }
+    tag = f"turbine-watch/app:bench-{REPO.name.lower()}"  # this clone's own app image
+    env = {
+        **os.environ,
+        **({"DOCKER_HOST": host[0]} if host else {}),
+        **{k: str(v) for k, v in ports.items()},
+        "COMPOSE_PROJECT_NAME": project,
+        "TURBINE_IMAGE": tag,
+        "APP_IMAGE": tag,
+        "SIM_FAULT_FRACTION": "0",
+        "SIM_SEED": str(seed),
+        "SIM_SPEED": str(speed),
+    }
+    script = str(REPO / "deploy" / "docker" / "compose.sh")
+    run = Run(seed, COMPOSE)
+    try:
+        subprocess.run(["bash", script, "up"], env=env, check=True, cwd=REPO)  # noqa: S603,S607
+        sample(f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}", run, minutes)
+        cli = subprocess.run(  # noqa: S603
+            ["bash", script, "cli"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,  # noqa: S607
+        ).stdout.split()
+        # The detectors checkpoint and flush their stores when stopped.
+        subprocess.run([*cli, "stop", "detector"], env=env, check=True, cwd=REPO)  # noqa: S603
+        volume = subprocess.run(  # noqa: S603
+            ["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", f"{project}_store"],  # noqa: S607
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        verdict(run, REPO / "deploy" / "configs" / "sites.toml", Path(volume) / "store")
+    finally:
+        subprocess.run(["bash", script, "down"], env=env, cwd=REPO)  # noqa: S603,S607
+        if started_engine:
+            subprocess.run(  # noqa: S603
+                ["bash", str(REPO / "deploy" / "docker" / "engine.sh"), "down"],  # noqa: S607
+                capture_output=True,
+            )
+    return run
 
 
 def run_stack(seed: int, minutes: int, speed: float, label: str) -> Run:
@@ -99,22 +192,7 @@ def run_stack(seed: int, minutes: int, speed: float, label: str) -> Run:
     base = f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}"
     run = Run(seed, label)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if (query(base, f"sum(turbine_readings_total{{{SITE}}})") or 0) > 0:
-                break
-            time.sleep(1)
-        else:
-            raise SystemExit("the stack scored nothing within 3 minutes")
-        started = time.monotonic()
-        for minute in range(1, minutes + 1):
-            time.sleep(max(0.0, started + 60 * minute - time.monotonic()))
-            # One instant for both counters: the same scrape.
-            at = time.time()
-            readings = query(base, f"sum(turbine_readings_total{{{SITE}}})", at)
-            anomalies = query(base, f"sum(turbine_anomalies_total{{{SITE}}})", at)
-            run.samples.append((minute, readings or 0.0, anomalies or 0.0))
-            print(f"seed {seed} minute {minute}: {run.samples[-1]}", file=sys.stderr)
+        sample(base, run, minutes)
     finally:
         # SIGTERM, which the script handles as Ctrl-C: a job started in the background
         # inherits SIGINT ignored, and bash cannot trap a signal ignored on entry.
@@ -123,14 +201,7 @@ def run_stack(seed: int, minutes: int, speed: float, label: str) -> Run:
             stack.communicate(timeout=200)
         except subprocess.TimeoutExpired:
             stack.kill()
-    default = load_site_configs(config).config_of("default")
-    run.rate = default.false_alarm_rate
-    run.min_samples = default.warmup(4)[0]  # the simulator's 4 sensors
-    stored = read_anomalies(workdir / "store")
-    run.stored = len(stored)
-    if len(stored):
-        run.largest_at_one_time = int(np.unique(stored.timestamps, return_counts=True)[1].max())
-    return run
+    return verdict(run, config, workdir / "store")
 
 
 def share_table(runs: list[Run], minutes: int) -> list[str]:
@@ -163,7 +234,8 @@ def report(runs: list[Run], minutes: int, speed: float, seconds: float) -> list[
         "- `make stack` (deploy/stack/local-stack.sh): a real local Kafka broker, 6 partitions, "
         f"the simulator (100 turbines, `--speed {speed:g}`: {per_second:,.0f} readings/s in "
         "batches of 10 steps, `SIM_FAULT_FRACTION=0`: no faults), one detector, Prometheus "
-        "scraping every 5 s",
+        "scraping every 5 s; the compose stack (`make compose-up`, deploy/docker/compose.sh): "
+        "the same in containers with two detectors",
         "- the stack's configuration (deploy/configs/sites.toml, `[sites.default]`: the "
         "simulator fleet's `--fleet-relative` configuration, every sensor against the fleet's "
         f"median at the same time, one key group, `min_samples` {first.min_samples:,}: the "
@@ -210,15 +282,17 @@ def main() -> int:
     ap.add_argument("--minutes", type=int, default=6)
     ap.add_argument("--seeds", default="42,7", help="comma-separated simulator seeds")
     ap.add_argument("--speed", type=float, default=10.0)
-    ap.add_argument("--before", action="store_true", help="also the configuration before")
+    ap.add_argument("--before", default="", help="seeds run with the configuration before too")
+    ap.add_argument("--compose", default="", help="seeds run on the compose stack too")
     args = ap.parse_args()
     start = time.perf_counter()
-    labels = (STACK, BEFORE) if args.before else (STACK,)
-    runs = [
-        run_stack(int(s), args.minutes, args.speed, label)
-        for label in labels
-        for s in args.seeds.split(",")
-    ]
+
+    def seeds(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x]
+
+    runs = [run_stack(s, args.minutes, args.speed, STACK) for s in seeds(args.seeds)]
+    runs += [run_compose(s, args.minutes, args.speed) for s in seeds(args.compose)]
+    runs += [run_stack(s, args.minutes, args.speed, BEFORE) for s in seeds(args.before)]
     lines = report(runs, args.minutes, args.speed, time.perf_counter() - start)
     OUT.write_text("\n".join(lines))
     sys.stdout.write("\n".join(lines))
