@@ -36,8 +36,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def query(base: str, expr: str) -> float | None:
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+def query(base: str, expr: str, at: float | None = None) -> float | None:
+    """The first value of a Prometheus instant query (at ``at``, epoch seconds; else now)."""
+    params = {"query": expr} | ({"time": f"{at:.3f}"} if at is not None else {})
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode(params)
     try:
         data = json.load(urllib.request.urlopen(url, timeout=5))  # noqa: S310 (loopback)
     except OSError:
@@ -102,7 +104,9 @@ def main() -> int:
             print(rows[-1], file=sys.stderr)
         load = os.getloadavg()
     finally:
-        stack.send_signal(signal.SIGINT)
+        # SIGTERM, which the script handles as Ctrl-C: a job started in the background
+        # inherits SIGINT ignored, and bash cannot trap a signal ignored on entry.
+        stack.send_signal(signal.SIGTERM)
         try:
             stack.communicate(timeout=200)
         except subprocess.TimeoutExpired:

@@ -66,6 +66,7 @@ class RecordChecker:
     def __init__(self, settings: Any, sites: SiteConfigs) -> None:
         self.settings = settings
         self.sites = sites
+        self._split_warned: set[tuple[str, str]] = set()  # (site, producer) told once
 
     def check(
         self, state: PartitionState, record: Any, seen: dict[tuple[str, int], int]
@@ -118,7 +119,34 @@ class RecordChecker:
                 "duplicate",
                 f"batch {batch.meta.batch} of {key[0]} group {key[1]} already processed",
             )
+        self._warn_split_fleet(state.partition, site, batch)
         return batch
+
+    def _warn_split_fleet(self, partition: int, site: str, batch: SensorBatch) -> None:
+        """Say once per (site, producer) that a fleet-relative site's batch came split.
+
+        A fleet-relative sensor is scored against the median of the readings at
+        the same time in one engine call: a producer that splits its batches by
+        key group (group > 0) spreads a time step over partitions, so each median
+        is over part of the fleet.  Still scored (the medians are of the readings
+        at hand), but the operator is told what to change.
+        """
+        config = self.sites.config_of(site)
+        if not config.fleet_relative or batch.meta.group == 0:
+            return
+        told = (site, batch.meta.producer_id)
+        if told in self._split_warned:
+            return
+        self._split_warned.add(told)
+        log.warning(
+            "fleet_relative_split partition=%d site=%s producer=%s group=%d: the producer "
+            "splits its batches by key group, so this site's fleet medians are over part of "
+            "the fleet; send each batch in one record (--key-groups 1)",
+            partition,
+            site,
+            batch.meta.producer_id,
+            batch.meta.group,
+        )
 
 
 class DeadLetters:

@@ -312,20 +312,34 @@ def simulation_params(args: argparse.Namespace, streamed: bool) -> SimulationPar
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    if args.key_groups is None:
-        args.key_groups = 12
     streamed = _kafka_mode(args)
+    if args.key_groups is None:
+        # Fleet-relative scoring takes the median over one engine call's readings: the
+        # whole fleet of a time step must travel in one record (one key group).
+        args.key_groups = 1 if args.fleet_relative else 12
+    elif streamed and args.fleet_relative and args.key_groups != 1:
+        raise ConfigError(
+            f"--fleet-relative scores against the whole fleet at each time: --key-groups 1, "
+            f"not {args.key_groups}"
+        )
     params = simulation_params(args, streamed)
+    if args.write_config:
+        # The fleet (calibration, turbines) depends on --seed, --turbines and --sensors only.
+        cal = FleetSimulator(params).fleet.calibration(fleet_relative=args.fleet_relative)
+        Path(args.write_config).write_text(json.dumps(cal, indent=1) + "\n")
+        if args.output is None and not streamed:
+            print(f"wrote the configuration of this fleet to {args.write_config}")
+            return 0
     if streamed:
         from producers.commands import stream_simulation
 
         return stream_simulation(args, params)
     if args.output is None:
-        raise ConfigError("simulate needs --output FILE (or --bootstrap-servers to stream)")
+        raise ConfigError(
+            "simulate needs --output FILE (or --bootstrap-servers to stream, or --write-config "
+            "FILE for the configuration alone)"
+        )
     sim = FleetSimulator(params)
-    if args.write_config:
-        cal = sim.fleet.calibration(fleet_relative=args.fleet_relative)
-        Path(args.write_config).write_text(json.dumps(cal, indent=1) + "\n")
     with RecordingWriter(args.output, sim.fleet.sensors, labels=True, kinds=True) as writer:
 
         def written() -> Iterator[Chunk]:
@@ -907,13 +921,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--kinds", help=f"comma-separated fault kinds (default all: {','.join(FAULT_KINDS)})"
     )
     p.add_argument("--output", type=Path, help="recorded file to write (.csv, .npz or .parquet)")
-    p.add_argument("--write-config", type=Path, help="also write the matching calibration (JSON)")
+    p.add_argument(
+        "--write-config",
+        type=Path,
+        help="also write the matching calibration (JSON); without --output or a broker, only it",
+    )
     p.add_argument(
         "--fleet-relative",
         action="store_true",
         help="the written configuration scores every sensor against the fleet's median at the "
-        "same time, in one key group (the shared wind cancels: no fleet-wide false alarms; "
-        "stream it with --key-groups 1)",
+        "same time, in one key group (the shared wind cancels: no fleet-wide false alarms); "
+        "streamed, the records are keyed so (--key-groups 1)",
     )
     _add_stream_options(p)
     p.set_defaults(func=cmd_simulate)

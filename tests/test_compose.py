@@ -225,7 +225,7 @@ def test_compose_stack_end_to_end(docker_env, tmp_path, skab_dir, lhb_csv):
         assert f"sent {sent:,} readings" in line and "0 delivery errors" in line, line
 
         # the replay profile: a Parquet file mounted without its name (format from its
-        # content), with its column options from the environment
+        # content), with its column options and its site from the environment
         replayed = replay_file(tmp_path, turbines)
         env_replay = {
             **env,
@@ -233,14 +233,18 @@ def test_compose_stack_end_to_end(docker_env, tmp_path, skab_dir, lhb_csv):
             "REPLAY_TIME_COL": "datetime",
             "REPLAY_LABEL_COL": "anomaly",
             "REPLAY_DROP_COLS": "changepoint",
+            "REPLAY_SITE": "replayed",
         }
         run = compose(env_replay, project, "--profile", "replay", "up", "--no-deps", "replay")
         assert run.returncode == 0, run.stderr[-3000:]
         logs = compose(env_replay, project, "logs", "--no-color", "replay").stdout
         assert f"sent {turbines * REPLAY_STEPS:,} readings" in logs, logs[-3000:]
-        assert "0 delivery errors" in logs, logs[-3000:]
+        assert "0 delivery errors" in logs and "(site replayed)" in logs, logs[-3000:]
+        default_sent = sent  # the simulator's stream: the site "default"
         sent += turbines * REPLAY_STEPS
         wait_for(f"{sent} readings processed with the replay", all_processed, timeout=180)
+        on_site = query(prom, 'sum(turbine_readings_total{site="replayed"})')
+        assert float(on_site[0]["value"][1]) == turbines * REPLAY_STEPS, on_site
         dead = query(prom, "sum(turbine_dead_letters_total)")
         assert float(dead[0]["value"][1]) == 0, dead  # scored, none refused
 
@@ -260,6 +264,7 @@ def test_compose_stack_end_to_end(docker_env, tmp_path, skab_dir, lhb_csv):
         assert "into the compose stack" in made.stderr, made.stderr
         assert "no dead letters since the replay began" in made.stderr, made.stderr
         sent += turbines * 50
+        default_sent += turbines * 50
         wait_for(f"{sent} readings processed with make replay", all_processed, timeout=180)
 
         # an alert on an injected fault fires, goes through Alertmanager, reaches the sink
@@ -304,8 +309,12 @@ def test_compose_stack_end_to_end(docker_env, tmp_path, skab_dir, lhb_csv):
             'sum(turbine_dead_letters_total{reason=~"sensor_mismatch|too_many_sites|bad_site"})'
         )
         assert value(refused) == 0
-        # the simulator's stream stayed the default site's
-        assert value('sum(turbine_readings_total{site="default"})') == sent
+        # the simulator's stream (and make replay's file) stayed the default site's
+        assert value('sum(turbine_readings_total{site="default"})') == default_sent
+        # ... scored fleet-relative: each batch's whole fleet in one record (one key
+        # group), so on one partition, by one of the two detectors
+        parts = query(prom, 'sum by (instance) (turbine_readings_total{site="default"}) > 0')
+        assert len(parts) == 1, parts
 
         counted = value('sum(turbine_anomalies_total{site="default"})')
         # the default site's anomalies on the topic (read through the 127.0.0.1 listener)
@@ -327,13 +336,19 @@ def test_compose_stack_end_to_end(docker_env, tmp_path, skab_dir, lhb_csv):
         assert list((sites / "lhb").glob("partition-*")), list((sites / "lhb").iterdir())
         assert len(read_anomalies(sites / "skab")) > 0
         # ... each written under its own configuration (recorded in its manifests): the
-        # default site's (the top level of sites.toml), [sites.skab]'s, la-haute-borne.toml's
+        # default site's (simulator.json of this fleet), [sites.skab]'s, la-haute-borne.toml's
         charts = {
             site: {AnomalyStore(p).config.chart for p in store_paths(root)}  # type: ignore[union-attr]
             for site, root in (("default", sites.parent), ("skab", sites / "skab"),
                                ("lhb", sites / "lhb"))
         }  # fmt: skip
         assert charts == {"default": {"none"}, "skab": {"mewma"}, "lhb": {"residual"}}, charts
+        (default_store,) = [
+            p for p in store_paths(sites.parent) if read_anomalies(p).timestamps.size
+        ]
+        manifest = AnomalyStore(default_store).config
+        assert manifest is not None and manifest.key_groups == 1
+        assert manifest.fleet_relative == manifest.sensors and len(manifest.turbines) == turbines
         assert all("wind_vs_fleet" in AnomalyStore(p).sensors for p in store_paths(sites / "lhb"))
     finally:
         logs = compose(env, project, "logs", "--no-color", "--tail", "30")

@@ -181,8 +181,10 @@ def test_a_version_1_checkpoint_is_the_default_site_and_a_site_store_it_does_not
     assert not new_site(root, 0, "late", sites).store.chunks  # started afresh
 
 
-def _record(site, sensors, batch=1, producer="p", n=4, offset=0):
-    meta = BatchMeta(site=site, sensors=list(sensors), producer_id=producer, batch=batch, n=n)
+def _record(site, sensors, batch=1, producer="p", n=4, offset=0, group=0):
+    meta = BatchMeta(
+        site=site, sensors=list(sensors), producer_id=producer, batch=batch, n=n, group=group
+    )
     value = encode_batch(
         meta,
         np.arange(n, dtype=np.float64) + 1.7e9,
@@ -253,6 +255,26 @@ def test_the_shipped_sites_configuration_loads():
         REPO / "deploy" / "configs" / "la-haute-borne.toml"
     )
     assert sites.config_of("skab").chart == "mewma"
+    # the simulator's stream: fleet-relative, one key group (the stacks' default fleet)
+    default = sites.config_of("default")
+    assert default.key_groups == 1 and default.fleet_relative == default.sensors
+    assert sites.config_of("skab").fleet_relative == ()  # [sites.default] is not inherited
+
+
+def test_the_shipped_simulator_configuration_is_the_stacks_fleet(tmp_path):
+    """deploy/configs/simulator.json is what the stacks' default simulation writes (100
+    turbines, seed 42), so `turbine detect --config deploy/configs/sites.toml` scores it."""
+    import json
+
+    from tests.cli_support import turbine
+    from tests.conftest import REPO
+
+    out = tmp_path / "simulator.json"
+    done = turbine(*("simulate", "--turbines", 100, "--seed", 42, "--fleet-relative"),
+                   "--write-config", out, env={"TURBINE_BOOTSTRAP_SERVERS": ""})  # fmt: skip
+    assert "wrote the configuration" in done.stdout and not list(tmp_path.glob("*.npz"))
+    shipped = REPO / "deploy" / "configs" / "simulator.json"
+    assert json.loads(shipped.read_text()) == json.loads(out.read_text())
 
 
 def test_an_offline_rebaseline_reaches_every_site_of_a_checkpoint(tmp_path, rng):
@@ -277,3 +299,24 @@ def test_an_offline_rebaseline_reaches_every_site_of_a_checkpoint(tmp_path, rng)
         )
         assert det.turbine_model(3).count == 0 and det.turbine_model(2).count > 30, name
     assert len(cp.sites["lhb"].pending) == len(state.sites["lhb"].store.pending())
+
+
+def test_a_fleet_relative_site_split_by_key_group_is_reported_once(tmp_path, caplog):
+    """A fleet-relative site needs each batch's whole fleet in one record: a producer
+    keyed by several groups is scored, and the log says once what to change."""
+    relative = DetectorConfig(sensors=SKAB, fleet_relative=SKAB, key_groups=1)
+    sites = SiteConfigs(DetectorConfig(), {"fleet": relative})
+    state = new_partition(tmp_path, 0, sites)
+    limits = SimpleNamespace(
+        max_record_bytes=1 << 20, min_timestamp=0.0, max_timestamp=4e9, nan_flood_fraction=0.5
+    )
+    checker = RecordChecker(limits, sites)
+    with caplog.at_level("WARNING", logger="consumers.records"):
+        checker.check(state, _record("fleet", SKAB, group=0), {})  # one record per batch
+        checker.check(state, _record("default", SKAB, group=3), {})  # not fleet-relative
+        assert not caplog.records
+        for batch in (1, 2):
+            checker.check(state, _record("fleet", SKAB, batch=batch, group=3), {})
+    split = [r.getMessage() for r in caplog.records if "fleet_relative_split" in r.getMessage()]
+    assert len(split) == 1 and "site=fleet producer=p group=3" in split[0], split
+    assert "--key-groups 1" in split[0]

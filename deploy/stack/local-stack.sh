@@ -6,8 +6,15 @@
 #
 # Settings (environment): KAFKA_PORT (9092), DETECTOR_METRICS_PORT (9400),
 # KAFKA_CONTROLLER_PORT (KAFKA_PORT+2), PRODUCER_METRICS_PORT (9401), PROMETHEUS_PORT (9090), ALERTMANAGER_PORT (9093),
-# STACK_DIR (out/stack), SIM_TURBINES (100), SIM_STEPS (86400), SIM_SPEED (10),
-# STACK_SECONDS (run that long then stop; default: until interrupted).
+# STACK_DIR (out/stack), SIM_TURBINES (100), SIM_STEPS (86400), SIM_SPEED (10), SIM_SEED (42),
+# SIM_FAULT_FRACTION (0.02; 0: a fault-free fleet), DETECTOR_CONFIG (the detector's
+# configuration; default below), STACK_SECONDS (run that long then stop; default: until
+# interrupted).
+#
+# The detector reads a copy of deploy/configs (sites.toml: the simulator's stream is the
+# site "default") with this fleet's simulator.json written beside it: every sensor scored
+# against the fleet's median at the same time, so the simulator sends each batch's whole
+# fleet in one record (one key group, --fleet-relative).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -75,12 +82,20 @@ prometheus --config.file="$STACK_DIR/prometheus/prometheus.yml" \
   >"$STACK_DIR/prometheus.log" 2>&1 &
 prom_pid=$!
 
+# The detectors' configuration: deploy/configs, with this fleet's simulator.json.
+fleet=(--turbines "${SIM_TURBINES:-100}" --seed "${SIM_SEED:-42}" --fleet-relative)
+rm -rf "$STACK_DIR/configs"
+cp -r deploy/configs "$STACK_DIR/configs"
+TURBINE_BOOTSTRAP_SERVERS='' "$TURBINE" simulate "${fleet[@]}" \
+  --write-config "$STACK_DIR/configs/simulator.json" >/dev/null
 "$TURBINE" detect --bootstrap-servers "$BOOTSTRAP" --store "$STACK_DIR/store" \
+  --config "${DETECTOR_CONFIG:-$STACK_DIR/configs/sites.toml}" \
   --metrics-port "$DETECTOR_METRICS_PORT" --partitions 6 \
   >"$STACK_DIR/detector.log" 2>&1 &
 det_pid=$!
-"$TURBINE" simulate --bootstrap-servers "$BOOTSTRAP" --partitions 6 \
-  --turbines "${SIM_TURBINES:-100}" --steps "${SIM_STEPS:-86400}" --speed "${SIM_SPEED:-10}" \
+"$TURBINE" simulate --bootstrap-servers "$BOOTSTRAP" --partitions 6 "${fleet[@]}" \
+  --steps "${SIM_STEPS:-86400}" --speed "${SIM_SPEED:-10}" \
+  --fault-fraction "${SIM_FAULT_FRACTION:-0.02}" \
   --metrics-port "$PRODUCER_METRICS_PORT" --quiet \
   >"$STACK_DIR/simulator.log" 2>&1 &
 sim_pid=$!
@@ -91,6 +106,7 @@ cat >&2 <<INFO
 stack: running (logs in $STACK_DIR)
   Kafka          $BOOTSTRAP            topics turbine.readings, turbine.anomalies, turbine.readings.dlq
   detector       http://127.0.0.1:$DETECTOR_METRICS_PORT/metrics   store $STACK_DIR/store
+                 configuration ${DETECTOR_CONFIG:-$STACK_DIR/configs/sites.toml}
   simulator      http://127.0.0.1:$PRODUCER_METRICS_PORT/metrics
   Prometheus     http://127.0.0.1:$PROMETHEUS_PORT     (targets: /targets, alerts: /alerts)
   Alertmanager   http://127.0.0.1:$ALERTMANAGER_PORT

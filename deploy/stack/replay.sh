@@ -5,7 +5,10 @@
 #
 # Settings (environment):
 #   FILE          the recorded file (default out/demo/fleet.npz, written by `make demo`)
-#   REPLAY_ARGS   more `turbine replay` options (--sep ';' --time-col datetime --speed 10 ...)
+#   REPLAY_ARGS   more `turbine replay` options (--sep ';' --time-col datetime --speed 10
+#                 --site skab ...); without --key-groups or --config, --key-groups 1: each
+#                 batch's whole fleet in one record, as the stack's fleet-relative scoring
+#                 of the default site needs (any site's detectors group turbines themselves)
 #   BOOTSTRAP     the broker (default: the compose stack's 127.0.0.1:$KAFKA_HOST_PORT (29092)
 #                 when it answers, else `make stack`'s 127.0.0.1:$KAFKA_PORT (9092))
 #   PROMETHEUS    the stack's Prometheus (default http://127.0.0.1:$PROMETHEUS_PORT, 9090)
@@ -54,7 +57,12 @@ before="$(dead_letters)"
 log "replaying $FILE into $stack ($BOOTSTRAP, topic $TOPIC)"
 # REPLAY_ARGS is read as shell words, quotes honoured: REPLAY_ARGS="--sep ';' --speed 10".
 eval "extra=(${REPLAY_ARGS:-})"
-"$TURBINE" replay "$FILE" --bootstrap-servers "$BOOTSTRAP" --topic "$TOPIC" --quiet "${extra[@]}"
+keys=(--key-groups 1)
+for arg in "${extra[@]}"; do
+  case "$arg" in --key-groups|--key-groups=*|--config|--config=*) keys=() ;; esac
+done
+"$TURBINE" replay "$FILE" --bootstrap-servers "$BOOTSTRAP" --topic "$TOPIC" --quiet \
+  "${keys[@]}" "${extra[@]}"
 
 cat >&2 <<INFO
 replay: where to look
