@@ -59,6 +59,7 @@ from pipeline.names import TurbineNames
 from pipeline.policy import (
     fleet_deviations,
     learning_states,
+    peer_counts,
     peer_deviation,
     regime_bins,
     settling,
@@ -506,7 +507,7 @@ class Detector:
             span = self.config.warmup_span
             if span is not None:
                 learned = np.take(self._last_time, idx) - np.take(self._first_time, idx)
-                warm &= np.nan_to_num(learned, nan=-1.0) >= span
+                warm &= learned >= span  # NaN (nothing learned yet) compares False
         else:
             warm = np.zeros(n, dtype=bool)
         fleet_only = not self.config.per_turbine and self.config.key_groups == 1 and self._bins == 1
@@ -572,15 +573,18 @@ class Detector:
         """
         scored = np.flatnonzero(scored_by > 0)
         n, r = idx.size, z_t.shape[0] - self._k
-        resid = np.ascontiguousarray(z_t[self._k :, scored])
         peers = self.config.chart_peers
+        ts_s = ts[scored]
         if peers is not None:
-            # Against the turbines beside it: only where enough of them are scored.
-            resid, counts = peer_deviation(ts[scored], resid)
-            enough = counts >= peers
+            # Against the turbines beside it: only where enough of them are scored
+            # (a time's readings are all kept or all left out: the same medians).
+            enough = peer_counts(ts_s) >= peers
             if not enough.all():
-                scored, resid = scored[enough], np.ascontiguousarray(resid[:, enough])
-        sub = self._residuals.score(idx[scored], ts[scored], resid)
+                scored, ts_s = scored[enough], ts_s[enough]
+            resid, _ = peer_deviation(ts_s, np.take(z_t[self._k :], scored, axis=1))
+        else:
+            resid = np.take(z_t[self._k :], scored, axis=1)
+        sub = self._residuals.score(idx[scored], ts_s, resid)
         if scored.size == n:
             return sub
         stat, dev, white = np.zeros(n), np.zeros((r, n)), np.zeros((r, n))

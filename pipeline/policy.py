@@ -232,6 +232,27 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     return out, peers
 
 
+def peer_counts(timestamps: F64) -> NDArray[np.intp]:
+    """How many readings share each reading's timestamp (itself included), shape (n,).
+
+    The ``peers`` :func:`peer_deviation` returns, without the deviations.
+
+    >>> peer_counts(np.array([0.0, 1.0, 0.0, 0.0])).tolist()
+    [3, 1, 3, 3]
+    """
+    n = timestamps.size
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    if np.all(timestamps[1:] >= timestamps[:-1]):
+        sizes = run_lengths(run_starts(timestamps), n)
+        return np.repeat(sizes, sizes)
+    order = np.argsort(timestamps, kind="stable")
+    sizes = run_lengths(run_starts(timestamps[order]), n)
+    peers = np.empty(n, dtype=np.intp)
+    peers[order] = np.repeat(sizes, sizes)
+    return peers
+
+
 def settling(
     turbines: NDArray[np.intp],
     timestamps: F64,

@@ -48,3 +48,12 @@ def test_ewma_by_time_is_the_recursion(keys, steps, spans, drop, seed):
         np.testing.assert_array_equal(last, ref_last)
         if ts.size:
             t0 = float(ts.max())
+
+
+@given(steps=st.lists(st.sampled_from([600.0, 1200.0, 1800.0, 7.5, 0.25]), min_size=1, max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_median_step_is_numpys_median_of_the_steps(steps):
+    from pipeline.residual_chart import median_step
+
+    times = 1.4e9 + np.concatenate(([0.0], np.cumsum(steps)))
+    assert median_step(times) == float(np.median(np.diff(times)))
