@@ -186,6 +186,8 @@ class Detector:
         self._groups = GroupedCovariance(g * b, d, memory=cfg.memory)
         self._group_chol = np.broadcast_to(np.eye(d), (g * b, d, d)).copy()
         self._groups_dirty = False
+        # Fleet models not pooled since the turbine models last learned (per_turbine).
+        self._groups_stale = np.zeros(g * b, dtype=bool)
         m = len(self.turbines) * b
         self._models = GroupedCovariance(m, d, memory=cfg.memory)
         self._chol = np.broadcast_to(np.eye(d), (m, d, d)).copy()
@@ -516,7 +518,10 @@ class Detector:
             model, chol, counts = idx, self._chol, self._models.counts
             diff_t = x_t - gather_rows(self._models.means, idx)
         else:
-            groups, group_chol = self._fleet_view()
+            g = self._fleet_of(idx)
+            # Only the fleet models that stand in for a turbine model are needed.
+            needed = None if fleet_only else np.bincount(g[~warm], minlength=self._groups.n_groups)
+            groups, group_chol = self._fleet_view(needed)
             if fleet_only:  # one model: the factors are just the fleet's
                 chol = group_chol
                 ok = groups.counts[0] >= self.fleet_min_samples
@@ -526,7 +531,6 @@ class Detector:
                 diff_t = x_t - groups.means[0][:, None]
             else:
                 chol = np.concatenate((self._chol, group_chol))
-                g = self._fleet_of(idx)
                 fleet = ~warm & (np.take(groups.counts, g) >= self.fleet_min_samples)
                 by = np.where(warm, TURBINE, np.where(fleet, FLEET, WARMUP)).astype(np.int8)
                 model = np.where(warm, idx, g + self._chol.shape[0])
@@ -600,27 +604,37 @@ class Detector:
             cov = cov + np.diag(self._floor)
         return regularised_cholesky(cov, self.config.ridge)[0]
 
-    def _fleet_view(self) -> tuple[GroupedCovariance, F64]:
+    def _fleet_view(self, needed: NDArray[np.intp] | None = None) -> tuple[GroupedCovariance, F64]:
         """The key groups' fleet models and their Cholesky factors, up to date.
 
         With per-turbine models a group's fleet model is, exactly, the merge
         of its turbines' models (every learned reading is in both), so it is
         pooled from them only when a batch needs it (a turbine warming up,
-        the fleet metrics), never on the hot path.
+        the fleet metrics), never on the hot path.  ``needed`` (shape (G,),
+        nonzero for the fleet models a batch scores with) limits the pooling
+        to those: the others may be out of date until a call needs them (a
+        group is pooled from its own turbines alone, so pooling fewer groups
+        gives each the same moments, bit for bit).
         """
-        if self.config.per_turbine and self._groups_dirty:
-            m = self._models
-            b = self._bins
-            gc, gm, gm2 = _pool_groups(
-                m.counts,
-                m.means,
-                m.m2,
-                self._fleet_of(np.arange(m.n_groups)),
-                self.config.key_groups * b,
-            )
-            self._groups.counts, self._groups.means, self._groups.m2 = gc, gm, gm2
-            self._group_chol = self._factors(gc, gm2)
+        if not self.config.per_turbine:
+            return self._groups, self._group_chol
+        if self._groups_dirty:  # the turbine models learned since the last pooling
+            self._groups_stale[:] = True
             self._groups_dirty = False
+        pool = self._groups_stale if needed is None else self._groups_stale & (needed > 0)
+        if pool.any():
+            m = self._models
+            group_of = self._fleet_of(np.arange(m.n_groups))
+            rows = np.flatnonzero(pool[group_of])
+            local = np.cumsum(pool) - 1  # group -> its position among those pooled
+            which = np.flatnonzero(pool)
+            gc, gm, gm2 = _pool_groups(
+                m.counts[rows], m.means[rows], m.m2[rows], local[group_of[rows]], which.size
+            )
+            self._groups.counts[which], self._groups.means[which] = gc, gm
+            self._groups.m2[which] = gm2
+            self._group_chol[which] = self._factors(gc, gm2)
+            self._groups_stale[which] = False
         return self._groups, self._group_chol
 
     def _contributions(

@@ -98,6 +98,50 @@ def test_regime_models_match_explicit_per_bin_covariances(rng):
     assert (r.scored_by == TURBINE).all()
 
 
+class PoolingEveryFleetModel(Detector):
+    """The reference: every fleet model pooled whenever any is needed."""
+
+    def _fleet_view(self, needed=None):  # noqa: ANN001, ANN202
+        return super()._fleet_view(None)
+
+
+def test_fleet_models_pooled_only_when_needed_score_as_all_pooled(rng):
+    # Three turbines, bins rarely visited at the edges: each batch has a few readings
+    # of a turbine's cold bin, scored by the fleet model pooled for it alone.
+    config = DetectorConfig(
+        sensors=SENSORS,
+        regime={"sensor": "wind", "edges": (-1.5, -0.5, 0.5, 1.5)},
+        key_groups=2,
+        min_samples=40,
+        warmup_span=3000.0,
+        learn_when=[{"sensor": "pitch", "above": -100.0, "state": "stopped"}],
+    )
+    fast, full = Detector(config), PoolingEveryFleetModel(config)
+    fleet_scored = 0
+    for b in range(12):
+        n = 300
+        ts = 1000.0 * b + np.sort(rng.integers(0, 1000, n)).astype(float)
+        ids, x = rng.integers(0, 5, n), correlated(rng, n)
+        a, r = fast.process(ts, ids, x), full.process(ts, ids, x)
+        np.testing.assert_array_equal(a.distances, r.distances)
+        np.testing.assert_array_equal(a.scored_by, r.scored_by)
+        fleet_scored += int((a.scored_by == FLEET).sum())
+    assert fleet_scored > 0
+    # A batch that learns nothing (stops, and a gross fault of a new turbine that
+    # the fleet scores): the fleet models not pooled for it are still out of date,
+    # and pooled when the state is taken.
+    x = correlated(rng, 10)
+    x[:9, 3] = -1e3
+    x[9] = (0.0, 0.0, 1e3, 0.0)
+    ids = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 7])
+    for det in (fast, full):
+        r = det.process(np.full(10, 2e4), ids, x)
+        assert r.state_counts() == {"stopped": 9} and r.scored_by[9] == FLEET
+        assert r.is_anomaly[9]
+    for key in ("group_counts", "group_means", "group_m2"):
+        np.testing.assert_array_equal(fast.state()[key], full.state()[key])
+
+
 def test_readings_outside_the_edges_fall_in_the_end_bins_and_nan_is_skipped(rng):
     config = DetectorConfig(
         sensors=SENSORS, regime={"sensor": "wind", "edges": (0.0, 1.0)}, key_groups=1
