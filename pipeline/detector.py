@@ -170,6 +170,7 @@ class Detector:
         else:
             self._floor = None
         self._bins = cfg.regime.n_bins if cfg.regime is not None else 1
+        self._edges = np.asarray(cfg.regime.edges if cfg.regime is not None else (), np.float64)
         self._regime_col = sensors.index(cfg.regime.sensor) if cfg.regime is not None else -1
         self._rule_cols = [sensors.index(r.sensor) for r in cfg.learn_when]
         self._where_cols = [
@@ -323,7 +324,7 @@ class Detector:
             x_t = np.ascontiguousarray(x_t[self._perm])
         regime = self.config.regime
         if regime is not None and self._bins > 1:
-            bins = regime_bins(x[:, self._regime_col], regime.edges)
+            bins = regime_bins(x[:, self._regime_col], self._edges)
             model = idx * self._bins + bins
         else:
             model = idx
@@ -336,11 +337,14 @@ class Detector:
         and the turbine indices of those readings when they were looked up here."""
         if not self._rule_cols:
             return (np.arange(valid.size) if valid.all() else np.flatnonzero(valid)), None, None
-        states = np.zeros(valid.size, dtype=np.int8)
-        pos = np.flatnonzero(valid)
-        states[pos] = learning_states(
-            raw[pos], self.config.learn_when, self._rule_cols, self._where_cols
-        )
+        rules, cols, where = self.config.learn_when, self._rule_cols, self._where_cols
+        if valid.all():
+            pos = np.arange(valid.size)
+            states = learning_states(raw, rules, cols, where)
+        else:
+            states = np.zeros(valid.size, dtype=np.int8)
+            pos = np.flatnonzero(valid)
+            states[pos] = learning_states(raw[pos], rules, cols, where)
         span = self.config.settle_span
         if span is None:
             return pos[states[pos] == 0], states, None

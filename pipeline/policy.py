@@ -36,7 +36,7 @@ def regime_bins(values: F64, edges: Sequence[float]) -> NDArray[np.intp]:
     [0, 1, 1, 2, 2]
     """
     return np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right").astype(
-        np.intp
+        np.intp, copy=False
     )
 
 
@@ -69,22 +69,25 @@ def learning_states(
     out = np.zeros(raw.shape[0], dtype=np.int8)
     for k in range(len(rules) - 1, -1, -1):  # the first failed rule wins
         rule, v = rules[k], raw[:, columns[k]]
-        ok = np.ones(v.shape, dtype=bool)
+        fails: list[NDArray[np.bool_]] = []  # each test the reading fails (NaN fails them all)
         if rule.above is not None:
-            ok &= v > rule.above
+            fails.append(~(v > rule.above))
         if rule.below is not None:
-            ok &= v < rule.below
+            fails.append(~(v < rule.below))
         if rule.normal is not None:
-            ok &= np.isin(v, np.asarray(rule.normal, dtype=np.float64))
+            fails.append(~np.isin(v, np.asarray(rule.normal, dtype=np.float64)))
+        if not fails:
+            continue
+        fail = fails[0]
+        for f in fails[1:]:
+            fail |= f
         if rule.where is not None and where_columns is not None:
             w = raw[:, where_columns[k]]
-            applies = np.ones(w.shape, dtype=bool)
             if rule.where.above is not None:
-                applies &= w > rule.where.above
+                fail &= w > rule.where.above
             if rule.where.below is not None:
-                applies &= w < rule.where.below
-            ok |= ~applies
-        out[~ok] = k + 1
+                fail &= w < rule.where.below
+        np.copyto(out, np.int8(k + 1), where=fail)
     return out
 
 

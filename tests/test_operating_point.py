@@ -442,3 +442,51 @@ def test_fleet_deviation_against_a_per_reading_median(k, steps, shuffle, drop, s
         ts, v = ts[drop:], v[drop:]
     expected = np.array([v[i] - np.median(v[ts == ts[i]]) for i in range(v.size)])
     np.testing.assert_allclose(fleet_deviation(ts, v), expected, atol=1e-12)
+
+
+def naive_state(row, rules, columns, where_columns):
+    for k, rule in enumerate(rules):
+        v = row[columns[k]]
+        ok = (rule.above is None or v > rule.above) and (rule.below is None or v < rule.below)
+        if rule.normal is not None:
+            ok = ok and v in rule.normal
+        if rule.where is not None:
+            w = row[where_columns[k]]
+            lo, hi = rule.where.above, rule.where.below
+            ok = ok or not ((lo is None or w > lo) and (hi is None or w < hi))
+        if not ok:
+            return k + 1
+    return 0
+
+
+@given(seed=st.integers(0, 2**32 - 1), n_rules=st.integers(1, 4))
+@settings(max_examples=60, deadline=None)
+def test_learning_states_against_a_reading_by_reading_reference(seed, n_rules):
+    from pipeline.config import LearnRule
+    from pipeline.policy import learning_states
+
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(-3, 4, (200, 3)).astype(float)
+    raw[rng.random(raw.shape) < 0.05] = np.nan
+    rules, columns, where_columns = [], [], []
+
+    def bounds():
+        lo, hi = sorted(rng.choice(np.arange(-2, 3), 2, replace=False).tolist())
+        keep = rng.integers(3)  # both, above only, below only
+        return {
+            "above": float(lo) if keep != 2 else None,
+            "below": float(hi) if keep != 1 else None,
+        }
+
+    for k in range(n_rules):
+        if rng.integers(3) == 2:
+            spec = {"normal": tuple(float(c) for c in rng.choice(np.arange(-3, 4), 2))}
+        else:
+            spec = bounds()
+        where = {"sensor": "w", **bounds()} if rng.random() < 0.5 else None
+        rules.append(LearnRule(sensor="s", state=f"s{k}", where=where, **spec))
+        columns.append(int(rng.integers(3)))
+        where_columns.append(int(rng.integers(3)))
+    got = learning_states(raw, rules, columns, where_columns)
+    want = [naive_state(row, rules, columns, where_columns) for row in raw]
+    assert got.tolist() == want
