@@ -19,14 +19,14 @@ from pipeline.run_medians import deviations_from_run_medians, medians_of_the_oth
 F64 = NDArray[np.float64]
 
 
-def regime_bins(values: F64, edges: Sequence[float]) -> NDArray[np.intp]:
+def regime_bins(values: F64, edges: Sequence[float] | F64) -> NDArray[np.intp]:
     """Bin of each value, in ``[0, len(edges)]``; values outside the edges fall in the end bins.
 
     Parameters
     ----------
     values : ndarray of shape (n,)
         The regime sensor's raw values (finite).
-    edges : sequence of float, strictly increasing, of length B - 1
+    edges : sequence or ndarray of float, strictly increasing, of length B - 1
 
     Returns
     -------
