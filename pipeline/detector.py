@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -167,8 +168,10 @@ class Detector:
         if cfg.sensor_floor:
             floor = np.array([cfg.sensor_floor.get(name, 0.0) for name in sensors]) ** 2
             self._floor: F64 | None = floor[self._perm] if self._perm is not None else floor
+            self._floor_matrix: F64 | None = np.diag(self._floor)
         else:
             self._floor = None
+            self._floor_matrix = None
         self._bins = cfg.regime.n_bins if cfg.regime is not None else 1
         self._edges = np.asarray(cfg.regime.edges if cfg.regime is not None else (), np.float64)
         self._regime_col = sensors.index(cfg.regime.sensor) if cfg.regime is not None else -1
@@ -189,6 +192,7 @@ class Detector:
         self._groups_dirty = False
         # Fleet models not pooled since the turbine models last learned (per_turbine).
         self._groups_stale = np.zeros(g * b, dtype=bool)
+        self._fleet_map = np.zeros(0, dtype=np.intp)  # _model_fleet()
         m = len(self.turbines) * b
         self._models = GroupedCovariance(m, d, memory=cfg.memory)
         self._chol = np.broadcast_to(np.eye(d), (m, d, d)).copy()
@@ -309,6 +313,12 @@ class Detector:
         if idx is None:
             idx = self.turbines.lookup(ids)
             self._sync_turbines()
+        regime = self.config.regime  # the raw regime sensor, read before anything is written
+        if regime is not None and self._bins > 1:
+            bins = regime_bins(x[:, self._regime_col], self._edges)
+            model = idx * self._bins + bins
+        else:
+            model = idx
         if self._identity:
             x_t = np.ascontiguousarray(x.T)  # (D, n): what calibrate() would return, unscaled
         else:
@@ -322,12 +332,6 @@ class Detector:
             x_t = ewma_by_count(idx, x_t, self.config.mewma_lambda, self._ewma, self._ewma_started)
         if self._perm is not None:
             x_t = np.ascontiguousarray(x_t[self._perm])
-        regime = self.config.regime
-        if regime is not None and self._bins > 1:
-            bins = regime_bins(x[:, self._regime_col], self._edges)
-            model = idx * self._bins + bins
-        else:
-            model = idx
         return idx, model, x_t
 
     def _live(
@@ -338,23 +342,28 @@ class Detector:
         if not self._rule_cols:
             return (np.arange(valid.size) if valid.all() else np.flatnonzero(valid)), None, None
         rules, cols, where = self.config.learn_when, self._rule_cols, self._where_cols
-        if valid.all():
+        everything = bool(valid.all())
+        if everything:  # the usual batch: no copies of the valid readings
             pos = np.arange(valid.size)
             states = learning_states(raw, rules, cols, where)
+            codes, ids_v, ts_v = states, ids, ts
         else:
             states = np.zeros(valid.size, dtype=np.int8)
             pos = np.flatnonzero(valid)
             states[pos] = learning_states(raw[pos], rules, cols, where)
+            codes, ids_v, ts_v = states[pos], ids[pos], ts[pos]
         span = self.config.settle_span
         if span is None:
-            return pos[states[pos] == 0], states, None
-        idx = self.turbines.lookup(ids[pos])
+            return pos[codes == 0], states, None
+        idx = self.turbines.lookup(ids_v)
         self._sync_turbines()
-        settle, self._last_state_time = settling(
-            idx, ts[pos], states[pos] > 0, self._last_state_time, span
-        )
-        states[pos[settle]] = len(self.state_names) - 1
-        keep = states[pos] == 0
+        settle, self._last_state_time = settling(idx, ts_v, codes > 0, self._last_state_time, span)
+        if everything:
+            states[settle] = len(self.state_names) - 1
+            keep = states == 0
+        else:
+            states[pos[settle]] = len(self.state_names) - 1
+            keep = states[pos] == 0
         return pos[keep], states, idx[keep]
 
     # ------------------------------------------------------------------ public API
@@ -381,7 +390,10 @@ class Detector:
             ts_l = ts
         else:
             ts_l = ts[live]
-            idx, model_of, x_t = self._calibrated(ids[live], raw[live], ts_l, idx_live)
+            # The live readings gathered sensor by sensor: (D, n_live) C-contiguous, so
+            # its transpose (n_live, D) needs no second copy to become the model layout.
+            raw_l = np.take(raw.T, live, axis=1).T
+            idx, model_of, x_t = self._calibrated(ids[live], raw_l, ts_l, idx_live)
         stat, scored_by, diff_t, z_t, model, chol, scale = self._score(model_of, x_t, ts_l)
         chart = None
         if self.config.chart == "residual":
@@ -604,9 +616,16 @@ class Detector:
     def _factors(self, counts: F64, m2: F64) -> F64:
         """Cholesky factors (G, D, D) of the models' covariances plus the sensor floors."""
         cov = covariance_of(counts, m2)
-        if self._floor is not None:
-            cov = cov + np.diag(self._floor)
+        if self._floor_matrix is not None:
+            cov = cov + self._floor_matrix
         return regularised_cholesky(cov, self.config.ridge)[0]
+
+    def _model_fleet(self) -> NDArray[np.intp]:
+        """The fleet model of every turbine model (M,), kept until turbines are added."""
+        m = self._models.n_groups
+        if self._fleet_map.size != m:
+            self._fleet_map = self._fleet_of(np.arange(m))
+        return self._fleet_map
 
     def _fleet_view(self, needed: NDArray[np.intp] | None = None) -> tuple[GroupedCovariance, F64]:
         """The key groups' fleet models and their Cholesky factors, up to date.
@@ -628,7 +647,7 @@ class Detector:
         pool = self._groups_stale if needed is None else self._groups_stale & (needed > 0)
         if pool.any():
             m = self._models
-            group_of = self._fleet_of(np.arange(m.n_groups))
+            group_of = self._model_fleet()
             rows = np.flatnonzero(pool[group_of])
             local = np.cumsum(pool) - 1  # group -> its position among those pooled
             which = np.flatnonzero(pool)
@@ -966,6 +985,12 @@ class Detector:
         return self
 
 
+@lru_cache(maxsize=8)
+def _upper(d: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """``np.triu_indices(d)``, once per D."""
+    return np.triu_indices(d)
+
+
 def _pool_groups(
     counts: F64, means: F64, m2: F64, group_of: NDArray[np.intp], n_groups: int
 ) -> tuple[F64, F64, F64]:
@@ -990,7 +1015,7 @@ def _pool_groups(
     np.add.at(sums, group_of, means * counts[:, None])
     gm = sums / safe[:, None]
     dev = means - gm[group_of]
-    a, b = np.triu_indices(d)
+    a, b = _upper(d)
     w = m2[:, a, b] + counts[:, None] * dev[:, a] * dev[:, b]  # the upper triangle, (T, P)
     upper = np.zeros((n_groups, a.size))
     np.add.at(upper, group_of, w)

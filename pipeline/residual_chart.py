@@ -128,6 +128,7 @@ class ResidualChart:
         self.step = 0.0  # the stream's time step, for the variance floor
         self.models = GroupedCovariance(n_turbines, r)
         self.chol = np.broadcast_to(np.eye(r), (n_turbines, r, r)).copy()
+        self._eye = np.eye(r)
 
     @property
     def n_responses(self) -> int:
@@ -185,7 +186,7 @@ class ResidualChart:
             self.step = median_step(uts)
         lam = -np.expm1(-self.step / self.span) if self.step > 0 else 1.0
         cov = covariance_of(self.models.counts, self.models.m2)
-        cov = cov + np.eye(self.n_responses) * (self.floor * lam / (2.0 - lam))
+        cov = cov + self._eye * (self.floor * lam / (2.0 - lam))
         self.chol, _ = regularised_cholesky(cov, self.ridge)
 
     def learn(

@@ -490,3 +490,23 @@ def test_learning_states_against_a_reading_by_reading_reference(seed, n_rules):
     got = learning_states(raw, rules, columns, where_columns)
     want = [naive_state(row, rules, columns, where_columns) for row in raw]
     assert got.tolist() == want
+
+
+def test_a_fleet_relative_regime_sensor_bins_its_raw_value(rng):
+    # The regime bins the raw wind speed even where the wind is also scored as its
+    # deviation from the fleet's (which is near 0): every reading here is in bin 1.
+    config = DetectorConfig(
+        sensors=("wind", "power"),
+        regime={"sensor": "wind", "edges": (0.5,)},
+        fleet_relative=("wind",),
+        learn_when=[{"sensor": "power", "above": 0.0, "state": "stopped"}],
+        key_groups=1,
+    )
+    det = Detector(config)
+    n = 400
+    ts = np.repeat(np.arange(n // 4, dtype=float), 4)
+    x = np.column_stack([1.0 + 0.01 * rng.normal(size=n), rng.normal(size=n)])
+    r = det.process(ts, np.tile(np.arange(4), n // 4), x)
+    assert 0 < r.state_counts()["stopped"] < n
+    counts = det.state()["turbine_counts"].reshape(4, 2)
+    assert counts[:, 0].sum() == 0 and counts[:, 1].sum() == n - r.state_counts()["stopped"]
