@@ -987,8 +987,11 @@ class Detector:
 
 @lru_cache(maxsize=8)
 def _upper(d: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """``np.triu_indices(d)``, once per D."""
-    return np.triu_indices(d)
+    """``np.triu_indices(d)``, once per D (read-only)."""
+    a, b = np.triu_indices(d)
+    a.setflags(write=False)
+    b.setflags(write=False)
+    return a, b
 
 
 def _pool_groups(
