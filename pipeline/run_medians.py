@@ -96,6 +96,7 @@ def _select(j: NDArray[np.intp], choices: list[F64]) -> F64:
 
 
 def _ordered_runs(v: F64, starts: NDArray[np.intp]) -> _OrderedRuns:
+    """The runs of ``v`` (R, n) beginning at ``starts`` (G,), side by side and in order."""
     r, n = v.shape
     sizes = run_lengths(starts, n)
     g = starts.size
