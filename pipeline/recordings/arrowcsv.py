@@ -296,10 +296,10 @@ def _distinct(column: pa.ChunkedArray) -> tuple[list[str], NDArray[np.intp]]:
 def _chunk(rec: CsvRecording, table: pa.Table, start: int) -> Chunk:
     n = table.num_rows
     col = [f"c{i}" for i in range(len(rec.columns))]
-    if rec.sensor_index:
-        values = np.column_stack([_floats(table.column(col[i])) for i in rec.sensor_index])
-    else:
-        values = np.zeros((n, 0))
+    # Each sensor straight into its column (nulls read as NaN): one copy of the data.
+    values = np.empty((n, len(rec.sensor_index)))
+    for j, i in enumerate(rec.sensor_index):
+        values[:, j] = table.column(col[i]).to_numpy()
     if rec.time_is_number:
         ts = _floats(table.column(col[rec.time_index]))
     else:
