@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.grouping import run_lengths
+from pipeline.grouping import run_lengths, stable_order
 
 F64 = NDArray[np.float64]
 NETWORK_WIDTH = 16  # runs of up to this many columns are ordered by the network
@@ -45,15 +45,20 @@ def run_starts(v: NDArray[np.generic]) -> NDArray[np.intp]:
 
 @dataclass(frozen=True)
 class _OrderedRuns:
-    """The runs of ``v`` (R, n) side by side, each in order.
+    """The runs of ``v`` (R, n) side by side, each in order, grouped by size.
 
     Attributes
     ----------
     values : ndarray of shape (R, G, W)
-        The columns in their runs, unordered, padded with +inf.
+        The columns in their runs, unordered, padded with +inf.  Runs of one
+        size are adjacent (the largest first), so that a run's middle is a
+        slice of the ordered values, the same for all runs of its size.
     ordered : list of W ndarrays of shape (R, G)
         The j-th smallest value of each run (+inf past its end; NaN last).
-    sizes : ndarray of shape (G,)
+    classes : list of (size, first, end)
+        The runs of each size: layout positions ``first:end``.
+    rank : ndarray of shape (G,), or None
+        Each run's position in the layout (None: the runs' own order).
     slots : ndarray of shape (n,), or None
         Each column's cell in the flattened (G * W) layout; None when every
         run is W long (then the layout is the columns themselves).
@@ -61,16 +66,13 @@ class _OrderedRuns:
 
     values: F64
     ordered: list[F64]
-    sizes: NDArray[np.intp]
+    classes: list[tuple[int, int, int]]
+    rank: NDArray[np.intp] | None
     slots: NDArray[np.intp] | None
 
     @property
     def width(self) -> int:
         return len(self.ordered)
-
-    def pick(self, j: NDArray[np.intp]) -> F64:
-        """The ``j[g]``-th smallest value of each run g (R, G), ``j`` of shape (G,)."""
-        return _select(j, self.ordered)
 
     def to_columns(self, cells: F64) -> F64:
         """Values laid out as ``values`` (R, G, W) back to the columns (R, n)."""
@@ -78,21 +80,9 @@ class _OrderedRuns:
         flat = cells.reshape(r, -1)
         return flat if self.slots is None else np.take(flat, self.slots, axis=1)
 
-
-def _select(j: NDArray[np.intp], choices: list[F64]) -> F64:
-    """``choices[j[g]][:, g, ...]`` for each run g: arrays (R, G, ...), ``j`` of shape (G,).
-
-    A run's position takes only a few values (a run's middle, for the few
-    run sizes a fleet has): one ``np.where`` per value present, no gather.
-    """
-    present = np.flatnonzero(np.bincount(j, minlength=len(choices)))
-    out = choices[int(present[0])]
-    if present.size == 1:
-        return out
-    shape = (1, j.size) + (1,) * (out.ndim - 2)
-    for u in present[1:].tolist():
-        out = np.where((j == u).reshape(shape), choices[u], out)
-    return out
+    def by_class(self, parts: list[F64]) -> F64:
+        """One array (R, G, ...) from each class's (R, G_class, ...), in layout order."""
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 def _ordered_runs(v: F64, starts: NDArray[np.intp]) -> _OrderedRuns:
@@ -101,14 +91,25 @@ def _ordered_runs(v: F64, starts: NDArray[np.intp]) -> _OrderedRuns:
     sizes = run_lengths(starts, n)
     g = starts.size
     width = int(sizes.max())
+    rank: NDArray[np.intp] | None = None
     if g * width == n:  # every run is full: the columns are the layout
         slots = None
         cells = v.reshape(r, g, width)
+        classes = [(width, 0, g)]
     else:
-        slots = np.repeat(np.arange(g) * width - starts, sizes) + np.arange(n)
+        order = stable_order(width - sizes)  # the largest runs first
+        rank = np.empty(g, dtype=np.intp)
+        rank[order] = np.arange(g)
+        slots = np.repeat(rank * width - starts, sizes) + np.arange(n)
         pad = np.full((r, g * width), np.inf)
         pad[:, slots] = v
         cells = pad.reshape(r, g, width)
+        per_size = np.bincount(sizes, minlength=width + 1)[::-1]  # sizes width .. 0
+        ends = np.cumsum(per_size)
+        classes = [
+            (width - k, int(ends[k] - per_size[k]), int(ends[k]))
+            for k in np.flatnonzero(per_size).tolist()
+        ]
     if width <= NETWORK_WIDTH and not np.isnan(v).any():
         # Odd-even transposition: ``width`` rounds of compare-exchange.
         cols = [cells[:, :, j] for j in range(width)]
@@ -118,21 +119,23 @@ def _ordered_runs(v: F64, starts: NDArray[np.intp]) -> _OrderedRuns:
                     np.minimum(cols[j], cols[j + 1]),
                     np.maximum(cols[j], cols[j + 1]),
                 )
-        return _OrderedRuns(cells, cols, sizes, slots)
-    group = np.repeat(np.arange(g), sizes)
+        return _OrderedRuns(cells, cols, classes, rank, slots)
+    group = np.repeat(np.arange(g) if rank is None else rank, sizes)
     out = np.full((r, g * width), np.inf)
-    where = np.repeat(np.arange(g) * width - starts, sizes) + np.arange(n)
+    where = np.arange(n) if slots is None else np.sort(slots)  # the cells run by run
     for k in range(r):
         out[k, where] = v[k, np.lexsort((v[k], group))]  # by run, then by value (NaN last)
     ordered = out.reshape(r, g, width)
-    return _OrderedRuns(cells, [ordered[:, :, j] for j in range(width)], sizes, slots)
+    return _OrderedRuns(cells, [ordered[:, :, j] for j in range(width)], classes, rank, slots)
 
 
 def _middle(runs: _OrderedRuns) -> F64:
-    """The median of each run (R, G): the mean of its two middle values."""
-    lo = runs.pick((runs.sizes - 1) // 2)
-    hi = runs.pick(runs.sizes // 2)
-    return (lo + hi) / 2.0
+    """The median of each run (R, G) in layout order: the mean of its two middle values."""
+    parts = []
+    for size, a, b in runs.classes:
+        lo, hi = runs.ordered[(size - 1) // 2], runs.ordered[size // 2]
+        parts.append((lo[:, a:b] + hi[:, a:b]) / 2.0)
+    return runs.by_class(parts)
 
 
 def run_medians(v: F64, starts: NDArray[np.intp]) -> F64:
@@ -154,7 +157,9 @@ def run_medians(v: F64, starts: NDArray[np.intp]) -> F64:
     >>> run_medians(np.array([[3.0, 1.0, 2.0, 5.0, 4.0]]), np.array([0, 3])).tolist()
     [[2.0, 4.5]]
     """
-    return _middle(_ordered_runs(v, starts))
+    runs = _ordered_runs(v, starts)
+    med = _middle(runs)
+    return med if runs.rank is None else np.take(med, runs.rank, axis=1)
 
 
 def deviations_from_run_medians(v: F64, starts: NDArray[np.intp]) -> F64:
@@ -168,7 +173,9 @@ def deviations_from_run_medians(v: F64, starts: NDArray[np.intp]) -> F64:
     med = _middle(runs)
     if runs.slots is None:  # every run full: broadcast over the (R, G, W) layout
         return (runs.values - med[:, :, None]).reshape(v.shape)
-    return v - np.repeat(med, runs.sizes, axis=1)
+    sizes = run_lengths(starts, v.shape[1])
+    rank = np.arange(starts.size) if runs.rank is None else runs.rank
+    return v - np.take(med, np.repeat(rank, sizes), axis=1)
 
 
 def medians_of_the_others(v: F64, starts: NDArray[np.intp]) -> F64:
@@ -194,22 +201,22 @@ def medians_of_the_others(v: F64, starts: NDArray[np.intp]) -> F64:
     [[1.5, 2.5, 2.0, 4.0, 5.0]]
     """
     runs = _ordered_runs(v, starts)
-    others = runs.sizes - 1
-    top = runs.width - 1
-    x = runs.values
-    # Position j of the ordered others, for the j each run needs (one or two).
-    lo, hi = np.maximum((others - 1) // 2, 0), others // 2  # a run alone: NaN below
-    needed = np.flatnonzero(np.bincount(np.concatenate((lo, hi)), minlength=runs.width))
-    without: list[F64] = [x] * runs.width  # only the needed positions are filled
-    for j in needed.tolist():
-        at = runs.ordered[j][:, :, None]
-        above = runs.ordered[min(j + 1, top)][:, :, None]
-        without[j] = np.where(x <= at, above, at)
-    med = _select(lo, without)
-    if not np.array_equal(lo, hi):
-        med = (med + _select(hi, without)) / 2.0
-    alone = others == 0
-    if alone.any():
-        med = np.array(med)
-        med[:, alone, :] = np.nan
-    return runs.to_columns(med)
+    x, top = runs.values, runs.width - 1
+
+    def without(j: int, a: int, b: int) -> F64:
+        at = runs.ordered[j][:, a:b, None]
+        above = runs.ordered[min(j + 1, top)][:, a:b, None]
+        return np.where(x[:, a:b] <= at, above, at)
+
+    parts = []
+    for size, a, b in runs.classes:
+        others = size - 1
+        if others == 0:  # a run alone: no others
+            parts.append(np.full((x.shape[0], b - a, runs.width), np.nan))
+            continue
+        lo, hi = (others - 1) // 2, others // 2
+        med = without(lo, a, b)
+        if hi != lo:  # an even number of others: the mean of the two middle ones
+            med = (med + without(hi, a, b)) / 2.0
+        parts.append(med)
+    return runs.to_columns(runs.by_class(parts))
