@@ -190,7 +190,8 @@ class Detector:
         self._groups = GroupedCovariance(g * b, d, memory=cfg.memory)
         self._group_chol = np.broadcast_to(np.eye(d), (g * b, d, d)).copy()
         self._groups_dirty = False
-        # Fleet models not pooled since the turbine models last learned (per_turbine).
+        # Fleet models not pooled since their turbine models last learned (per_turbine);
+        # _groups_dirty: every fleet model may be (a re-baseline, a restored state).
         self._groups_stale = np.zeros(g * b, dtype=bool)
         self._fleet_map = np.zeros(0, dtype=np.intp)  # _model_fleet()
         m = len(self.turbines) * b
@@ -641,7 +642,7 @@ class Detector:
         """
         if not self.config.per_turbine:
             return self._groups, self._group_chol
-        if self._groups_dirty:  # the turbine models learned since the last pooling
+        if self._groups_dirty:  # the turbine models changed wholesale since the last pooling
             self._groups_stale[:] = True
             self._groups_dirty = False
         pool = self._groups_stale if needed is None else self._groups_stale & (needed > 0)
@@ -732,7 +733,8 @@ class Detector:
             self._chol[changed] = self._factors(
                 self._models.counts[changed], self._models.m2[changed]
             )
-            self._groups_dirty = True
+            # Only the fleet models of the turbine models that learned are out of date.
+            self._groups_stale[self._model_fleet()[changed]] = True
             return
         n_groups = self._groups.n_groups
         if n_groups == 1:

@@ -99,9 +99,10 @@ def test_regime_models_match_explicit_per_bin_covariances(rng):
 
 
 class PoolingEveryFleetModel(Detector):
-    """The reference: every fleet model pooled whenever any is needed."""
+    """The reference: every fleet model pooled afresh whenever any is needed."""
 
     def _fleet_view(self, needed=None):  # noqa: ANN001, ANN202
+        self._groups_dirty = True
         return super()._fleet_view(None)
 
 
