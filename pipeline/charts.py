@@ -132,26 +132,55 @@ def ewma_by_time(
     ts = timestamps[order]
     prev = last_time[turb]
     prev = np.where(np.isnan(prev), ts[starts], prev)  # a fresh key starts at its first time
-    dt = np.diff(ts, prepend=np.nan)
+    dt = np.empty(n)
+    np.subtract(ts[1:], ts[:-1], out=dt[1:])
     dt[starts] = ts[starts] - prev
     # NaN -> 0, then clipped to [0, 40 spans] (fmax and fmin pass over NaN, and inf clips).
     dt = np.fmin(np.fmax(dt, 0.0), _MAX_GAP_SPANS * span) / span
-    padded = np.zeros(cells)
-    padded[flat] = dt
-    cum = np.cumsum(padded.reshape(turb.size, width), axis=1)  # spans since each previous
-    padded = np.zeros(cells)
-    padded[flat] = -np.expm1(-dt)
-    lam = padded.reshape(turb.size, width)
+    # Each key's cells are its readings then padding (dt 0, weight 0, value 0), so
+    # a key's cumulative sums over its readings are those of its readings alone.
+    padded = np.zeros((2, cells))
+    padded[0, flat] = dt
+    padded[1, flat] = -np.expm1(-dt)
+    cum = np.cumsum(padded[0].reshape(turb.size, width), axis=1)  # spans since each previous
+    lam = padded[1].reshape(turb.size, width)
     z_cells = np.zeros((r, cells))
     z_cells[:, slot] = z_t
     z = z_cells.reshape(r, turb.size, width)
+    s0 = state[turb].T.copy()  # (R, rows)
+    top = float(cum[:, -1].max())  # the padding adds nothing: a row's last sum is its largest
+    if top < _BLOCK_SPANS:
+        # One block from each key's last value: no rebasing.  The padding's growth
+        # is finite (below e^600) and multiplies a weight of 0.
+        acc = np.cumsum(lam[None] * z * np.exp(cum)[None], axis=2)
+        result = (s0[:, :, None] + acc) * np.exp(-cum)[None]
+        s0 = result[:, np.arange(turb.size), lengths - 1]
+    else:
+        result, s0 = _blocks(cum, lam, z, s0, flat, width)
+    out = np.take(result.reshape(r, cells), slot, axis=1)
+    state[turb] = s0.T
+    last_time[turb] = ts[starts + lengths - 1]
+    return out
+
+
+def _blocks(
+    cum: F64, lam: F64, z: F64, s0: F64, flat: NDArray[np.intp], width: int
+) -> tuple[F64, F64]:
+    """:func:`ewma_by_time` over a batch longer than one block of 600 spans.
+
+    The cumulative exponents are rebased at each block's start so that they
+    stay below overflow.  ``cum`` and ``lam`` are (keys, width), ``z`` is
+    (R, keys, width), ``s0`` (R, keys) the keys' values before the batch;
+    returns the smoothed cells (R, keys, width) and each key's last value.
+    """
+    rows, _ = cum.shape
+    cells = rows * width
     filled = np.zeros(cells, dtype=bool)
     filled[flat] = True
-    valid = filled.reshape(turb.size, width)
-    s0 = state[turb].T.copy()  # (R, rows)
-    result = np.zeros((r, turb.size, width))
-    base = np.zeros(turb.size)
-    top = float(cum.reshape(cells)[flat].max())
+    valid = filled.reshape(rows, width)
+    result = np.zeros(z.shape)
+    base = np.zeros(rows)
+    top = float(cum[:, -1].max())
     block = 0
     while True:
         lo, hi = block * _BLOCK_SPANS, (block + 1) * _BLOCK_SPANS
@@ -171,9 +200,4 @@ def ewma_by_time(
         if hi > top:
             break
         block += 1
-    out = np.take(result.reshape(r, cells), slot, axis=1)
-    state[turb] = s0.T
-    last = np.zeros(turb.size)
-    last[:] = ts[starts + lengths - 1]
-    last_time[turb] = last
-    return out
+    return result, s0

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -59,6 +60,7 @@ from pipeline.names import TurbineNames
 from pipeline.policy import (
     fleet_deviations,
     learning_states,
+    peer_counts,
     peer_deviation,
     regime_bins,
     settling,
@@ -166,9 +168,12 @@ class Detector:
         if cfg.sensor_floor:
             floor = np.array([cfg.sensor_floor.get(name, 0.0) for name in sensors]) ** 2
             self._floor: F64 | None = floor[self._perm] if self._perm is not None else floor
+            self._floor_matrix: F64 | None = np.diag(self._floor)
         else:
             self._floor = None
+            self._floor_matrix = None
         self._bins = cfg.regime.n_bins if cfg.regime is not None else 1
+        self._edges = np.asarray(cfg.regime.edges if cfg.regime is not None else (), np.float64)
         self._regime_col = sensors.index(cfg.regime.sensor) if cfg.regime is not None else -1
         self._rule_cols = [sensors.index(r.sensor) for r in cfg.learn_when]
         self._where_cols = [
@@ -185,6 +190,10 @@ class Detector:
         self._groups = GroupedCovariance(g * b, d, memory=cfg.memory)
         self._group_chol = np.broadcast_to(np.eye(d), (g * b, d, d)).copy()
         self._groups_dirty = False
+        # Fleet models not pooled since their turbine models last learned (per_turbine);
+        # _groups_dirty: every fleet model may be (a re-baseline, a restored state).
+        self._groups_stale = np.zeros(g * b, dtype=bool)
+        self._fleet_map = np.zeros(0, dtype=np.intp)  # _model_fleet()
         m = len(self.turbines) * b
         self._models = GroupedCovariance(m, d, memory=cfg.memory)
         self._chol = np.broadcast_to(np.eye(d), (m, d, d)).copy()
@@ -305,6 +314,12 @@ class Detector:
         if idx is None:
             idx = self.turbines.lookup(ids)
             self._sync_turbines()
+        regime = self.config.regime  # the raw regime sensor, read before anything is written
+        if regime is not None and self._bins > 1:
+            bins = regime_bins(x[:, self._regime_col], self._edges)
+            model = idx * self._bins + bins
+        else:
+            model = idx
         if self._identity:
             x_t = np.ascontiguousarray(x.T)  # (D, n): what calibrate() would return, unscaled
         else:
@@ -318,12 +333,6 @@ class Detector:
             x_t = ewma_by_count(idx, x_t, self.config.mewma_lambda, self._ewma, self._ewma_started)
         if self._perm is not None:
             x_t = np.ascontiguousarray(x_t[self._perm])
-        regime = self.config.regime
-        if regime is not None and self._bins > 1:
-            bins = regime_bins(x[:, self._regime_col], regime.edges)
-            model = idx * self._bins + bins
-        else:
-            model = idx
         return idx, model, x_t
 
     def _live(
@@ -333,21 +342,29 @@ class Detector:
         and the turbine indices of those readings when they were looked up here."""
         if not self._rule_cols:
             return (np.arange(valid.size) if valid.all() else np.flatnonzero(valid)), None, None
-        states = np.zeros(valid.size, dtype=np.int8)
-        pos = np.flatnonzero(valid)
-        states[pos] = learning_states(
-            raw[pos], self.config.learn_when, self._rule_cols, self._where_cols
-        )
+        rules, cols, where = self.config.learn_when, self._rule_cols, self._where_cols
+        everything = bool(valid.all())
+        if everything:  # the usual batch: no copies of the valid readings
+            pos = np.arange(valid.size)
+            states = learning_states(raw, rules, cols, where)
+            codes, ids_v, ts_v = states, ids, ts
+        else:
+            states = np.zeros(valid.size, dtype=np.int8)
+            pos = np.flatnonzero(valid)
+            states[pos] = learning_states(raw[pos], rules, cols, where)
+            codes, ids_v, ts_v = states[pos], ids[pos], ts[pos]
         span = self.config.settle_span
         if span is None:
-            return pos[states[pos] == 0], states, None
-        idx = self.turbines.lookup(ids[pos])
+            return pos[codes == 0], states, None
+        idx = self.turbines.lookup(ids_v)
         self._sync_turbines()
-        settle, self._last_state_time = settling(
-            idx, ts[pos], states[pos] > 0, self._last_state_time, span
-        )
-        states[pos[settle]] = len(self.state_names) - 1
-        keep = states[pos] == 0
+        settle, self._last_state_time = settling(idx, ts_v, codes > 0, self._last_state_time, span)
+        if everything:
+            states[settle] = len(self.state_names) - 1
+            keep = states == 0
+        else:
+            states[pos[settle]] = len(self.state_names) - 1
+            keep = states[pos] == 0
         return pos[keep], states, idx[keep]
 
     # ------------------------------------------------------------------ public API
@@ -374,7 +391,10 @@ class Detector:
             ts_l = ts
         else:
             ts_l = ts[live]
-            idx, model_of, x_t = self._calibrated(ids[live], raw[live], ts_l, idx_live)
+            # The live readings gathered sensor by sensor: (D, n_live) C-contiguous, so
+            # its transpose (n_live, D) needs no second copy to become the model layout.
+            raw_l = np.take(raw.T, live, axis=1).T
+            idx, model_of, x_t = self._calibrated(ids[live], raw_l, ts_l, idx_live)
         stat, scored_by, diff_t, z_t, model, chol, scale = self._score(model_of, x_t, ts_l)
         chart = None
         if self.config.chart == "residual":
@@ -506,7 +526,7 @@ class Detector:
             span = self.config.warmup_span
             if span is not None:
                 learned = np.take(self._last_time, idx) - np.take(self._first_time, idx)
-                warm &= np.nan_to_num(learned, nan=-1.0) >= span
+                warm &= learned >= span  # NaN (nothing learned yet) compares False
         else:
             warm = np.zeros(n, dtype=bool)
         fleet_only = not self.config.per_turbine and self.config.key_groups == 1 and self._bins == 1
@@ -515,7 +535,10 @@ class Detector:
             model, chol, counts = idx, self._chol, self._models.counts
             diff_t = x_t - gather_rows(self._models.means, idx)
         else:
-            groups, group_chol = self._fleet_view()
+            g = self._fleet_of(idx)
+            # Only the fleet models that stand in for a turbine model are needed.
+            needed = None if fleet_only else np.bincount(g[~warm], minlength=self._groups.n_groups)
+            groups, group_chol = self._fleet_view(needed)
             if fleet_only:  # one model: the factors are just the fleet's
                 chol = group_chol
                 ok = groups.counts[0] >= self.fleet_min_samples
@@ -525,7 +548,6 @@ class Detector:
                 diff_t = x_t - groups.means[0][:, None]
             else:
                 chol = np.concatenate((self._chol, group_chol))
-                g = self._fleet_of(idx)
                 fleet = ~warm & (np.take(groups.counts, g) >= self.fleet_min_samples)
                 by = np.where(warm, TURBINE, np.where(fleet, FLEET, WARMUP)).astype(np.int8)
                 model = np.where(warm, idx, g + self._chol.shape[0])
@@ -572,15 +594,18 @@ class Detector:
         """
         scored = np.flatnonzero(scored_by > 0)
         n, r = idx.size, z_t.shape[0] - self._k
-        resid = np.ascontiguousarray(z_t[self._k :, scored])
         peers = self.config.chart_peers
+        ts_s = ts[scored]
         if peers is not None:
-            # Against the turbines beside it: only where enough of them are scored.
-            resid, counts = peer_deviation(ts[scored], resid)
-            enough = counts >= peers
+            # Against the turbines beside it: only where enough of them are scored
+            # (a time's readings are all kept or all left out: the same medians).
+            enough = peer_counts(ts_s) >= peers
             if not enough.all():
-                scored, resid = scored[enough], np.ascontiguousarray(resid[:, enough])
-        sub = self._residuals.score(idx[scored], ts[scored], resid)
+                scored, ts_s = scored[enough], ts_s[enough]
+            resid, _ = peer_deviation(ts_s, np.take(z_t[self._k :], scored, axis=1))
+        else:
+            resid = np.take(z_t[self._k :], scored, axis=1)
+        sub = self._residuals.score(idx[scored], ts_s, resid)
         if scored.size == n:
             return sub
         stat, dev, white = np.zeros(n), np.zeros((r, n)), np.zeros((r, n))
@@ -592,31 +617,48 @@ class Detector:
     def _factors(self, counts: F64, m2: F64) -> F64:
         """Cholesky factors (G, D, D) of the models' covariances plus the sensor floors."""
         cov = covariance_of(counts, m2)
-        if self._floor is not None:
-            cov = cov + np.diag(self._floor)
+        if self._floor_matrix is not None:
+            cov = cov + self._floor_matrix
         return regularised_cholesky(cov, self.config.ridge)[0]
 
-    def _fleet_view(self) -> tuple[GroupedCovariance, F64]:
+    def _model_fleet(self) -> NDArray[np.intp]:
+        """The fleet model of every turbine model (M,), kept until turbines are added."""
+        m = self._models.n_groups
+        if self._fleet_map.size != m:
+            self._fleet_map = self._fleet_of(np.arange(m))
+        return self._fleet_map
+
+    def _fleet_view(self, needed: NDArray[np.intp] | None = None) -> tuple[GroupedCovariance, F64]:
         """The key groups' fleet models and their Cholesky factors, up to date.
 
         With per-turbine models a group's fleet model is, exactly, the merge
         of its turbines' models (every learned reading is in both), so it is
         pooled from them only when a batch needs it (a turbine warming up,
-        the fleet metrics), never on the hot path.
+        the fleet metrics), never on the hot path.  ``needed`` (shape (G,),
+        nonzero for the fleet models a batch scores with) limits the pooling
+        to those: the others may be out of date until a call needs them (a
+        group is pooled from its own turbines alone, so pooling fewer groups
+        gives each the same moments, bit for bit).
         """
-        if self.config.per_turbine and self._groups_dirty:
-            m = self._models
-            b = self._bins
-            gc, gm, gm2 = _pool_groups(
-                m.counts,
-                m.means,
-                m.m2,
-                self._fleet_of(np.arange(m.n_groups)),
-                self.config.key_groups * b,
-            )
-            self._groups.counts, self._groups.means, self._groups.m2 = gc, gm, gm2
-            self._group_chol = self._factors(gc, gm2)
+        if not self.config.per_turbine:
+            return self._groups, self._group_chol
+        if self._groups_dirty:  # the turbine models changed wholesale since the last pooling
+            self._groups_stale[:] = True
             self._groups_dirty = False
+        pool = self._groups_stale if needed is None else self._groups_stale & (needed > 0)
+        if pool.any():
+            m = self._models
+            group_of = self._model_fleet()
+            rows = np.flatnonzero(pool[group_of])
+            local = np.cumsum(pool) - 1  # group -> its position among those pooled
+            which = np.flatnonzero(pool)
+            gc, gm, gm2 = _pool_groups(
+                m.counts[rows], m.means[rows], m.m2[rows], local[group_of[rows]], which.size
+            )
+            self._groups.counts[which], self._groups.means[which] = gc, gm
+            self._groups.m2[which] = gm2
+            self._group_chol[which] = self._factors(gc, gm2)
+            self._groups_stale[which] = False
         return self._groups, self._group_chol
 
     def _contributions(
@@ -691,7 +733,8 @@ class Detector:
             self._chol[changed] = self._factors(
                 self._models.counts[changed], self._models.m2[changed]
             )
-            self._groups_dirty = True
+            # Only the fleet models of the turbine models that learned are out of date.
+            self._groups_stale[self._model_fleet()[changed]] = True
             return
         n_groups = self._groups.n_groups
         if n_groups == 1:
@@ -944,6 +987,15 @@ class Detector:
         return self
 
 
+@lru_cache(maxsize=8)
+def _upper(d: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """``np.triu_indices(d)``, once per D (read-only)."""
+    a, b = np.triu_indices(d)
+    a.setflags(write=False)
+    b.setflags(write=False)
+    return a, b
+
+
 def _pool_groups(
     counts: F64, means: F64, m2: F64, group_of: NDArray[np.intp], n_groups: int
 ) -> tuple[F64, F64, F64]:
@@ -968,7 +1020,7 @@ def _pool_groups(
     np.add.at(sums, group_of, means * counts[:, None])
     gm = sums / safe[:, None]
     dev = means - gm[group_of]
-    a, b = np.triu_indices(d)
+    a, b = _upper(d)
     w = m2[:, a, b] + counts[:, None] * dev[:, a] * dev[:, b]  # the upper triangle, (T, P)
     upper = np.zeros((n_groups, a.size))
     np.add.at(upper, group_of, w)

@@ -424,18 +424,26 @@ def advance_episodes(
     )
 
 
-def _state_names(states: ArrayLike, names: Sequence[str] | None) -> NDArray[np.str_]:
+def _state_names(
+    states: ArrayLike, names: Sequence[str] | None, *, names_wanted: bool = True
+) -> NDArray[np.str_]:
     """Per-reading state names (n,) from names or from integer codes into ``names``.
+
+    With ``names_wanted=False`` integer codes are only checked (and returned as
+    they are).
 
     >>> _state_names(np.array([0, 2, 0], np.int8), ("normal", "x", "stopped")).tolist()
     ['normal', 'stopped', 'normal']
     """
     arr = np.asarray(states).ravel()
     if arr.dtype.kind not in "iu":
-        return arr.astype(np.str_)
+        return arr.astype(np.str_) if names_wanted else arr
+    size = len(names) if names is not None else 1
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= size):
+        raise ValueError(f"state codes {int(arr.min())}..{int(arr.max())} for {size} names")
+    if not names_wanted:
+        return arr
     table = np.asarray(names if names is not None else (NORMAL,), dtype=np.str_)
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= table.size):
-        raise ValueError(f"state codes {int(arr.min())}..{int(arr.max())} for {table.size} names")
     return table[arr]
 
 
@@ -503,12 +511,18 @@ class EpisodeTracker:
         dist = np.asarray(distances, dtype=np.float64).ravel()
         n, k, dims = t.size, int(np.count_nonzero(alarm)), len(self.sensors)
         contrib = np.asarray(contributions, dtype=np.float64).reshape(-1, dims)
-        codes = None if states is None else _state_names(states, state_names)
+        codes = None
+        if states is not None:
+            raw_states = np.asarray(states).ravel()
+            if raw_states.size != n:
+                raise ValueError(f"states has shape ({raw_states.size},), timestamps ({n},)")
+            # Only alarms carry a state into an episode: without any, the codes are
+            # checked but not named.
+            named = _state_names(raw_states, state_names, names_wanted=k > 0)
+            codes = named if k else None
         for name, arr in (("turbine_ids", ids), ("is_anomaly", alarm), ("distances", dist)):
             if arr.size != n:
                 raise ValueError(f"{name} has shape ({arr.size},), timestamps ({n},)")
-        if codes is not None and codes.size != n:
-            raise ValueError(f"states has shape ({codes.size},), timestamps ({n},)")
         if contrib.shape[0] != k:
             raise ValueError(f"contributions has shape {contrib.shape}, expected ({k}, {dims})")
         opened, closed, self._open = advance_episodes(

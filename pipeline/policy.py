@@ -14,20 +14,19 @@ from numpy.typing import NDArray
 
 from pipeline.config import LearnRule
 from pipeline.grouping import run_lengths, stable_order
+from pipeline.run_medians import deviations_from_run_medians, medians_of_the_others, run_starts
 
 F64 = NDArray[np.float64]
-# Runs of up to this many readings (a time's turbines) are ordered by a sorting network.
-_NETWORK_WIDTH = 16
 
 
-def regime_bins(values: F64, edges: Sequence[float]) -> NDArray[np.intp]:
+def regime_bins(values: F64, edges: Sequence[float] | F64) -> NDArray[np.intp]:
     """Bin of each value, in ``[0, len(edges)]``; values outside the edges fall in the end bins.
 
     Parameters
     ----------
     values : ndarray of shape (n,)
         The regime sensor's raw values (finite).
-    edges : sequence of float, strictly increasing, of length B - 1
+    edges : sequence or ndarray of float, strictly increasing, of length B - 1
 
     Returns
     -------
@@ -37,7 +36,7 @@ def regime_bins(values: F64, edges: Sequence[float]) -> NDArray[np.intp]:
     [0, 1, 1, 2, 2]
     """
     return np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right").astype(
-        np.intp
+        np.intp, copy=False
     )
 
 
@@ -70,22 +69,25 @@ def learning_states(
     out = np.zeros(raw.shape[0], dtype=np.int8)
     for k in range(len(rules) - 1, -1, -1):  # the first failed rule wins
         rule, v = rules[k], raw[:, columns[k]]
-        ok = np.ones(v.shape, dtype=bool)
+        fails: list[NDArray[np.bool_]] = []  # each test the reading fails (NaN fails them all)
         if rule.above is not None:
-            ok &= v > rule.above
+            fails.append(~(v > rule.above))
         if rule.below is not None:
-            ok &= v < rule.below
+            fails.append(~(v < rule.below))
         if rule.normal is not None:
-            ok &= np.isin(v, np.asarray(rule.normal, dtype=np.float64))
+            fails.append(~np.isin(v, np.asarray(rule.normal, dtype=np.float64)))
+        if not fails:
+            continue
+        fail = fails[0]
+        for f in fails[1:]:
+            fail |= f
         if rule.where is not None and where_columns is not None:
             w = raw[:, where_columns[k]]
-            applies = np.ones(w.shape, dtype=bool)
             if rule.where.above is not None:
-                applies &= w > rule.where.above
+                fail &= w > rule.where.above
             if rule.where.below is not None:
-                applies &= w < rule.where.below
-            ok |= ~applies
-        out[~ok] = k + 1
+                fail &= w < rule.where.below
+        np.copyto(out, np.int8(k + 1), where=fail)
     return out
 
 
@@ -128,116 +130,11 @@ def fleet_deviations(timestamps: F64, values_t: F64) -> F64:
     if n == 0:
         return np.zeros_like(values_t)
     if np.all(timestamps[1:] >= timestamps[:-1]):
-        starts = _run_starts(timestamps)
-        return values_t - np.repeat(_run_medians(values_t, starts), run_lengths(starts, n), axis=1)
+        return deviations_from_run_medians(values_t, run_starts(timestamps))
     order = np.argsort(timestamps, kind="stable")
-    starts = _run_starts(timestamps[order])
-    v = values_t[:, order]
     out = np.empty_like(values_t)
-    out[:, order] = v - np.repeat(_run_medians(v, starts), run_lengths(starts, n), axis=1)
+    out[:, order] = deviations_from_run_medians(values_t[:, order], run_starts(timestamps[order]))
     return out
-
-
-def _run_starts(v: NDArray[np.generic]) -> NDArray[np.intp]:
-    """Where each run of equal consecutive values of ``v`` (n,) begins (n >= 1)."""
-    head = np.ones(v.size, dtype=bool)
-    np.not_equal(v[1:], v[:-1], out=head[1:])
-    return np.flatnonzero(head)
-
-
-def _ordered_runs(v: F64, starts: NDArray[np.intp]) -> tuple[F64, NDArray[np.intp]]:
-    """Each run of consecutive columns in order, row by row, padded to the longest run.
-
-    Returns the ordered values (R, G, W), padded with +inf (NaN sorted last
-    within a run, as ``np.sort`` does), and the run sizes (G,).
-    """
-    r, n = v.shape
-    sizes = run_lengths(starts, n)
-    g = starts.size
-    width = int(sizes.max())
-    slots = np.repeat(np.arange(g) * width - starts, sizes) + np.arange(n)
-    if width <= _NETWORK_WIDTH and not np.isnan(v).any():
-        # The few readings of a time (a fleet's turbines) side by side, padded
-        # with +inf, put in order by an odd-even transposition network: a
-        # handful of element-wise min/max over all runs at once, no sort.
-        pad = np.full((r, g * width), np.inf)
-        pad[:, slots] = v
-        cols = [pad[:, j::width] for j in range(width)]
-        for step in range(width):
-            for j in range(step % 2, width - 1, 2):
-                cols[j], cols[j + 1] = (
-                    np.minimum(cols[j], cols[j + 1]),
-                    np.maximum(cols[j], cols[j + 1]),
-                )
-        return np.stack(cols, axis=2), sizes
-    group = np.repeat(np.arange(g), sizes)
-    out = np.full((r, g * width), np.inf)
-    for k in range(r):
-        out[k, slots] = v[k, np.lexsort((v[k], group))]  # by run, then by value (NaN last)
-    return out.reshape(r, g, width), sizes
-
-
-def _run_medians(v: F64, starts: NDArray[np.intp]) -> F64:
-    """The median of each run of consecutive columns, row by row.
-
-    Parameters
-    ----------
-    v : ndarray of shape (R, n)
-        Values, each run's columns contiguous (e.g. sorted by time).
-    starts : ndarray of shape (G,)
-        Where each run begins (``starts[0] == 0``, increasing).
-
-    Returns
-    -------
-    ndarray of shape (R, G)
-        The mean of the two middle values of each run (the middle one of an
-        odd run), NaN sorted last as ``np.sort`` does.
-
-    >>> _run_medians(np.array([[3.0, 1.0, 2.0, 5.0, 4.0]]), np.array([0, 3])).tolist()
-    [[2.0, 4.5]]
-    """
-    ordered, sizes = _ordered_runs(v, starts)
-    runs = np.arange(starts.size)
-    lo = ordered[:, runs, (sizes - 1) // 2]
-    hi = ordered[:, runs, sizes // 2]
-    return (lo + hi) / 2.0
-
-
-def _medians_of_the_others(v: F64, starts: NDArray[np.intp]) -> F64:
-    """For each column, the median of the other columns of its run, row by row.
-
-    Position ``j`` of a run's ordered values without a value ``x`` is the
-    ``j + 1``-th of the run's when ``x`` lies at or below its ``j``-th, else
-    its ``j``-th (ties give the same multiset whichever copy goes).
-
-    Parameters
-    ----------
-    v : ndarray of shape (R, n)
-        Values, each run's columns contiguous; no NaN.
-    starts : ndarray of shape (G,)
-
-    Returns
-    -------
-    ndarray of shape (R, n)
-        NaN for a column alone in its run.
-
-    >>> _medians_of_the_others(np.array([[3.0, 1.0, 2.0, 5.0, 4.0]]), np.array([0, 3])).tolist()
-    [[1.5, 2.5, 2.0, 4.0, 5.0]]
-    """
-    r, n = v.shape
-    ordered, sizes = _ordered_runs(v, starts)
-    run = np.repeat(np.arange(starts.size), sizes)
-    others = np.repeat(sizes, sizes) - 1
-    alone = others == 0
-    top = ordered.shape[2] - 1
-
-    def without(j: NDArray[np.intp]) -> F64:
-        at = ordered[:, run, np.minimum(j, top)]
-        above = ordered[:, run, np.minimum(j + 1, top)]
-        return np.where(v <= at, above, at)
-
-    med = (without((others - 1) // 2) + without(others // 2)) / 2.0
-    return np.where(alone, np.nan, med)
 
 
 def time_decay(elapsed: F64, span: float, counts: F64, floor: float) -> F64:
@@ -322,10 +219,12 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     else:
         order = np.argsort(timestamps, kind="stable")
         ts_sorted = timestamps[order]
-    starts = _run_starts(ts_sorted)
+    starts = run_starts(ts_sorted)
     sizes = run_lengths(starts, n)
     v = values_t if order is None else values_t[:, order]
-    dev = np.nan_to_num(v - _medians_of_the_others(v, starts), nan=0.0)
+    dev = v - medians_of_the_others(v, starts)
+    if not np.isfinite(dev).all():  # NaN: a reading alone at its time
+        dev = np.nan_to_num(dev, nan=0.0)
     counts = np.repeat(sizes, sizes)
     if order is None:
         return dev, counts
@@ -334,6 +233,27 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     peers[order] = counts
     out[:, order] = dev
     return out, peers
+
+
+def peer_counts(timestamps: F64) -> NDArray[np.intp]:
+    """How many readings share each reading's timestamp (itself included), shape (n,).
+
+    The ``peers`` :func:`peer_deviation` returns, without the deviations.
+
+    >>> peer_counts(np.array([0.0, 1.0, 0.0, 0.0])).tolist()
+    [3, 1, 3, 3]
+    """
+    n = timestamps.size
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    if np.all(timestamps[1:] >= timestamps[:-1]):
+        sizes = run_lengths(run_starts(timestamps), n)
+        return np.repeat(sizes, sizes)
+    order = np.argsort(timestamps, kind="stable")
+    sizes = run_lengths(run_starts(timestamps[order]), n)
+    peers = np.empty(n, dtype=np.intp)
+    peers[order] = np.repeat(sizes, sizes)
+    return peers
 
 
 def settling(

@@ -32,6 +32,7 @@ filtered exactly as a whole file.  The pure functions :func:`order_codes` and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ I64 = NDArray[np.int64]
 
 KEPT, DUPLICATE, OUT_OF_ORDER = 0, 1, 2
 SENTINEL_RTOL = 1e-6
+_HEAD_ROWS = 1024  # the rows whose turbines are looked for in the rest of a chunk
 
 
 def order_codes(
@@ -77,8 +79,7 @@ def order_codes(
     ([0, 1, 2, 2], [2, 3], [5.0, 7.0])
     """
     n = timestamps.size
-    uniq, inv = np.unique(turbine_ids, return_inverse=True)
-    inv = inv.ravel()
+    uniq, inv = _distinct_ids(turbine_ids)
     # Each turbine's latest time before this chunk (-inf when new).
     pos = np.searchsorted(last_ids, uniq)
     known = pos < last_ids.size
@@ -107,6 +108,23 @@ def order_codes(
     times[pos[known]] = latest[known]
     back = np.argsort(ids, kind="stable")
     return codes, ids[back], times[back]
+
+
+def _distinct_ids(turbine_ids: I64) -> tuple[I64, NDArray[np.intp]]:
+    """``np.unique(turbine_ids, return_inverse=True)`` (n,), by a search when few are distinct.
+
+    A fleet's chunk holds a few turbines: those of its first rows are looked
+    up for every row (a binary search among a few, not a sort of the chunk);
+    a row of another turbine sends it to ``np.unique``.
+    """
+    head = np.unique(turbine_ids[:_HEAD_ROWS])
+    if head.size:
+        pos = np.searchsorted(head, turbine_ids)
+        np.minimum(pos, head.size - 1, out=pos)
+        if bool((head[pos] == turbine_ids).all()):
+            return head, pos
+    uniq, inv = np.unique(turbine_ids, return_inverse=True)
+    return uniq, inv.ravel()
 
 
 def _running_before(ts: F64, group: NDArray[np.intp], prev: F64) -> F64:
@@ -156,7 +174,10 @@ def blank_sentinels(values: F64, sentinels: Mapping[int, tuple[float, ...]]) -> 
         col = values[:, j]
         hit = np.zeros(col.shape, dtype=bool)
         for mark in marks:
-            hit |= np.isclose(col, mark, rtol=SENTINEL_RTOL, atol=0.0)
+            if math.isfinite(mark):  # np.isclose(col, mark, rtol, atol=0), without its wrapping
+                hit |= np.abs(col - mark) <= SENTINEL_RTOL * abs(mark)
+            else:
+                hit |= np.isclose(col, mark, rtol=SENTINEL_RTOL, atol=0.0)
         if hit.any():
             if out is values:
                 out = values.copy()
@@ -262,7 +283,7 @@ class Quirks:
                     chunk.kinds,
                     chunk.lines,
                 )
-        self.finite += np.isfinite(chunk.values).sum(axis=0)
+        self.finite += np.count_nonzero(np.isfinite(chunk.values), axis=0)
         return chunk
 
     def filter(self, chunks: Iterable[Chunk]) -> Iterator[Chunk]:

@@ -44,6 +44,27 @@ CLIP = 3.0  # whitened residuals beyond +-3 sd enter the chart as +-3
 WARM_SPANS = 10.0  # a chart scores once its model has learned over this many spans
 
 
+def median_step(times: F64) -> float:
+    """``np.median(np.diff(times))`` of distinct sorted times (m,), m >= 2, by one partition.
+
+    A batch's step is nearly always one value (then no partition at all);
+    otherwise the middle one or two differences, as ``np.median`` takes them.
+
+    >>> median_step(np.array([0.0, 600.0, 1200.0, 2400.0, 3000.0]))
+    600.0
+    """
+    d = np.diff(times)
+    lo, hi = float(d.min()), float(d.max())
+    if lo == hi:
+        return lo
+    m = d.size
+    k = m // 2
+    if m % 2:
+        return float(np.partition(d, k)[k])
+    part = np.partition(d, (k - 1, k))
+    return float((part[k - 1] + part[k]) / 2.0)
+
+
 @dataclass(frozen=True)
 class ChartScores:
     """One batch through the chart.
@@ -107,6 +128,7 @@ class ResidualChart:
         self.step = 0.0  # the stream's time step, for the variance floor
         self.models = GroupedCovariance(n_turbines, r)
         self.chol = np.broadcast_to(np.eye(r), (n_turbines, r, r)).copy()
+        self._eye = np.eye(r)
 
     @property
     def n_responses(self) -> int:
@@ -142,7 +164,7 @@ class ResidualChart:
         s = ewma_by_time(turbines, timestamps, resid, self.span, self.smoothed, self.last_time)
         warm = np.take(self.models.counts, turbines) >= self.min_samples
         learned = timestamps - np.take(self.since, turbines)
-        warm &= np.nan_to_num(learned, nan=-1.0) >= WARM_SPANS * self.span
+        warm &= learned >= WARM_SPANS * self.span  # NaN (not learning yet) compares False
         self._factors(timestamps)
         cdiff = s - gather_rows(self.models.means, turbines)
         cz = whiten_grouped(cdiff, turbines, self.chol)
@@ -161,10 +183,10 @@ class ResidualChart:
         else:
             uts = np.unique(timestamps)
         if uts.size > 1:
-            self.step = float(np.median(np.diff(uts)))
+            self.step = median_step(uts)
         lam = -np.expm1(-self.step / self.span) if self.step > 0 else 1.0
         cov = covariance_of(self.models.counts, self.models.m2)
-        cov = cov + np.eye(self.n_responses) * (self.floor * lam / (2.0 - lam))
+        cov = cov + self._eye * (self.floor * lam / (2.0 - lam))
         self.chol, _ = regularised_cholesky(cov, self.ridge)
 
     def learn(

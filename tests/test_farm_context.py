@@ -12,7 +12,7 @@ from pipeline import Detector
 from pipeline.config import make_config
 from pipeline.detector import FILTERED
 from pipeline.errors import ConfigError
-from pipeline.policy import peer_deviation, settling
+from pipeline.policy import peer_counts, peer_deviation, settling
 from pipeline.recordings import RecordingSpec, read_recording
 from tests.test_operating_point import run_daily
 
@@ -37,6 +37,7 @@ def test_peer_deviation_against_the_median_of_the_others(k, steps, rows, drop, t
         else rng.normal(size=(rows, ts.size))
     )
     dev, peers = peer_deviation(ts, v)
+    np.testing.assert_array_equal(peer_counts(ts), peers)
     for i in range(ts.size):
         same = ts == ts[i]
         assert peers[i] == same.sum()

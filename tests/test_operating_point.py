@@ -98,6 +98,51 @@ def test_regime_models_match_explicit_per_bin_covariances(rng):
     assert (r.scored_by == TURBINE).all()
 
 
+class PoolingEveryFleetModel(Detector):
+    """The reference: every fleet model pooled afresh whenever any is needed."""
+
+    def _fleet_view(self, needed=None):  # noqa: ANN001, ANN202
+        self._groups_dirty = True
+        return super()._fleet_view(None)
+
+
+def test_fleet_models_pooled_only_when_needed_score_as_all_pooled(rng):
+    # Three turbines, bins rarely visited at the edges: each batch has a few readings
+    # of a turbine's cold bin, scored by the fleet model pooled for it alone.
+    config = DetectorConfig(
+        sensors=SENSORS,
+        regime={"sensor": "wind", "edges": (-1.5, -0.5, 0.5, 1.5)},
+        key_groups=2,
+        min_samples=40,
+        warmup_span=3000.0,
+        learn_when=[{"sensor": "pitch", "above": -100.0, "state": "stopped"}],
+    )
+    fast, full = Detector(config), PoolingEveryFleetModel(config)
+    fleet_scored = 0
+    for b in range(12):
+        n = 300
+        ts = 1000.0 * b + np.sort(rng.integers(0, 1000, n)).astype(float)
+        ids, x = rng.integers(0, 5, n), correlated(rng, n)
+        a, r = fast.process(ts, ids, x), full.process(ts, ids, x)
+        np.testing.assert_array_equal(a.distances, r.distances)
+        np.testing.assert_array_equal(a.scored_by, r.scored_by)
+        fleet_scored += int((a.scored_by == FLEET).sum())
+    assert fleet_scored > 0
+    # A batch that learns nothing (stops, and a gross fault of a new turbine that
+    # the fleet scores): the fleet models not pooled for it are still out of date,
+    # and pooled when the state is taken.
+    x = correlated(rng, 10)
+    x[:9, 3] = -1e3
+    x[9] = (0.0, 0.0, 1e3, 0.0)
+    ids = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 7])
+    for det in (fast, full):
+        r = det.process(np.full(10, 2e4), ids, x)
+        assert r.state_counts() == {"stopped": 9} and r.scored_by[9] == FLEET
+        assert r.is_anomaly[9]
+    for key in ("group_counts", "group_means", "group_m2"):
+        np.testing.assert_array_equal(fast.state()[key], full.state()[key])
+
+
 def test_readings_outside_the_edges_fall_in_the_end_bins_and_nan_is_skipped(rng):
     config = DetectorConfig(
         sensors=SENSORS, regime={"sensor": "wind", "edges": (0.0, 1.0)}, key_groups=1
@@ -398,3 +443,71 @@ def test_fleet_deviation_against_a_per_reading_median(k, steps, shuffle, drop, s
         ts, v = ts[drop:], v[drop:]
     expected = np.array([v[i] - np.median(v[ts == ts[i]]) for i in range(v.size)])
     np.testing.assert_allclose(fleet_deviation(ts, v), expected, atol=1e-12)
+
+
+def naive_state(row, rules, columns, where_columns):
+    for k, rule in enumerate(rules):
+        v = row[columns[k]]
+        ok = (rule.above is None or v > rule.above) and (rule.below is None or v < rule.below)
+        if rule.normal is not None:
+            ok = ok and v in rule.normal
+        if rule.where is not None:
+            w = row[where_columns[k]]
+            lo, hi = rule.where.above, rule.where.below
+            ok = ok or not ((lo is None or w > lo) and (hi is None or w < hi))
+        if not ok:
+            return k + 1
+    return 0
+
+
+@given(seed=st.integers(0, 2**32 - 1), n_rules=st.integers(1, 4))
+@settings(max_examples=60, deadline=None)
+def test_learning_states_against_a_reading_by_reading_reference(seed, n_rules):
+    from pipeline.config import LearnRule
+    from pipeline.policy import learning_states
+
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(-3, 4, (200, 3)).astype(float)
+    raw[rng.random(raw.shape) < 0.05] = np.nan
+    rules, columns, where_columns = [], [], []
+
+    def bounds():
+        lo, hi = sorted(rng.choice(np.arange(-2, 3), 2, replace=False).tolist())
+        keep = rng.integers(3)  # both, above only, below only
+        return {
+            "above": float(lo) if keep != 2 else None,
+            "below": float(hi) if keep != 1 else None,
+        }
+
+    for k in range(n_rules):
+        if rng.integers(3) == 2:
+            spec = {"normal": tuple(float(c) for c in rng.choice(np.arange(-3, 4), 2))}
+        else:
+            spec = bounds()
+        where = {"sensor": "w", **bounds()} if rng.random() < 0.5 else None
+        rules.append(LearnRule(sensor="s", state=f"s{k}", where=where, **spec))
+        columns.append(int(rng.integers(3)))
+        where_columns.append(int(rng.integers(3)))
+    got = learning_states(raw, rules, columns, where_columns)
+    want = [naive_state(row, rules, columns, where_columns) for row in raw]
+    assert got.tolist() == want
+
+
+def test_a_fleet_relative_regime_sensor_bins_its_raw_value(rng):
+    # The regime bins the raw wind speed even where the wind is also scored as its
+    # deviation from the fleet's (which is near 0): every reading here is in bin 1.
+    config = DetectorConfig(
+        sensors=("wind", "power"),
+        regime={"sensor": "wind", "edges": (0.5,)},
+        fleet_relative=("wind",),
+        learn_when=[{"sensor": "power", "above": 0.0, "state": "stopped"}],
+        key_groups=1,
+    )
+    det = Detector(config)
+    n = 400
+    ts = np.repeat(np.arange(n // 4, dtype=float), 4)
+    x = np.column_stack([1.0 + 0.01 * rng.normal(size=n), rng.normal(size=n)])
+    r = det.process(ts, np.tile(np.arange(4), n // 4), x)
+    assert 0 < r.state_counts()["stopped"] < n
+    counts = det.state()["turbine_counts"].reshape(4, 2)
+    assert counts[:, 0].sum() == 0 and counts[:, 1].sum() == n - r.state_counts()["stopped"]

@@ -3,13 +3,14 @@
 pyarrow's CSV parser reads the data lines block by block (``BLOCK_BYTES`` of
 whole lines, parsed ``PARSE_BYTES`` at a time in C++ threads), and each run of
 ``chunk_rows`` rows becomes the :class:`Chunk` the NumPy reader would give.
-The blocks are read here, in the calling thread, and handed over one at a
-time: ``pyarrow.csv.open_csv`` on a Python stream reads ahead as fast as it
+The blocks are read here, in the calling thread, and handed over at most
+``AHEAD`` at a time: ``pyarrow.csv.open_csv`` on a Python stream reads ahead as fast as it
 can (36 of La Haute Borne's 40 MiB before its first batch), so memory would
 not be bounded, and a reader abandoned mid-file left its thread inside
 Python's file object at interpreter exit (a fatal error).  Each block is
-parsed in a worker thread while the chunks of the one before are scored (one
-block ahead, never more; the worker sees bytes in memory, never the file).  The NumPy reader
+parsed in a worker thread while the chunks of the ones before are scored (at
+most ``AHEAD`` blocks ahead, so memory stays bounded; the worker sees bytes in
+memory, never the file).  The NumPy reader
 stays the oracle: the fast path never raises on bad input.  Whatever it does not
 accept exactly as the NumPy reader would (a blank line, a line too long, a
 lone CR, bytes that are not UTF-8, a cell pyarrow cannot convert, a turbine
@@ -28,8 +29,9 @@ are dictionary-encoded, so each distinct cell is looked at once.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Generator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
@@ -44,8 +46,9 @@ from pipeline.recordings.spec import Chunk
 if TYPE_CHECKING:
     from pipeline.recordings.csvfile import CsvRecording
 
-BLOCK_BYTES = 4 << 20  # whole lines handed to pyarrow at a time: memory is bounded by it
+BLOCK_BYTES = 4 << 20  # whole lines handed to pyarrow at a time: memory is bounded by AHEAD of them
 PARSE_BYTES = 1 << 20  # pyarrow parses a block in pieces of this size, in parallel
+AHEAD = 3  # blocks read and handed to the parsing thread ahead of the one being converted
 
 # A line the NumPy reader skips (``str.strip()`` leaves nothing): ASCII whitespace only.
 _BLANK_ASCII = re.compile(rb"^[ \t\r\x0b\x0c\x1c-\x1f]*\n", re.MULTILINE)
@@ -207,9 +210,10 @@ def arrow_chunks(rec: CsvRecording) -> Generator[Chunk, None, int | None]:
             convert_options=convert_options,
         )
 
-    # One block is parsed ahead, in a worker thread (pyarrow releases the GIL),
-    # while the chunks of the one before are scored.  The worker only ever sees
-    # bytes in memory, never the file, and is joined when reading ends.
+    # Up to AHEAD blocks are parsed ahead, in a worker thread (pyarrow releases the
+    # GIL), while the chunks of the ones before are scored: the worker keeps busy
+    # while a chunk is scored, so the reader seldom waits for it.  The worker only
+    # ever sees bytes in memory, never the file, and is joined when reading ends.
     ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arrowcsv")
     try:
         with open(rec.path, "rb") as raw:
@@ -217,11 +221,16 @@ def arrow_chunks(rec: CsvRecording) -> Generator[Chunk, None, int | None]:
             source = _CompleteLines(raw, spec.max_line_bytes, spec.sep)
             pending: list[pa.Table] = []
             held = 0
-            block = source.read(BLOCK_BYTES)
-            parsing = ahead.submit(parse, block) if block else None
-            while parsing is not None:
-                block = source.read(BLOCK_BYTES)
-                current, parsing = parsing, (ahead.submit(parse, block) if block else None)
+            inflight: deque[Future[pa.Table]] = deque()
+            while True:
+                while len(inflight) < AHEAD:
+                    block = source.read(BLOCK_BYTES)
+                    if not block:
+                        break
+                    inflight.append(ahead.submit(parse, block))
+                if not inflight:
+                    break
+                current = inflight.popleft()
                 try:
                     table = current.result()
                 except (pa.ArrowException, ValueError):  # any refusal: the NumPy reader decides
@@ -287,10 +296,10 @@ def _distinct(column: pa.ChunkedArray) -> tuple[list[str], NDArray[np.intp]]:
 def _chunk(rec: CsvRecording, table: pa.Table, start: int) -> Chunk:
     n = table.num_rows
     col = [f"c{i}" for i in range(len(rec.columns))]
-    if rec.sensor_index:
-        values = np.column_stack([_floats(table.column(col[i])) for i in rec.sensor_index])
-    else:
-        values = np.zeros((n, 0))
+    # Each sensor straight into its column (nulls read as NaN): one copy of the data.
+    values = np.empty((n, len(rec.sensor_index)))
+    for j, i in enumerate(rec.sensor_index):
+        values[:, j] = table.column(col[i]).to_numpy()
     if rec.time_is_number:
         ts = _floats(table.column(col[rec.time_index]))
     else:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -119,8 +120,49 @@ def parse_times(cells: Sequence[str] | NDArray[np.str_]) -> NDArray[np.float64]:
 
 # The fixed layouts parse_fixed reads: width -> what follows "YYYY-MM-DDTHH:MM:SS".
 _FIXED_WIDTHS = {19: "", 20: "Z", 24: "+HHMM", 25: "+HH:MM"}
-_DATE_DIGITS = (0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18)
 _MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
+# The fields read from a cell: each is its digits' columns with their place values.
+_FIELDS = {
+    "year": ((0, 1000), (1, 100), (2, 10), (3, 1)),
+    "month": ((5, 10), (6, 1)),
+    "day": ((8, 10), (9, 1)),
+    "hour": ((11, 10), (12, 1)),
+    "minute": ((14, 10), (15, 1)),
+    "second": ((17, 10), (18, 1)),
+}
+
+
+@lru_cache(maxsize=8)
+def _layout(width: int) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.float64]]:
+    """Per-column byte ranges (lowest byte, span) of a layout, and its field weights.
+
+    A byte b of column j is allowed when ``b - low[j]`` (uint8, wrapping) is at
+    most ``span[j]``: digits are '0' + 0..9, separators one byte.  Columns 10
+    ('T' or ' ') and 19 (the offset's sign or 'Z') allow two bytes and are
+    checked apart (span 255 here).  The weights (W, F) turn a cell's digits
+    into its fields by one product; every value is a small integer, exact in
+    float64.
+    """
+    tail = _FIXED_WIDTHS[width]
+    low = np.full(width, ord("0"), dtype=np.uint8)
+    span = np.full(width, 9, dtype=np.uint8)
+    for j, sep in ((4, "-"), (7, "-"), (13, ":"), (16, ":")):
+        low[j], span[j] = ord(sep), 0
+    fields = dict(_FIELDS)
+    if tail == "+HH:MM":
+        low[22], span[22] = ord(":"), 0
+        fields["offset"] = ((20, 36000), (21, 3600), (23, 600), (24, 60))
+    elif tail == "+HHMM":
+        fields["offset"] = ((20, 36000), (21, 3600), (22, 600), (23, 60))
+    for j in (10, 19) if width > 19 else (10,):
+        low[j], span[j] = 0, 255
+    weights = np.zeros((width, len(fields)))
+    for f, digits in enumerate(fields.values()):
+        for j, place in digits:
+            weights[j, f] = place
+    for a in (low, span, weights):
+        a.setflags(write=False)
+    return low, span, weights
 
 
 def parse_fixed(cells: NDArray[np.uint8]) -> NDArray[np.float64] | None:
@@ -130,7 +172,9 @@ def parse_fixed(cells: NDArray[np.uint8]) -> NDArray[np.float64] | None:
     time), then nothing (UTC), ``Z``/``z``, ``+HHMM`` or ``+HH:MM`` (either
     sign).  The result is :func:`parse_times`'s, bit for bit; None when any
     cell is of another layout or not a valid date-time (then
-    :func:`parse_times` decides, and names the cell).
+    :func:`parse_times` decides, and names the cell).  Each distinct cell's
+    bytes are checked against the layout in one comparison, and its fields
+    (year, month, ..., the offset in seconds) come from one matrix product.
 
     Parameters
     ----------
@@ -156,29 +200,21 @@ def parse_fixed(cells: NDArray[np.uint8]) -> NDArray[np.float64] | None:
     head = np.ones(n, dtype=bool)
     np.not_equal(rows[1:], rows[:-1], out=head[1:])
     c = cells[head]
-    ok = (c[:, 4] == 45) & (c[:, 7] == 45) & (c[:, 13] == 58) & (c[:, 16] == 58)
-    ok &= (c[:, 10] == 84) | (c[:, 10] == 32)  # 'T' or ' '
-    digits = list(_DATE_DIGITS)
+    low, span, weights = _layout(w)
+    if bool(((c - low) > span).any()):  # a byte outside its column's range (uint8 wraps)
+        return None
+    sep = c[:, 10]
+    ok = (sep == 84) | (sep == 32)  # 'T' or ' '
     if layout == "Z":
         ok &= (c[:, 19] == 90) | (c[:, 19] == 122)
     elif layout:
         ok &= (c[:, 19] == 43) | (c[:, 19] == 45)
-        if layout == "+HH:MM":
-            ok &= c[:, 22] == 58
-            digits += [20, 21, 23, 24]
-        else:
-            digits += [20, 21, 22, 23]
-    d = (c[:, digits] - np.uint8(48)).astype(np.int64)  # a byte below '0' wraps above 9
-    ok &= (d <= 9).all(axis=1)
     if not ok.all():
         return None
-    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
-    month, day = d[:, 4] * 10 + d[:, 5], d[:, 6] * 10 + d[:, 7]
-    hour, minute, second = (
-        d[:, 8] * 10 + d[:, 9],
-        d[:, 10] * 10 + d[:, 11],
-        d[:, 12] * 10 + d[:, 13],
-    )
+    # The digits' bytes minus '0', times their place values: each field, exactly.
+    values = c.astype(np.float64) @ weights - 48.0 * weights.sum(axis=0)  # BLAS in float64
+    fields = values.astype(np.int64).T
+    year, month, day, hour, minute, second = fields[:6]
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     if not ((month >= 1) & (month <= 12)).all():
         return None
@@ -195,8 +231,7 @@ def parse_fixed(cells: NDArray[np.uint8]) -> NDArray[np.float64] | None:
     days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
     ms = (days * 86400 + hour * 3600 + minute * 60 + second) * 1000
     if layout in ("+HHMM", "+HH:MM"):
-        sign = np.where(c[:, 19] == 45, -1, 1)
-        offsets = sign * ((d[:, 14] * 10 + d[:, 15]) * 3600 + (d[:, 16] * 10 + d[:, 17]) * 60)
+        offsets = np.where(c[:, 19] == 45, -1, 1) * fields[6]
     else:
         offsets = np.zeros(ms.size, dtype=np.int64)
     return (ms / 1000.0 - offsets)[np.cumsum(head) - 1]
