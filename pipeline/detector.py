@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.linalg import blas
 
+from pipeline import batch_math
 from pipeline.calibration import calibrate
 from pipeline.charts import ewma_by_count
 from pipeline.config import DetectorConfig
@@ -41,17 +42,13 @@ from pipeline.covariance import (
     F64,
     GroupedCovariance,
     WelfordCovariance,
-    batch_moments,
     combine,
     covariance_of,
-    grouped_moments,
 )
 from pipeline.errors import InputError, SchemaError
 from pipeline.mahalanobis import (
     condition_numbers,
-    contributions_from_whitened,
     gather_rows,
-    regularised_cholesky,
     squared_norms,
     whiten_grouped,
 )
@@ -80,6 +77,9 @@ class Detector:
         Defaults to ``DetectorConfig()``.
     n_features : int, optional
         D; taken from the configuration's sensors or from the first batch.
+    compiled : bool, optional
+        Run the per-batch maths with the compiled kernels (:mod:`pipeline.kernels`,
+        the default where numba imports) or with NumPy (``False``: the oracle).
 
     Examples
     --------
@@ -94,8 +94,16 @@ class Detector:
     [False, True]
     """
 
-    def __init__(self, config: DetectorConfig | None = None, n_features: int | None = None) -> None:
+    def __init__(
+        self,
+        config: DetectorConfig | None = None,
+        n_features: int | None = None,
+        compiled: bool | None = None,
+    ) -> None:
         self.config = config if config is not None else DetectorConfig()
+        # The compiled kernels (pipeline/kernels) unless told otherwise or numba is absent;
+        # compiled=False runs the NumPy path, the kernels' oracle.
+        self.compiled = batch_math.kernels_available() if compiled is None else compiled
         self.turbines = TurbineIndex(self.config.turbines, self.config.max_turbines)
         # The names behind hashed turbine ids (pipeline/names.py), kept for display.
         self.names = TurbineNames()
@@ -403,9 +411,9 @@ class Detector:
             self._learn(model_of, x_t, ts_l)
             learned = np.ones(idx.size, dtype=bool)
         else:
-            self._learn(model_of[learn], np.take(x_t, learn, axis=1), ts_l[learn])
             learned = np.zeros(idx.size, dtype=bool)
             learned[learn] = True
+            self._learn(model_of, x_t, ts_l, ~learned)
         if chart is not None:
             calm = learned & chart.charted & (scored_by > 0) & (chart.statistic <= self._chart_gate)
             self._residuals.learn(idx, chart, calm)
@@ -500,7 +508,6 @@ class Detector:
         """
         d, n = x_t.shape
         k = self._k
-        stat = np.zeros(n)
         if self.config.per_turbine:
             warm = np.take(self._models.counts, idx) >= self.min_samples
             span = self.config.warmup_span
@@ -512,8 +519,7 @@ class Detector:
         fleet_only = not self.config.per_turbine and self.config.key_groups == 1 and self._bins == 1
         if n and warm.all():
             by = np.full(n, TURBINE, dtype=np.int8)
-            model, chol, counts = idx, self._chol, self._models.counts
-            diff_t = x_t - gather_rows(self._models.means, idx)
+            model, chol, counts, means = idx, self._chol, self._models.counts, self._models.means
         else:
             groups, group_chol = self._fleet_view()
             if fleet_only:  # one model: the factors are just the fleet's
@@ -521,8 +527,7 @@ class Detector:
                 ok = groups.counts[0] >= self.fleet_min_samples
                 by = np.full(n, FLEET if ok else WARMUP, dtype=np.int8)
                 model = np.zeros(n, dtype=np.intp)
-                counts = groups.counts[:1]
-                diff_t = x_t - groups.means[0][:, None]
+                counts, means = groups.counts[:1], groups.means[:1]
             else:
                 chol = np.concatenate((self._chol, group_chol))
                 g = self._fleet_of(idx)
@@ -530,9 +535,19 @@ class Detector:
                 by = np.where(warm, TURBINE, np.where(fleet, FLEET, WARMUP)).astype(np.int8)
                 model = np.where(warm, idx, g + self._chol.shape[0])
                 counts = np.concatenate((self._models.counts, groups.counts))
-                diff_t = x_t - gather_rows(
-                    np.concatenate((self._models.means, groups.means)), model
-                )
+                means = np.concatenate((self._models.means, groups.means))
+        table = self._bound.table if self._bound is not None else None
+        if self.compiled:
+            diff_t, z_t, stat, scale = batch_math.whiten(
+                x_t, model, means, chol, k, counts, table, compiled=True
+            )
+            unscored = by <= 0
+            if unscored.any():
+                z_t[:, unscored] = 0.0
+                stat[unscored] = 0.0
+            return stat, by, diff_t, z_t, model, chol, scale
+        stat = np.zeros(n)
+        diff_t = x_t - (means[0][:, None] if fleet_only else gather_rows(means, model))
         scored = by > 0
         # One triangular solve per model, vectorised over readings.
         if fleet_only and n and scored.all():
@@ -591,10 +606,7 @@ class Detector:
 
     def _factors(self, counts: F64, m2: F64) -> F64:
         """Cholesky factors (G, D, D) of the models' covariances plus the sensor floors."""
-        cov = covariance_of(counts, m2)
-        if self._floor is not None:
-            cov = cov + np.diag(self._floor)
-        return regularised_cholesky(cov, self.config.ridge)[0]
+        return batch_math.factors(counts, m2, self._floor, self.config.ridge, self.compiled)
 
     def _fleet_view(self) -> tuple[GroupedCovariance, F64]:
         """The key groups' fleet models and their Cholesky factors, up to date.
@@ -650,20 +662,11 @@ class Detector:
         d, k = self._features(), self._k
         if hit.size == 0:
             return np.zeros((0, d))
-        dz, zz, mh = np.take(diff_t, hit, axis=1), np.take(z_t, hit, axis=1), model[hit]
-        if k:
-            # Responses given conditions: L22 z_r = diff_r - L21 z_c, a residual of
-            # the regression on the conditions, and S_(r|c)^-1 e = L22^-T z_r.
-            l21 = chol[mh][:, k:, :k]
-            e = dz[k:] - np.einsum("hrk,kh->rh", l21, zz[:k])
-            shares = contributions_from_whitened(
-                e, zz[k:], mh, np.ascontiguousarray(chol[:, k:, k:])
-            )
-        else:
-            shares = contributions_from_whitened(dz, zz, mh, chol)
+        shares = batch_math.contributions(diff_t, z_t, hit, model, chol, k, self.compiled)
         if scale is not None:
             shares *= scale[hit][:, None]
         if chart is not None:
+            zz = np.take(z_t, hit, axis=1)
             point = np.einsum("rh,rh->h", zz[k:], zz[k:])
             if scale is not None:
                 point *= scale[hit]
@@ -678,30 +681,46 @@ class Detector:
         return out
 
     # ------------------------------------------------------------------ learning
-    def _learn(self, model: NDArray[np.intp], x_t: F64, ts: F64) -> None:
-        """Learn model-ready readings ``x_t`` of shape (D, n), of models ``model`` (n,)."""
+    def _learn(
+        self, model: NDArray[np.intp], x_t: F64, ts: F64, skip: NDArray[np.bool_] | None = None
+    ) -> None:
+        """Learn model-ready readings ``x_t`` of shape (D, n), of models ``model`` (n,).
+
+        ``skip`` (n,): readings not to learn (the anomalies, by default).
+        """
         if x_t.shape[1] == 0:
             return
-        x = x_t.T  # (n, D) view; the moment functions read it column by column
-        if self.config.per_turbine:
-            n_models = self._models.n_groups
-            counts, means, m2 = grouped_moments(x, model, n_models)
-            decay = self._decay(model, ts, self._models.counts) if self._track_time else None
-            changed = self._models.merge_moments(counts, means, m2, decay)
-            self._chol[changed] = self._factors(
-                self._models.counts[changed], self._models.m2[changed]
+        cfg = self.config
+        if cfg.per_turbine:
+            decay = None
+            if self._track_time:
+                learned = slice(None) if skip is None else ~skip
+                decay = self._decay(model[learned], ts[learned], self._models.counts)
+            batch_math.learn(
+                self._models,
+                self._chol,
+                x_t,
+                model,
+                skip,
+                decay,
+                self._floor,
+                cfg.ridge,
+                self.compiled,
             )
             self._groups_dirty = True
             return
-        n_groups = self._groups.n_groups
-        if n_groups == 1:
-            n_b, mean_b, m2_b = batch_moments(x)
-            gc, gm, gm2 = np.array([n_b]), mean_b[None], m2_b[None]
-        else:
-            gc, gm, gm2 = grouped_moments(x, self._fleet_of(model), n_groups)
-        changed_g = self._groups.merge_moments(gc, gm, gm2)
-        self._group_chol[changed_g] = self._factors(
-            self._groups.counts[changed_g], self._groups.m2[changed_g]
+        one = self._groups.n_groups == 1
+        fleet = np.zeros(model.size, np.intp) if one else self._fleet_of(model)
+        batch_math.learn(
+            self._groups,
+            self._group_chol,
+            x_t,
+            fleet,
+            skip,
+            None,
+            self._floor,
+            cfg.ridge,
+            self.compiled,
         )
 
     def _decay(self, model: NDArray[np.intp], ts: F64, counts: F64) -> F64 | None:
@@ -829,12 +848,15 @@ class Detector:
 
     @classmethod
     def from_state(
-        cls, state: Mapping[str, np.ndarray], config: DetectorConfig | None = None
+        cls,
+        state: Mapping[str, np.ndarray],
+        config: DetectorConfig | None = None,
+        compiled: bool | None = None,
     ) -> Detector:
         """Rebuild a detector from :meth:`state` (with its own config unless one is given)."""
         if config is None:
             config = DetectorConfig.model_validate(json.loads(str(state["config"])))
-        det = cls(config)
+        det = cls(config, compiled=compiled)
         det.names = TurbineNames.from_state(state)
         if "turbine_means" not in state:
             return det
