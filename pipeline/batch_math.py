@@ -12,6 +12,8 @@ factors (and so the statistics) agree to rounding (tests/test_kernels.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -71,6 +73,49 @@ def factors(counts: F64, m2: F64, floor: F64 | None, ridge: float, compiled: boo
     return regularised_cholesky(cov, ridge)[0]
 
 
+@dataclass(frozen=True)
+class Blocks:
+    """A batch's readings sorted by model (the compiled path): see ``sort_by_model``.
+
+    Attributes
+    ----------
+    model : ndarray of shape (n,)
+        The model index array the blocks were made from.
+    starts : ndarray of shape (M + 1,)
+    order : ndarray of shape (n,)
+    xs : ndarray of shape (D, n)
+    """
+
+    model: NDArray[np.intp]
+    starts: NDArray[np.int64]
+    order: NDArray[np.int64]
+    xs: F64
+
+
+@dataclass(frozen=True)
+class Whitened:
+    """Scores of a batch against its readings' models.
+
+    Attributes
+    ----------
+    stat : ndarray of shape (n,)
+        ``|z[k:]|^2`` times the scale.
+    scale : ndarray of shape (n,) or None
+        Each reading's prediction-bound scale (None without a table).
+    diff_t, z_t : ndarray of shape (D, n) or None
+        Deviations and whitened deviations: always from the NumPy path, from
+        the compiled one only when asked for (``full``).
+    blocks : Blocks or None
+        The compiled path's readings by model, for :func:`learn` to reuse.
+    """
+
+    stat: F64
+    scale: F64 | None
+    diff_t: F64 | None
+    z_t: F64 | None
+    blocks: Blocks | None
+
+
 def whiten(
     x_t: F64,
     model: NDArray[np.intp],
@@ -80,7 +125,8 @@ def whiten(
     counts: F64,
     table: F64 | None,
     compiled: bool,
-) -> tuple[F64, F64, F64, F64 | None]:
+    full: bool = True,
+) -> Whitened:
     """Deviations, whitened deviations, statistics and scales of readings of their models.
 
     Parameters
@@ -88,7 +134,7 @@ def whiten(
     x_t : ndarray of shape (D, n)
         Model-ready readings, one per column.
     model : ndarray of shape (n,)
-        Each reading's model, an index into the stack.
+        Each reading's model, an index into the stack, in ``[0, M)``.
     means : ndarray of shape (M, D)
     chol : ndarray of shape (M, D, D)
     k : int
@@ -98,26 +144,22 @@ def whiten(
     table : ndarray of shape (N + 1,), optional
         The prediction bound's scale by count (``PredictionBound.table``).
     compiled : bool
-
-    Returns
-    -------
-    diff_t, z_t : ndarray of shape (D, n)
-    stat : ndarray of shape (n,)
-        ``|z[k:]|^2`` times the scale.
-    scale : ndarray of shape (n,) or None
-        Each reading's scale (None without ``table``).
+    full : bool
+        The compiled path returns ``diff_t`` and ``z_t`` only when asked.
     """
     if compiled and kernels is not None:
-        diff_t, z_t, stat, scale = kernels.whiten_scores(
-            np.ascontiguousarray(x_t),
-            model,
-            means,
-            chol,
-            k,
-            counts,
-            _NONE if table is None else table,
+        x_t = np.ascontiguousarray(x_t)
+        starts, order, xs = kernels.sort_by_model(x_t, model, means.shape[0])
+        stat, scale, diff_t, z_t = kernels.whiten_sorted(
+            xs, starts, order, means, chol, k, counts, _NONE if table is None else table, full
         )
-        return diff_t, z_t, stat, (None if table is None else scale)
+        return Whitened(
+            stat,
+            None if table is None else scale,
+            diff_t if full else None,
+            z_t if full else None,
+            Blocks(model, starts, order, xs),
+        )
     diff_t = x_t - gather_rows(means, model)
     z_t = whiten_grouped(diff_t, model, chol)
     stat = squared_norms(z_t[k:] if k else z_t)
@@ -127,7 +169,7 @@ def whiten(
         scale_m = np.take(table, np.minimum(counts, table.size - 1).astype(np.intp))
         scale_n = np.take(scale_m, model)
         stat *= scale_n
-    return diff_t, z_t, stat, scale_n
+    return Whitened(stat, scale_n, diff_t, z_t, None)
 
 
 def learn(
@@ -140,6 +182,7 @@ def learn(
     floor: F64 | None,
     ridge: float,
     compiled: bool,
+    blocks: Blocks | None = None,
 ) -> None:
     """Learn readings into their models and refresh the changed models' factors, in place.
 
@@ -151,6 +194,7 @@ def learn(
         Their factors, refreshed in place for the models that learned.
     x_t : ndarray of shape (D, n)
     model : ndarray of shape (n,)
+        Each reading's model, in ``[0, M)``.
     skip : ndarray of shape (n,), optional
         Readings not to learn.
     decay : ndarray of shape (M,), optional
@@ -158,11 +202,19 @@ def learn(
     floor : ndarray of shape (D,), optional
     ridge : float
     compiled : bool
+    blocks : Blocks, optional
+        The scores' readings by model, reused when made from this ``model``.
     """
     if compiled and kernels is not None:
-        _, failed = kernels.learn_grouped(
-            np.ascontiguousarray(x_t),
-            model,
+        if blocks is None or blocks.model is not model:
+            x_t = np.ascontiguousarray(x_t)
+            starts, order, xs = kernels.sort_by_model(x_t, model, stack.n_groups)
+        else:
+            starts, order, xs = blocks.starts, blocks.order, blocks.xs
+        _, failed = kernels.learn_sorted(
+            xs,
+            starts,
+            order,
             _NO_SKIP if skip is None else skip,
             stack.counts,
             stack.means,
@@ -191,34 +243,45 @@ def learn(
 
 
 def contributions(
-    diff_t: F64,
-    z_t: F64,
+    x_t: F64,
+    w: Whitened,
     hit: NDArray[np.intp],
     model: NDArray[np.intp],
+    means: F64,
     chol: F64,
     k: int,
     compiled: bool,
-) -> F64:
-    """Each scored sensor's share (h, D - k) of the statistics of readings ``hit``.
+) -> tuple[F64, F64]:
+    """Each scored sensor's share (h, D - k) of the statistics of readings ``hit``, and their z.
 
     Parameters
     ----------
-    diff_t, z_t : ndarray of shape (D, n)
-        Deviations and whitened deviations.
+    x_t : ndarray of shape (D, n)
+    w : Whitened
+        The batch's scores (the NumPy path reads its deviations).
     hit : ndarray of shape (h,)
     model : ndarray of shape (n,)
+    means : ndarray of shape (M, D)
     chol : ndarray of shape (M, D, D)
     k : int
         Conditioning sensors (first): the shares are the Schur complement's.
     compiled : bool
+
+    Returns
+    -------
+    shares : ndarray of shape (h, D - k)
+    z_hit : ndarray of shape (D, h)
+        The readings' whitened deviations.
     """
     if compiled and kernels is not None:
-        return kernels.contributions_grouped(diff_t, z_t, hit, model, chol, k)
-    dz, zz, mh = np.take(diff_t, hit, axis=1), np.take(z_t, hit, axis=1), model[hit]
+        return kernels.contributions_grouped(np.ascontiguousarray(x_t), hit, model, means, chol, k)
+    assert w.diff_t is not None and w.z_t is not None  # noqa: S101 (the NumPy path keeps them)
+    dz, zz, mh = np.take(w.diff_t, hit, axis=1), np.take(w.z_t, hit, axis=1), model[hit]
     if k:
         # Responses given conditions: L22 z_r = diff_r - L21 z_c, a residual of
         # the regression on the conditions, and S_(r|c)^-1 e = L22^-T z_r.
         l21 = chol[mh][:, k:, :k]
         e = dz[k:] - np.einsum("hrk,kh->rh", l21, zz[:k])
-        return contributions_from_whitened(e, zz[k:], mh, np.ascontiguousarray(chol[:, k:, k:]))
-    return contributions_from_whitened(dz, zz, mh, chol)
+        shares = contributions_from_whitened(e, zz[k:], mh, np.ascontiguousarray(chol[:, k:, k:]))
+        return shares, zz
+    return contributions_from_whitened(dz, zz, mh, chol), zz

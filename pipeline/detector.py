@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -66,6 +67,20 @@ from pipeline.rebaseline import RebaselineRuns
 from pipeline.residual_chart import ChartScores, ResidualChart
 from pipeline.results import FILTERED, FLEET, SKIPPED, TURBINE, WARMUP, BatchResult
 from pipeline.turbines import TurbineIndex
+
+
+@dataclass(frozen=True)
+class _Scores:
+    """A batch scored: statistics, the model kind and the stack each reading was scored by.
+
+    ``model`` (n,) indexes ``chol`` (M, D, D) and ``means`` (M, D).
+    """
+
+    whitened: batch_math.Whitened
+    scored_by: NDArray[np.int8]
+    model: NDArray[np.intp]
+    chol: F64
+    means: F64
 
 
 class Detector:
@@ -383,38 +398,38 @@ class Detector:
         else:
             ts_l = ts[live]
             idx, model_of, x_t = self._calibrated(ids[live], raw[live], ts_l, idx_live)
-        stat, scored_by, diff_t, z_t, model, chol, scale = self._score(model_of, x_t, ts_l)
+        sc = self._score(model_of, x_t)
+        stat, scored_by = sc.whitened.stat, sc.scored_by
         chart = None
         if self.config.chart == "residual":
+            z_t = sc.whitened.z_t
+            assert z_t is not None  # noqa: S101 (scored with full=True for the chart)
             chart = self._chart_scores(idx, ts_l, z_t, scored_by)
         point = stat
         if chart is not None:
             stat = np.maximum(stat, chart.statistic)
         flags = stat > self.threshold
         hit = np.flatnonzero(flags)
-        contrib = self._contributions(diff_t, z_t, model, chol, hit, chart, idx, scale)
+        contrib = self._contributions(x_t, sc, hit, chart, idx)
         # The learning gate applies to each reading's own score: a reading that is
         # normal on its own is learned even while the residual chart alarms (else
         # the chart would lock its turbine out until a re-baseline).
         if self.config.learn_anomalies:
-            learn = None
+            skip = None
         elif self.gate > self.threshold or chart is not None:
-            learn = np.flatnonzero(point <= self.gate)
+            skip = point > self.gate
         else:
-            learn = None if hit.size == 0 else np.flatnonzero(~flags)
+            skip = None if hit.size == 0 else flags
         if self._runs is not None:
             s = scored_by > 0
             self._runs.observe(
                 model_of[s], ts_l[s], np.take(x_t, np.flatnonzero(s), axis=1), flags[s]
             )
-        if learn is None:
-            self._learn(model_of, x_t, ts_l)
-            learned = np.ones(idx.size, dtype=bool)
-        else:
-            learned = np.zeros(idx.size, dtype=bool)
-            learned[learn] = True
-            self._learn(model_of, x_t, ts_l, ~learned)
+        # The scores' readings by model serve the learning when the models are the same.
+        blocks = sc.whitened.blocks if sc.model is model_of else None
+        self._learn(model_of, x_t, ts_l, skip, blocks)
         if chart is not None:
+            learned = np.ones(idx.size, dtype=bool) if skip is None else ~skip
             calm = learned & chart.charted & (scored_by > 0) & (chart.statistic <= self._chart_gate)
             self._residuals.learn(idx, chart, calm)
         rebaselined = self._settle_runs(ts_l) if self._runs is not None else np.zeros(0, np.int64)
@@ -494,17 +509,14 @@ class Detector:
         return int(ids.size)
 
     # ------------------------------------------------------------------ scoring
-    def _score(
-        self, idx: NDArray[np.intp], x_t: F64, ts: F64
-    ) -> tuple[F64, NDArray[np.int8], F64, F64, NDArray[np.intp], F64, F64 | None]:
+    def _score(self, idx: NDArray[np.intp], x_t: F64) -> _Scores:
         """Score readings ``x_t`` (D, n) of models ``idx`` (n,) against the models as they are.
 
-        Returns the statistic (n,), the model kind (n,), the deviations and
-        whitened deviations (D, n), each reading's model as an index into
-        the returned stack of Cholesky factors: turbine factors first, then
-        the key groups' fleet factors (the fleet's alone for the fleet-only
-        model), and the prediction bound's scale of each statistic (n,)
-        (None without it), already applied to the statistic.
+        Each reading's model is an index into the stack of the returned
+        factors and means: turbine models first, then the key groups' fleet
+        models (the fleet's alone for the fleet-only model).  Statistics are
+        scaled by the prediction bound's scale (when configured); readings
+        not scored (``WARMUP``) have statistic 0.
         """
         d, n = x_t.shape
         k = self._k
@@ -514,13 +526,16 @@ class Detector:
             if span is not None:
                 learned = np.take(self._last_time, idx) - np.take(self._first_time, idx)
                 warm &= np.nan_to_num(learned, nan=-1.0) >= span
+            all_warm = bool(n and warm.all())
         else:
-            warm = np.zeros(n, dtype=bool)
+            all_warm = False
         fleet_only = not self.config.per_turbine and self.config.key_groups == 1 and self._bins == 1
-        if n and warm.all():
+        if all_warm:
             by = np.full(n, TURBINE, dtype=np.int8)
             model, chol, counts, means = idx, self._chol, self._models.counts, self._models.means
         else:
+            if not self.config.per_turbine:
+                warm = np.zeros(n, dtype=bool)
             groups, group_chol = self._fleet_view()
             if fleet_only:  # one model: the factors are just the fleet's
                 chol = group_chol
@@ -538,14 +553,15 @@ class Detector:
                 means = np.concatenate((self._models.means, groups.means))
         table = self._bound.table if self._bound is not None else None
         if self.compiled:
-            diff_t, z_t, stat, scale = batch_math.whiten(
-                x_t, model, means, chol, k, counts, table, compiled=True
+            w = batch_math.whiten(
+                x_t, model, means, chol, k, counts, table, True, self.config.chart == "residual"
             )
             unscored = by <= 0
             if unscored.any():
-                z_t[:, unscored] = 0.0
-                stat[unscored] = 0.0
-            return stat, by, diff_t, z_t, model, chol, scale
+                w.stat[unscored] = 0.0
+                if w.z_t is not None:
+                    w.z_t[:, unscored] = 0.0
+            return _Scores(w, by, model, chol, means)
         stat = np.zeros(n)
         diff_t = x_t - (means[0][:, None] if fleet_only else gather_rows(means, model))
         scored = by > 0
@@ -569,7 +585,7 @@ class Detector:
             # One scale per model (M,), then per reading: no per-reading table look-up.
             scale = np.take(self._bound.scale(counts), model)
             stat *= scale
-        return stat, by, diff_t, z_t, model, chol, scale
+        return _Scores(batch_math.Whitened(stat, scale, diff_t, z_t, None), by, model, chol, means)
 
     def _fleet_of(self, model: NDArray[np.intp]) -> NDArray[np.intp]:
         """Fleet model (key group, bin) of each turbine model index (n,)."""
@@ -633,40 +649,37 @@ class Detector:
 
     def _contributions(
         self,
-        diff_t: F64,
-        z_t: F64,
-        model: NDArray[np.intp],
-        chol: F64,
+        x_t: F64,
+        sc: _Scores,
         hit: NDArray[np.intp],
         chart: ChartScores | None,
         idx: NDArray[np.intp],
-        scale: F64 | None = None,
     ) -> F64:
         """Per-sensor shares (k, D) of the anomalies' statistics, before the models learn.
 
         Parameters
         ----------
-        diff_t, z_t : ndarray of shape (D, n)
-            Deviations and whitened deviations of the scored readings.
-        model : ndarray of shape (n,)
-        chol : ndarray of shape (G, D, D)
+        x_t : ndarray of shape (D, n)
+            Model-ready readings.
+        sc : _Scores
+            Their scores.
         hit : ndarray of shape (h,)
             The anomalies among the n readings.
         chart : ChartScores, optional
             The residual chart's scores of the n readings.
         idx : ndarray of shape (n,)
             The turbine of each reading.
-        scale : ndarray of shape (n,), optional
-            The prediction bound's scale of each point statistic (shares scale with it).
         """
         d, k = self._features(), self._k
         if hit.size == 0:
             return np.zeros((0, d))
-        shares = batch_math.contributions(diff_t, z_t, hit, model, chol, k, self.compiled)
+        scale = sc.whitened.scale
+        shares, zz = batch_math.contributions(
+            x_t, sc.whitened, hit, sc.model, sc.means, sc.chol, k, self.compiled
+        )
         if scale is not None:
             shares *= scale[hit][:, None]
         if chart is not None:
-            zz = np.take(z_t, hit, axis=1)
             point = np.einsum("rh,rh->h", zz[k:], zz[k:])
             if scale is not None:
                 point *= scale[hit]
@@ -682,11 +695,17 @@ class Detector:
 
     # ------------------------------------------------------------------ learning
     def _learn(
-        self, model: NDArray[np.intp], x_t: F64, ts: F64, skip: NDArray[np.bool_] | None = None
+        self,
+        model: NDArray[np.intp],
+        x_t: F64,
+        ts: F64,
+        skip: NDArray[np.bool_] | None = None,
+        blocks: batch_math.Blocks | None = None,
     ) -> None:
         """Learn model-ready readings ``x_t`` of shape (D, n), of models ``model`` (n,).
 
-        ``skip`` (n,): readings not to learn (the anomalies, by default).
+        ``skip`` (n,): readings not to learn (the anomalies, by default);
+        ``blocks``: the scores' readings by model, when scored by these models.
         """
         if x_t.shape[1] == 0:
             return
@@ -694,8 +713,8 @@ class Detector:
         if cfg.per_turbine:
             decay = None
             if self._track_time:
-                learned = slice(None) if skip is None else ~skip
-                decay = self._decay(model[learned], ts[learned], self._models.counts)
+                sel = slice(None) if skip is None else ~skip
+                decay = self._decay(model[sel], ts[sel], self._models.counts)
             batch_math.learn(
                 self._models,
                 self._chol,
@@ -706,6 +725,7 @@ class Detector:
                 self._floor,
                 cfg.ridge,
                 self.compiled,
+                blocks,
             )
             self._groups_dirty = True
             return
@@ -721,6 +741,7 @@ class Detector:
             self._floor,
             cfg.ridge,
             self.compiled,
+            blocks if one else None,
         )
 
     def _decay(self, model: NDArray[np.intp], ts: F64, counts: F64) -> F64 | None:

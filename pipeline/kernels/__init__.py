@@ -21,8 +21,9 @@ package, or numba's user-wide cache directory when that is not writable), so
 only the very first run on a machine compiles.
 """
 
+from pipeline.kernels.blocks import sort_by_model
 from pipeline.kernels.factors import refactor
-from pipeline.kernels.learning import learn_grouped
-from pipeline.kernels.whitening import contributions_grouped, whiten_scores
+from pipeline.kernels.learning import learn_sorted
+from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
 
-__all__ = ["contributions_grouped", "learn_grouped", "refactor", "whiten_scores"]
+__all__ = ["contributions_grouped", "learn_sorted", "refactor", "sort_by_model", "whiten_sorted"]

@@ -1,4 +1,4 @@
-"""Readings grouped by model: a stable counting sort, linear in the batch."""
+"""Readings grouped by model: a stable counting sort, linear in the batch and the models."""
 
 from __future__ import annotations
 
@@ -6,44 +6,51 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+F64 = NDArray[np.float64]
+
 
 @njit(cache=True, nogil=True)
-def model_blocks(
-    model: NDArray[np.intp], skip: NDArray[np.bool_], n_models: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Block bounds (M + 1,) and reading order (k,) of the readings not skipped.
+def sort_by_model(
+    x_t: F64, model: NDArray[np.intp], n_models: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], F64]:
+    """Readings ``x_t`` (D, n) in blocks by model, in batch order within a block.
 
     Parameters
     ----------
+    x_t : ndarray of shape (D, n)
     model : ndarray of shape (n,)
         Model of each reading, in ``[0, n_models)`` (not checked).
-    skip : ndarray of shape (n,) or (0,)
-        Readings to leave out; an empty array leaves none out.
     n_models : int
         M.
 
     Returns
     -------
     starts : ndarray of shape (M + 1,)
-        Model ``g``'s readings are ``order[starts[g]:starts[g + 1]]``.
-    order : ndarray of shape (k,)
-        Positions of the readings, by model, in batch order within a model.
+        Model ``g``'s readings are columns ``starts[g]:starts[g + 1]`` of ``xs``.
+    order : ndarray of shape (n,)
+        The batch position of each column of ``xs``.
+    xs : ndarray of shape (D, n)
+        The readings by model (``x_t`` itself when there is one model).
     """
-    n = model.size
-    use_skip = skip.size == n and n > 0
+    d, n = x_t.shape
     starts = np.zeros(n_models + 1, dtype=np.int64)
+    if n_models == 1:
+        starts[1] = n
+        return starts, np.arange(n), x_t
     for i in range(n):
-        if use_skip and skip[i]:
-            continue
         starts[model[i] + 1] += 1
     for g in range(n_models):
         starts[g + 1] += starts[g]
     pos = starts[:-1].copy()
-    order = np.empty(starts[n_models], dtype=np.int64)
+    order = np.empty(n, dtype=np.int64)
     for i in range(n):
-        if use_skip and skip[i]:
-            continue
         g = model[i]
         order[pos[g]] = i
         pos[g] += 1
-    return starts, order
+    xs = np.empty((d, n))
+    for j in range(d):
+        row = x_t[j]
+        out = xs[j]
+        for p in range(n):
+            out[p] = row[order[p]]
+    return starts, order, xs

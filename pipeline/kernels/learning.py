@@ -6,16 +6,16 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from pipeline.kernels.blocks import model_blocks
 from pipeline.kernels.factors import _TINY_ROOT, factor_one
 
 F64 = NDArray[np.float64]
 
 
 @njit(cache=True, nogil=True)
-def learn_grouped(
-    x_t: F64,
-    model: NDArray[np.intp],
+def learn_sorted(
+    xs: F64,
+    starts: NDArray[np.int64],
+    order: NDArray[np.int64],
     skip: NDArray[np.bool_],
     counts: F64,
     means: F64,
@@ -26,22 +26,23 @@ def learn_grouped(
     floor: F64,
     ridge: float,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Learn the readings ``x_t`` (D, n) not skipped into their models, in place.
+    """Learn readings sorted by model, less the skipped ones, into their models, in place.
 
-    Per model that has readings in the batch: the batch's count, mean and
-    co-moment (``grouped_moments``: sums in reading order, then centred
+    Per model that has readings to learn: the batch's count, mean and
+    co-moment (as ``grouped_moments``: sums in reading order, then centred
     products in reading order), Chan's combination with the model's state
     (``GroupedCovariance.merge_moments``, with forgetting), and the new
     regularised Cholesky factor (``Detector._factors``).
 
     Parameters
     ----------
-    x_t : ndarray of shape (D, n)
-        Model-ready readings, one per column.
-    model : ndarray of shape (n,)
-        Model of each reading, in ``[0, M)`` (not checked).
+    xs : ndarray of shape (D, n)
+        Readings by model (:func:`pipeline.kernels.blocks.sort_by_model`).
+    starts : ndarray of shape (M + 1,)
+    order : ndarray of shape (n,)
+        Batch position of each column of ``xs``.
     skip : ndarray of shape (n,) or (0,)
-        Readings not to learn (none when empty).
+        Readings (in batch order) not to learn; none when empty.
     counts, means, m2 : ndarray of shape (M,), (M, D), (M, D, D)
         The models' state, updated in place.
     memory : float
@@ -62,20 +63,16 @@ def learn_grouped(
     failed : ndarray of shape (f,)
         Changed models whose factor the NumPy path must repair (not positive definite).
     """
-    d = x_t.shape[0]
+    d, n = xs.shape
     n_models = counts.size
-    starts, order = model_blocks(model, skip, n_models)
-    k = order.size
-    xs = np.empty((d, k))  # the readings by model
-    for j in range(d):
-        for p in range(k):
-            xs[j, p] = x_t[j, order[p]]
+    use_skip = skip.size == n
+    keep = np.ones(n, dtype=np.bool_)  # in xs order
+    if use_skip:
+        for p in range(n):
+            keep[p] = not skip[order[p]]
+    changed = np.empty(n_models, dtype=np.int64)
+    failed = np.empty(n_models, dtype=np.int64)
     n_changed = 0
-    for g in range(n_models):
-        if starts[g + 1] > starts[g]:
-            n_changed += 1
-    changed = np.empty(n_changed, dtype=np.int64)
-    failed = np.empty(n_changed, dtype=np.int64)
     n_failed = 0
     mean_b = np.empty(d)
     delta = np.empty(d)
@@ -83,29 +80,35 @@ def learn_grouped(
     m2_b = np.empty((d, d))
     work = np.empty((d, d))
     use_decay = decay.size == n_models
-    r = 0
     for g in range(n_models):
         lo, hi = starts[g], starts[g + 1]
-        if hi == lo:
-            continue
-        changed[r] = g
-        r += 1
-        n_b = float(hi - lo)
-        for j in range(d):
-            s = 0.0
-            for p in range(lo, hi):
-                s += xs[j, p]
-            mean_b[j] = s / n_b
-        for a in range(d):
-            for b in range(d):
-                m2_b[a, b] = 0.0
+        nb = 0
         for p in range(lo, hi):
+            if keep[p]:
+                nb += 1
+        if nb == 0:
+            continue
+        changed[n_changed] = g
+        n_changed += 1
+        n_b = float(nb)
+        mean_b[:] = 0.0
+        for p in range(lo, hi):
+            if keep[p]:
+                for j in range(d):
+                    mean_b[j] += xs[j, p]
+        for j in range(d):
+            mean_b[j] = mean_b[j] / n_b
+        m2_b[:] = 0.0
+        for p in range(lo, hi):
+            if not keep[p]:
+                continue
             for j in range(d):
                 c[j] = xs[j, p] - mean_b[j]
             for a in range(d):
                 ca = c[a]
+                row = m2_b[a]
                 for b in range(d):
-                    m2_b[a, b] += ca * c[b]
+                    row[b] += ca * c[b]
         # Chan et al., as pipeline.covariance.combine evaluates it.
         if use_decay:
             w = decay[g]
@@ -114,8 +117,8 @@ def learn_grouped(
         else:
             w = 1.0
         n_a = counts[g] * w
-        n = n_a + n_b
-        w_b = n_b / (n if n > 0.0 else 1.0)
+        n_new = n_a + n_b
+        w_b = n_b / (n_new if n_new > 0.0 else 1.0)
         for j in range(d):
             delta[j] = mean_b[j] - means[g, j]
             means[g, j] = means[g, j] + delta[j] * w_b
@@ -123,8 +126,8 @@ def learn_grouped(
         for a in range(d):
             for b in range(d):
                 m2[g, a, b] = (m2[g, a, b] * w + m2_b[a, b]) + delta[a] * delta[b] * scale
-        counts[g] = n
-        if not factor_one(n, m2[g], floor, ridge, _TINY_ROOT, chol[g], work):
+        counts[g] = n_new
+        if not factor_one(n_new, m2[g], floor, ridge, _TINY_ROOT, chol[g], work):
             failed[n_failed] = g
             n_failed += 1
-    return changed, failed[:n_failed]
+    return changed[:n_changed], failed[:n_failed]
