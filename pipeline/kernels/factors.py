@@ -13,33 +13,34 @@ _TINY_ROOT = float(np.finfo(np.float64).tiny ** 0.5)
 
 @njit(cache=True, nogil=True)
 def factor_one(
-    count: float, m2: F64, floor: F64, ridge: float, tiny_root: float, out: F64, work: F64
+    g: int, count: float, m2: F64, floor: F64, ridge: float, tiny_root: float, chol: F64, work: F64
 ) -> bool:
-    """Factor one model into ``out``; False when the regularised matrix is not positive.
+    """Factor model ``g`` into ``chol[g]``; False when its regularised matrix is not positive.
 
     ``covariance_of`` then ``regularised_cholesky`` of :mod:`pipeline.mahalanobis`
-    for one model: ``cov = m2 / (n - 1)`` (zero before two readings) plus the
-    sensor floors, ``ridge * |trace / D| + sqrt(tiny)`` on the diagonal, then the
-    lower factor.
+    for one model: ``cov = m2 / (n - 1)`` (zero before two readings; here a
+    multiplication by the reciprocal) plus the sensor floors,
+    ``ridge * |trace / D| + sqrt(tiny)`` on the diagonal, then the lower factor.
 
     Parameters
     ----------
+    g : int
     count : float
-    m2 : ndarray of shape (D, D)
+    m2 : ndarray of shape (M, D, D)
     floor : ndarray of shape (D,) or (0,)
         Variance floors added to the diagonal (none when empty).
     ridge, tiny_root : float
-    out : ndarray of shape (D, D)
-        Receives the lower factor (upper triangle zero).
+    chol : ndarray of shape (M, D, D)
+        Receives the lower factor of model ``g`` (upper triangle zero).
     work : ndarray of shape (D, D)
         Scratch.
     """
-    d = m2.shape[0]
+    d = m2.shape[1]
     denom = count - 1.0
-    ok = denom > 0.0
+    inv = 1.0 / denom if denom > 0.0 else 0.0
     for a in range(d):
         for b in range(d):
-            work[a, b] = m2[a, b] / denom if ok else m2[a, b] * 0.0
+            work[a, b] = m2[g, a, b] * inv
     if floor.size == d:
         for a in range(d):
             work[a, a] = work[a, a] + floor[a]
@@ -52,18 +53,18 @@ def factor_one(
     for j in range(d):
         s = work[j, j]
         for k in range(j):
-            s -= out[j, k] * out[j, k]
+            s -= chol[g, j, k] * chol[g, j, k]
         if not s > 0.0:
             return False
         ljj = np.sqrt(s)
-        out[j, j] = ljj
+        chol[g, j, j] = ljj
         for i in range(j + 1, d):
             t = work[i, j]
             for k in range(j):
-                t -= out[i, k] * out[j, k]
-            out[i, j] = t / ljj
+                t -= chol[g, i, k] * chol[g, j, k]
+            chol[g, i, j] = t / ljj
         for i in range(j):
-            out[i, j] = 0.0
+            chol[g, i, j] = 0.0
     return True
 
 
@@ -96,7 +97,7 @@ def refactor(
     nf = 0
     for r in range(rows.size):
         g = rows[r]
-        if not factor_one(counts[g], m2[g], floor, ridge, _TINY_ROOT, chol[g], work):
+        if not factor_one(g, counts[g], m2, floor, ridge, _TINY_ROOT, chol, work):
             failed[nf] = g
             nf += 1
     return failed[:nf]

@@ -76,7 +76,22 @@ def learn_sorted(
     n_failed = 0
     mean_b = np.empty(d)
     delta = np.empty(d)
+    cs = np.empty((d, n))  # centred readings
     c = np.empty(d)
+    # The upper triangle's pairs, padded to a multiple of four with the last pair.
+    n_pairs = d * (d + 1) // 2
+    padded = -(-n_pairs // 4) * 4
+    pa = np.empty(padded, dtype=np.int64)
+    pb = np.empty(padded, dtype=np.int64)
+    r = 0
+    for a in range(d):
+        for b in range(a, d):
+            pa[r] = a
+            pb[r] = b
+            r += 1
+    for r in range(n_pairs, padded):
+        pa[r] = pa[n_pairs - 1]
+        pb[r] = pb[n_pairs - 1]
     m2_b = np.empty((d, d))
     work = np.empty((d, d))
     use_decay = decay.size == n_models
@@ -91,24 +106,63 @@ def learn_sorted(
         changed[n_changed] = g
         n_changed += 1
         n_b = float(nb)
-        mean_b[:] = 0.0
-        for p in range(lo, hi):
-            if keep[p]:
-                for j in range(d):
-                    mean_b[j] += xs[j, p]
+        # Sums in reading order, then centred products in reading order (as
+        # np.bincount adds them), four sensors or sensor pairs side by side.
+        for j0 in range(0, d, 4):
+            s0 = s1 = s2 = s3 = 0.0
+            j1, j2, j3 = min(j0 + 1, d - 1), min(j0 + 2, d - 1), min(j0 + 3, d - 1)
+            for p in range(lo, hi):
+                if keep[p]:
+                    s0 += xs[j0, p]
+                    s1 += xs[j1, p]
+                    s2 += xs[j2, p]
+                    s3 += xs[j3, p]
+            mean_b[j0] = s0 / n_b
+            if j0 + 1 < d:
+                mean_b[j1] = s1 / n_b
+            if j0 + 2 < d:
+                mean_b[j2] = s2 / n_b
+            if j0 + 3 < d:
+                mean_b[j3] = s3 / n_b
         for j in range(d):
-            mean_b[j] = mean_b[j] / n_b
-        m2_b[:] = 0.0
-        for p in range(lo, hi):
-            if not keep[p]:
-                continue
-            for j in range(d):
-                c[j] = xs[j, p] - mean_b[j]
+            mj = mean_b[j]
+            for p in range(lo, hi):
+                cs[j, p] = xs[j, p] - mj if keep[p] else 0.0
+        if d <= 8 and hi - lo >= 8:
+            # Four pairs side by side over the block (a skipped reading adds 0.0: exact).
+            for r0 in range(0, padded, 4):
+                a0, b0 = pa[r0], pb[r0]
+                a1, b1 = pa[r0 + 1], pb[r0 + 1]
+                a2, b2 = pa[r0 + 2], pb[r0 + 2]
+                a3, b3 = pa[r0 + 3], pb[r0 + 3]
+                s0 = s1 = s2 = s3 = 0.0
+                for p in range(lo, hi):
+                    s0 += cs[a0, p] * cs[b0, p]
+                    s1 += cs[a1, p] * cs[b1, p]
+                    s2 += cs[a2, p] * cs[b2, p]
+                    s3 += cs[a3, p] * cs[b3, p]
+                m2_b[a0, b0] = s0
+                m2_b[b0, a0] = s0
+                m2_b[a1, b1] = s1
+                m2_b[b1, a1] = s1
+                m2_b[a2, b2] = s2
+                m2_b[b2, a2] = s2
+                m2_b[a3, b3] = s3
+                m2_b[b3, a3] = s3
+        else:
+            # Few readings or many sensors: one reading's outer product at a time.
             for a in range(d):
-                ca = c[a]
-                row = m2_b[a]
                 for b in range(d):
-                    row[b] += ca * c[b]
+                    m2_b[a, b] = 0.0
+            for p in range(lo, hi):
+                if not keep[p]:
+                    continue
+                for j in range(d):
+                    c[j] = cs[j, p]
+                for a in range(d):
+                    ca = c[a]
+                    for b in range(d):
+                        m2_b[a, b] += ca * c[b]
         # Chan et al., as pipeline.covariance.combine evaluates it.
         if use_decay:
             w = decay[g]
@@ -127,7 +181,7 @@ def learn_sorted(
             for b in range(d):
                 m2[g, a, b] = (m2[g, a, b] * w + m2_b[a, b]) + delta[a] * delta[b] * scale
         counts[g] = n_new
-        if not factor_one(n_new, m2[g], floor, ridge, _TINY_ROOT, chol[g], work):
+        if not factor_one(g, n_new, m2, floor, ridge, _TINY_ROOT, chol, work):
             failed[n_failed] = g
             n_failed += 1
     return changed[:n_changed], failed[:n_failed]

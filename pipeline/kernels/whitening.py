@@ -8,6 +8,10 @@ from numpy.typing import NDArray
 
 F64 = NDArray[np.float64]
 
+# Below this many readings a model's block is whitened one reading at a time
+# (vectorised loops over so few readings cost more than they save).
+_SMALL = 8
+
 
 @njit(cache=True, nogil=True)
 def whiten_sorted(
@@ -61,32 +65,42 @@ def whiten_sorted(
     top = table.size - 1
     for g in range(means.shape[0]):
         lo, hi = starts[g], starts[g + 1]
-        m = hi - lo
-        if m == 0:
+        if hi == lo:
             continue
-        for j in range(d):
-            mu = means[g, j]
-            zr = zs[j, lo:hi]
-            xr = xs[j, lo:hi]
-            for p in range(m):
-                zr[p] = xr[p] - mu
-            for q in range(j):
-                lq = chol[g, j, q]
-                zq = zs[q, lo:hi]
-                for p in range(m):
-                    zr[p] -= lq * zq[p]
-            ljj = chol[g, j, j]
-            for p in range(m):
-                zr[p] /= ljj
-            if j >= k:
-                sr = sq[lo:hi]
-                for p in range(m):
-                    sr[p] += zr[p] * zr[p]
+        if hi - lo < _SMALL:
+            # A few readings: one at a time (the same operations in the same order).
+            for p in range(lo, hi):
+                s = 0.0
+                for j in range(d):
+                    acc = xs[j, p] - means[g, j]
+                    for q in range(j):
+                        acc -= chol[g, j, q] * zs[q, p]
+                    acc /= chol[g, j, j]
+                    zs[j, p] = acc
+                    if j >= k:
+                        s += acc * acc
+                sq[p] = s
+        else:
+            # Unsigned positions: no negative-index wraparound, so LLVM vectorises.
+            ulo, uhi = np.uint64(lo), np.uint64(hi)
+            for j in range(d):
+                mu = means[g, j]
+                for p in range(ulo, uhi):
+                    zs[j, p] = xs[j, p] - mu
+                for q in range(j):
+                    lq = chol[g, j, q]
+                    for p in range(ulo, uhi):
+                        zs[j, p] -= lq * zs[q, p]
+                ljj = chol[g, j, j]
+                for p in range(ulo, uhi):
+                    zs[j, p] /= ljj
+                if j >= k:
+                    for p in range(ulo, uhi):
+                        sq[p] += zs[j, p] * zs[j, p]
         sc = table[int(min(counts[g], float(top)))] if top >= 0 else 1.0
-        og = order[lo:hi]
-        for p in range(m):
-            i = og[p]
-            stat[i] = sq[lo + p] * sc
+        for p in range(lo, hi):
+            i = order[p]
+            stat[i] = sq[p] * sc
             scale[i] = sc
     if not full:
         return stat, scale, np.empty((0, 0)), np.empty((0, 0))
