@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is absent
     kernels = None  # type: ignore[assignment]
 
 _NONE = np.zeros(0)
+NONE = _NONE  # an empty float array: "none" for the kernels' optional arrays
 _NO_SKIP = np.zeros(0, dtype=np.bool_)
 
 

@@ -36,6 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.linalg import blas
 
 from pipeline import batch_math
+from pipeline.batch_math import kernels
 from pipeline.calibration import calibrate
 from pipeline.charts import ewma_by_count
 from pipeline.config import DetectorConfig
@@ -118,7 +119,7 @@ class Detector:
         self.config = config if config is not None else DetectorConfig()
         # The compiled kernels (pipeline/kernels) unless told otherwise or numba is absent;
         # compiled=False runs the NumPy path, the kernels' oracle.
-        self.compiled = batch_math.kernels_available() if compiled is None else compiled
+        self.compiled = batch_math.kernels_available() and compiled is not False
         self.turbines = TurbineIndex(self.config.turbines, self.config.max_turbines)
         # The names behind hashed turbine ids (pipeline/names.py), kept for display.
         self.names = TurbineNames()
@@ -243,6 +244,18 @@ class Detector:
             )
             if cfg.rebaseline_after is not None
             else None
+        )
+        # The plain configuration: one compiled call scores and learns a batch whose
+        # readings are all valid and of warm models (see _process_plain).
+        self._plain = (
+            self._k == 0
+            and self._bins == 1
+            and not self._rule_cols
+            and cfg.settle_span is None
+            and not self._relative_cols
+            and cfg.chart == "none"
+            and self._runs is None
+            and not self._track_time
         )
         self._sync_turbines()
 
@@ -389,6 +402,10 @@ class Detector:
             Raw sensor readings.
         """
         ts, ids, raw, valid = self._prepare(timestamps, turbine_ids, values)
+        if self._plain and self.compiled:
+            plain = self._process_plain(ts, ids, raw, valid)
+            if plain is not None:
+                return plain
         n = raw.shape[0]
         live, states, idx_live = self._live(raw, valid, ids, ts)
         everything = live.size == n
@@ -465,6 +482,72 @@ class Detector:
             states=states,
             state_names=self.state_names,
             rebaselined=rebaselined,
+        )
+
+    def _process_plain(
+        self, ts: F64, ids: NDArray[np.int64], raw: F64, valid: NDArray[np.bool_]
+    ) -> BatchResult | None:
+        """:meth:`process` of the plain configuration in one compiled call (None: not here).
+
+        Only when every reading is valid and its model (turbine model, or the
+        key group's with ``per_turbine=False``) is warm; otherwise nothing has
+        changed and the general path takes the batch.
+        """
+        n = raw.shape[0]
+        if n == 0 or not valid.all():
+            return None
+        cfg = self.config
+        idx = self.turbines.lookup(ids)
+        self._sync_turbines()
+        if self._identity:
+            x_t = raw.T  # (D, n), F-ordered: the kernels read it in place
+        else:
+            x_t = calibrate(raw, self._offsets, self._gains, np.take(self._factor, idx)).T
+        if cfg.per_turbine:
+            stack, chol, model = self._models, self._chol, idx
+            min_count, code = self.min_samples, TURBINE
+        else:
+            stack, chol = self._groups, self._group_chol
+            one = stack.n_groups == 1
+            model = np.zeros(n, dtype=np.intp) if one else np.take(self._group_of, idx)
+            min_count, code = self.fleet_min_samples, FLEET
+        done, stat, flags, hit, shares, failed = kernels.score_then_learn(
+            x_t,
+            model,
+            stack.counts,
+            stack.means,
+            stack.m2,
+            chol,
+            self._bound.table if self._bound is not None else batch_math.NONE,
+            float(min_count),
+            self.threshold,
+            self.gate,
+            cfg.learn_anomalies,
+            0.0 if cfg.memory is None else float(cfg.memory),
+            batch_math.NONE if self._floor is None else self._floor,
+            cfg.ridge,
+        )
+        if not done:
+            return None
+        if failed.size:  # not positive definite: the NumPy path's eigenvalue repair
+            chol[failed] = self._factors(stack.counts[failed], stack.m2[failed])
+        if cfg.per_turbine:
+            self._groups_dirty = True
+        self.readings += n
+        self.anomalies += int(hit.size)
+        self.batches += 1
+        return BatchResult(
+            timestamps=ts,
+            turbine_ids=ids,
+            distances=stat,
+            is_anomaly=flags,
+            scored_by=np.full(n, code, dtype=np.int8),
+            threshold=self.threshold,
+            anomaly_index=hit,
+            contributions=shares,
+            sensors=cfg.sensors or (),
+            states=None,
+            state_names=self.state_names,
         )
 
     def learn(self, timestamps: ArrayLike, turbine_ids: ArrayLike, values: ArrayLike) -> int:

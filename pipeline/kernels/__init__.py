@@ -23,7 +23,15 @@ only the very first run on a machine compiles.
 
 from pipeline.kernels.blocks import sort_by_model
 from pipeline.kernels.factors import refactor
+from pipeline.kernels.fused import score_then_learn
 from pipeline.kernels.learning import learn_sorted
 from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
 
-__all__ = ["contributions_grouped", "learn_sorted", "refactor", "sort_by_model", "whiten_sorted"]
+__all__ = [
+    "contributions_grouped",
+    "learn_sorted",
+    "refactor",
+    "score_then_learn",
+    "sort_by_model",
+    "whiten_sorted",
+]

@@ -30,13 +30,14 @@ def sort_by_model(
     order : ndarray of shape (n,)
         The batch position of each column of ``xs``.
     xs : ndarray of shape (D, n)
-        The readings by model (``x_t`` itself when there is one model).
+        The readings by model (``x_t`` itself when there is one model and it is
+        C-contiguous).
     """
     d, n = x_t.shape
     starts = np.zeros(n_models + 1, dtype=np.int64)
     if n_models == 1:
         starts[1] = n
-        return starts, np.arange(n), x_t
+        return starts, np.arange(n), np.ascontiguousarray(x_t)
     for i in range(n):
         starts[model[i] + 1] += 1
     for g in range(n_models):

@@ -1,0 +1,109 @@
+"""One batch of the plain configuration in one call: score, contributions, then learn."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+from pipeline.kernels.blocks import sort_by_model
+from pipeline.kernels.learning import learn_sorted
+from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
+
+F64 = NDArray[np.float64]
+
+
+@njit(cache=True, nogil=True)
+def score_then_learn(
+    x_t: F64,
+    model: NDArray[np.intp],
+    counts: F64,
+    means: F64,
+    m2: F64,
+    chol: F64,
+    table: F64,
+    min_count: float,
+    threshold: float,
+    gate: float,
+    learn_flagged: bool,
+    memory: float,
+    floor: F64,
+    ridge: float,
+) -> tuple[bool, F64, NDArray[np.bool_], NDArray[np.int64], F64, NDArray[np.int64]]:
+    """Score readings against their warm models, then learn them, in place.
+
+    What ``Detector.process`` does for readings that are all valid and all
+    of warm models, without conditions, regimes, charts or learning rules:
+    :func:`whiten_sorted`, the alarms ``stat > threshold`` and their
+    contributions (:func:`contributions_grouped`, scaled as the statistic)
+    against the models as they were, then :func:`learn_sorted` of the readings
+    at or below the learning gate (all of them with ``learn_flagged``).
+
+    Parameters
+    ----------
+    x_t : ndarray of shape (D, n)
+    model : ndarray of shape (n,)
+        Model of each reading, in ``[0, M)`` (not checked).
+    counts, means, m2, chol : ndarray of shape (M,), (M, D), (M, D, D), (M, D, D)
+        The models, updated in place.
+    table : ndarray of shape (N + 1,) or (0,)
+        The prediction bound's scale by count; none when empty.
+    min_count : float
+        A model scores once it has learned this many readings.
+    threshold, gate : float
+        Alarm threshold and learning gate of the (scaled) statistic.
+    learn_flagged : bool
+        Learn the readings above the gate too.
+    memory : float
+        Exponential forgetting in readings; 0 for none.
+    floor : ndarray of shape (D,) or (0,)
+    ridge : float
+
+    Returns
+    -------
+    done : bool
+        False (and nothing changed) when a reading's model is not warm: the
+        caller takes the general path.
+    stat : ndarray of shape (n,)
+    flags : ndarray of shape (n,)
+    hit : ndarray of shape (h,)
+        Positions of the alarms.
+    shares : ndarray of shape (h, D)
+    failed : ndarray of shape (f,)
+        Models whose new factor the NumPy path must repair.
+    """
+    d, n = x_t.shape
+    for i in range(n):
+        if not counts[model[i]] >= min_count:
+            e = np.empty(0, dtype=np.int64)
+            return False, np.empty(0), np.empty(0, dtype=np.bool_), e, np.empty((0, d)), e
+    starts, order, xs = sort_by_model(x_t, model, counts.size)
+    stat, scale, _, _ = whiten_sorted(xs, starts, order, means, chol, 0, counts, table, False)
+    flags = np.empty(n, dtype=np.bool_)
+    n_hit = 0
+    for i in range(n):
+        flags[i] = stat[i] > threshold
+        if flags[i]:
+            n_hit += 1
+    hit = np.empty(n_hit, dtype=np.int64)
+    h = 0
+    for i in range(n):
+        if flags[i]:
+            hit[h] = i
+            h += 1
+    shares, _ = contributions_grouped(x_t, hit, model, means, chol, 0)
+    for h in range(n_hit):
+        sc = scale[hit[h]]
+        for j in range(d):
+            shares[h, j] *= sc
+    if learn_flagged:
+        skip = np.empty(0, dtype=np.bool_)
+    else:
+        skip = np.empty(n, dtype=np.bool_)
+        for i in range(n):
+            skip[i] = stat[i] > gate
+    empty = np.empty(0)
+    _, failed = learn_sorted(
+        xs, starts, order, skip, counts, means, m2, memory, empty, chol, floor, ridge
+    )
+    return True, stat, flags, hit, shares, failed
