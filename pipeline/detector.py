@@ -84,6 +84,9 @@ class _Scores:
     means: F64
 
 
+_NO_INDEX = np.zeros(0, dtype=np.intp)
+
+
 class Detector:
     """Streaming Mahalanobis anomaly detector over a fleet of turbines.
 
@@ -247,6 +250,7 @@ class Detector:
         )
         # The plain configuration: one compiled call scores and learns a batch whose
         # readings are all valid and of warm models (see _process_plain).
+        self._plain_model_of = np.zeros(0, dtype=np.intp)
         self._plain = (
             self._k == 0
             and self._bins == 1
@@ -291,6 +295,13 @@ class Detector:
     def _prepare(
         self, timestamps: ArrayLike, turbine_ids: ArrayLike, values: ArrayLike
     ) -> tuple[F64, NDArray[np.int64], F64, NDArray[np.bool_]]:
+        ts, ids, x = self._arrays(timestamps, turbine_ids, values)
+        return ts, ids, x, self._valid(ts, x)
+
+    def _arrays(
+        self, timestamps: ArrayLike, turbine_ids: ArrayLike, values: ArrayLike
+    ) -> tuple[F64, NDArray[np.int64], F64]:
+        """The batch as arrays (n,), (n,), (n, D) C-contiguous, its shapes checked."""
         ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
         ids = np.asarray(turbine_ids)
         if ids.dtype.kind not in "iu":
@@ -312,17 +323,19 @@ class Detector:
             raise SchemaError(
                 f"readings have {x.shape[1]} sensors, the model has {self.n_features}"
             )
-        x = np.ascontiguousarray(x)
+        return ts, ids, np.ascontiguousarray(x)
+
+    def _valid(self, ts: F64, x: F64) -> NDArray[np.bool_]:
+        """The readings (n,) with finite values and timestamp (``nan_policy='error'``: all)."""
         # One contiguous sum is finite exactly when no value is NaN/inf (or the
         # finite values overflow it: then the exact per-row check decides).
         if np.isfinite(x.sum()) and np.isfinite(ts.sum()):
-            valid = np.ones(n, dtype=bool)
-        else:
-            valid = np.isfinite(x).all(axis=1) & np.isfinite(ts)
-            if self.config.nan_policy == "error":
-                bad = int(np.flatnonzero(~valid)[0])
-                raise InputError(f"NaN or infinite reading at row {bad} of the batch")
-        return ts, ids, x, valid
+            return np.ones(x.shape[0], dtype=bool)
+        valid = np.isfinite(x).all(axis=1) & np.isfinite(ts)
+        if self.config.nan_policy == "error":
+            bad = int(np.flatnonzero(~valid)[0])
+            raise InputError(f"NaN or infinite reading at row {bad} of the batch")
+        return valid
 
     def _features(self) -> int:
         if self.n_features is None:
@@ -401,11 +414,12 @@ class Detector:
         values : array-like of shape (n, D)
             Raw sensor readings.
         """
-        ts, ids, raw, valid = self._prepare(timestamps, turbine_ids, values)
+        ts, ids, raw = self._arrays(timestamps, turbine_ids, values)
         if self._plain and self.compiled:
-            plain = self._process_plain(ts, ids, raw, valid)
+            plain = self._process_plain(ts, ids, raw)
             if plain is not None:
                 return plain
+        valid = self._valid(ts, raw)
         n = raw.shape[0]
         live, states, idx_live = self._live(raw, valid, ids, ts)
         everything = live.size == n
@@ -484,36 +498,45 @@ class Detector:
             rebaselined=rebaselined,
         )
 
-    def _process_plain(
-        self, ts: F64, ids: NDArray[np.int64], raw: F64, valid: NDArray[np.bool_]
-    ) -> BatchResult | None:
+    def _process_plain(self, ts: F64, ids: NDArray[np.int64], raw: F64) -> BatchResult | None:
         """:meth:`process` of the plain configuration in one compiled call (None: not here).
 
-        Only when every reading is valid and its model (turbine model, or the
-        key group's with ``per_turbine=False``) is warm; otherwise nothing has
-        changed and the general path takes the batch.
+        Only when every reading is finite, of a known turbine, and its model
+        (the turbine's, or its key group's with ``per_turbine=False``) is warm;
+        otherwise nothing has changed and the general path takes the batch.
         """
         n = raw.shape[0]
-        if n == 0 or not valid.all():
+        if n == 0:
             return None
         cfg = self.config
-        idx = self.turbines.lookup(ids)
-        self._sync_turbines()
-        if self._identity:
-            x_t = raw.T  # (D, n), F-ordered: the kernels read it in place
+        table = self.turbines.table
+        if self._identity and table.size:
+            # The kernel looks the ids up and checks the values are finite.
+            x_t, idx, lookup = raw.T, _NO_INDEX, table  # (D, n) F-ordered: read in place
         else:
-            x_t = calibrate(raw, self._offsets, self._gains, np.take(self._factor, idx)).T
+            if not self._valid(ts, raw).all():
+                return None
+            idx = self.turbines.lookup(ids)
+            self._sync_turbines()
+            if self._identity:
+                x_t = raw.T
+            else:
+                x_t = calibrate(raw, self._offsets, self._gains, np.take(self._factor, idx)).T
+            lookup = _NO_INDEX
         if cfg.per_turbine:
-            stack, chol, model = self._models, self._chol, idx
+            stack, chol = self._models, self._chol
             min_count, code = self.min_samples, TURBINE
         else:
             stack, chol = self._groups, self._group_chol
-            one = stack.n_groups == 1
-            model = np.zeros(n, dtype=np.intp) if one else np.take(self._group_of, idx)
             min_count, code = self.fleet_min_samples, FLEET
+        model_of = self._plain_models()
         done, stat, flags, hit, shares, failed = kernels.score_then_learn(
             x_t,
-            model,
+            ts,
+            ids,
+            lookup,
+            idx,
+            model_of,
             stack.counts,
             stack.means,
             stack.m2,
@@ -549,6 +572,18 @@ class Detector:
             states=None,
             state_names=self.state_names,
         )
+
+    def _plain_models(self) -> NDArray[np.intp]:
+        """The model of each turbine (T,) for the plain path: itself, or its key group."""
+        t = len(self.turbines)
+        if self._plain_model_of.size != t:
+            if self.config.per_turbine:
+                self._plain_model_of = np.arange(t, dtype=np.intp)
+            elif self._groups.n_groups == 1:
+                self._plain_model_of = np.zeros(t, dtype=np.intp)
+            else:
+                self._plain_model_of = self._group_of.copy()
+        return self._plain_model_of
 
     def learn(self, timestamps: ArrayLike, turbine_ids: ArrayLike, values: ArrayLike) -> int:
         """Learn a batch without scoring it (a training period); returns readings learned."""

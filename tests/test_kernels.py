@@ -215,3 +215,30 @@ def test_compiled_state_round_trip_continues_identically(tmp_path, rng):
     resumed = Detector.from_state(first.state(), compiled=True)
     for b, e in zip(batches[5:], expected[5:], strict=True):
         np.testing.assert_array_equal(resumed.process(*b).distances, e.distances)
+
+
+@pytest.mark.parametrize("per_turbine", [True, False])
+def test_plain_path_hands_odd_batches_to_the_general_path(rng, per_turbine):
+    """NaN readings, a new turbine, an id outside the table: the same results both ways."""
+    config = DetectorConfig(
+        min_samples=30,
+        fleet_min_samples=12,
+        key_groups=2 if per_turbine else 1,
+        per_turbine=per_turbine,
+    )
+    fast, slow = Detector(config, compiled=True), Detector(config, compiled=False)
+    batches = fleet_batches(rng, fault_rate=0.05)
+    odd = []
+    ts, ids, x = batches[-1]
+    nan = x.copy()
+    nan[3, 1] = np.nan
+    odd.append((ts, ids, nan))
+    odd.append((ts[:4], np.array([0, 1, 77, 2]), x[:4]))  # turbine 77 is new
+    odd.append((ts[:3], np.array([0, -5, 1]), x[:3]))  # a negative id: no table
+    for ts, ids, x in [*batches, *odd, *batches[:3]]:
+        a, b = fast.process(ts, ids, x), slow.process(ts, ids, x)
+        np.testing.assert_array_equal(a.scored_by, b.scored_by)
+        np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
+    assert fast.skipped == slow.skipped == 1
+    assert fast.readings == slow.readings and fast.anomalies == slow.anomalies

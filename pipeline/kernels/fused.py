@@ -16,7 +16,11 @@ F64 = NDArray[np.float64]
 @njit(cache=True, nogil=True)
 def score_then_learn(
     x_t: F64,
-    model: NDArray[np.intp],
+    ts: F64,
+    ids: NDArray[np.int64],
+    lookup: NDArray[np.intp],
+    idx: NDArray[np.intp],
+    model_of: NDArray[np.intp],
     counts: F64,
     means: F64,
     m2: F64,
@@ -42,8 +46,17 @@ def score_then_learn(
     Parameters
     ----------
     x_t : ndarray of shape (D, n)
-    model : ndarray of shape (n,)
-        Model of each reading, in ``[0, M)`` (not checked).
+    ts : ndarray of shape (n,)
+    ids : ndarray of shape (n,)
+        Turbine ids.
+    lookup : ndarray of shape (S,) or (0,)
+        Dense turbine index by id (``TurbineIndex.table``, -1 unknown): the ids
+        are looked up and the readings checked finite here.  Empty: ``idx``
+        holds the indices and the readings are known to be finite.
+    idx : ndarray of shape (n,) or (0,)
+        Dense turbine index of each reading, when ``lookup`` is empty.
+    model_of : ndarray of shape (T,)
+        The model of each turbine, in ``[0, M)``.
     counts, means, m2, chol : ndarray of shape (M,), (M, D), (M, D, D), (M, D, D)
         The models, updated in place.
     table : ndarray of shape (N + 1,) or (0,)
@@ -62,8 +75,8 @@ def score_then_learn(
     Returns
     -------
     done : bool
-        False (and nothing changed) when a reading's model is not warm: the
-        caller takes the general path.
+        False (and nothing changed) when a reading is not finite, of an
+        unknown turbine or of a model not warm: the caller takes the general path.
     stat : ndarray of shape (n,)
     flags : ndarray of shape (n,)
     hit : ndarray of shape (h,)
@@ -73,10 +86,27 @@ def score_then_learn(
         Models whose new factor the NumPy path must repair.
     """
     d, n = x_t.shape
+    e = np.empty(0, dtype=np.int64)
+    not_here = (False, np.empty(0), np.empty(0, dtype=np.bool_), e, np.empty((0, d)), e)
+    model = np.empty(n, dtype=np.intp)
+    if lookup.size:
+        size = lookup.size
+        for i in range(n):
+            t = ids[i]
+            if t < 0 or t >= size or lookup[t] < 0:
+                return not_here
+            model[i] = model_of[lookup[t]]
+            if not np.isfinite(ts[i]):
+                return not_here
+            for j in range(d):
+                if not np.isfinite(x_t[j, i]):
+                    return not_here
+    else:
+        for i in range(n):
+            model[i] = model_of[idx[i]]
     for i in range(n):
         if not counts[model[i]] >= min_count:
-            e = np.empty(0, dtype=np.int64)
-            return False, np.empty(0), np.empty(0, dtype=np.bool_), e, np.empty((0, d)), e
+            return not_here
     starts, order, xs = sort_by_model(x_t, model, counts.size)
     stat, scale, _, _ = whiten_sorted(xs, starts, order, means, chol, 0, counts, table, False)
     flags = np.empty(n, dtype=np.bool_)
