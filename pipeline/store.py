@@ -435,13 +435,15 @@ class AnomalyStore:
         part = _at(partitions, hit)
         off = _at(offsets, hit)
         row = hit.astype(np.int64) if rows is None else np.asarray(rows, np.int64)[hit]
-        fresh = np.ones(hit.size, dtype=bool)
-        for p, floor in self._positions.items():  # a loop over source partitions
-            fresh &= ~((part == p) & (off < floor))
-        if not fresh.any():
-            return 0
-        if fresh.all():
-            fresh = slice(None)  # type: ignore[assignment]
+        fresh: NDArray[np.bool_] | None = None  # None: every anomaly is new
+        if self._positions:
+            keep = np.ones(hit.size, dtype=bool)
+            for p, floor in self._positions.items():  # a loop over source partitions
+                keep &= ~((part == p) & (off < floor))
+            if not keep.any():
+                return 0
+            if not keep.all():
+                fresh = keep
         d = result.contributions.shape[1]
         if not self._manifest["sensors"]:
             self._manifest["sensors"] = [f"sensor_{j}" for j in range(d)]
@@ -449,18 +451,29 @@ class AnomalyStore:
             raise StoreError(
                 f"anomalies carry {d} contributions, the store has {len(self.sensors)} sensors"
             )
-        k = hit.size if isinstance(fresh, slice) else int(fresh.sum())
+        ts, tid, dist = result.timestamps[hit], result.turbine_ids[hit], result.distances[hit]
+        by, contrib = result.scored_by[hit], result.contributions
+        if fresh is not None:
+            ts, tid, dist, by, contrib = (
+                ts[fresh],
+                tid[fresh],
+                dist[fresh],
+                by[fresh],
+                contrib[fresh],
+            )
+            part, off, row = part[fresh], off[fresh], row[fresh]
+        k = int(ts.size)
         self._pending.append(
             Anomalies(
-                result.timestamps[hit][fresh],
-                result.turbine_ids[hit][fresh],
-                result.distances[hit][fresh],
+                ts,
+                tid,
+                dist,
                 np.full(k, result.threshold),
-                result.contributions[fresh],
-                part[fresh],
-                off[fresh],
-                row[fresh],
-                result.scored_by[hit][fresh],
+                contrib,
+                part,
+                off,
+                row,
+                by,
                 self.sensors,
             )
         )
