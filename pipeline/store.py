@@ -515,14 +515,20 @@ class AnomalyStore:
                 self._manifest["turbines"].append(t)
         cols = np.array([self._columns[t] for t in present.tolist()], dtype=np.int64)[inverse]
         steps, row_of = np.unique(table.timestamps, return_inverse=True)
-        order = np.lexsort((cols, row_of))
-        t = table.select(order)
-        row_of, cols = row_of[order], cols[order]
+        n_cols = len(self._manifest["turbines"])
+        key = row_of.astype(np.int64) * n_cols + cols
+        if key.size > 1 and not bool(np.all(key[1:] >= key[:-1])):
+            # Not yet in (time step, column) order (streams in time and turbine
+            # order, the usual case, already are: the stable sort is the identity).
+            order = np.lexsort((cols, row_of))
+            table = table.select(order)
+            row_of, cols = row_of[order], cols[order]
+        t = table
         indptr = np.zeros(steps.size + 1, dtype=np.int64)
         np.cumsum(np.bincount(row_of, minlength=steps.size), out=indptr[1:])
-        shape = (steps.size, len(self._manifest["turbines"]))
+        shape = (steps.size, n_cols)
         dist = sparse.csr_array((t.distances, cols, indptr), shape=shape)
-        contrib = sparse.csr_array(t.contributions)
+        contrib = _dense_to_csr(t.contributions)
         seq = len(self._manifest["chunks"]) + 1
         stem = f"chunk-{seq:06d}"
         files = {
@@ -798,6 +804,22 @@ class AnomalyStore:
     ) -> Anomalies:
         """Flushed anomalies matching the filters, as one table."""
         return Anomalies.concat(list(self.iter_chunks(turbine, since, until)), self.sensors)
+
+
+def _dense_to_csr(dense: NDArray[np.float64]) -> sparse.csr_array:
+    """``sparse.csr_array(dense)`` of a (k, D) array, built directly (its non-zeros, in order).
+
+    Parameters
+    ----------
+    dense : ndarray of shape (k, D)
+    """
+    nonzero = dense != 0
+    # The index type scipy picks for such a matrix (int32 unless it is huge).
+    index = np.int32 if dense.size < 2**31 else np.int64
+    indptr = np.zeros(dense.shape[0] + 1, dtype=index)
+    np.cumsum(np.count_nonzero(nonzero, axis=1), out=indptr[1:])
+    indices = np.nonzero(nonzero)[1].astype(index)
+    return sparse.csr_array((dense[nonzero], indices, indptr), shape=dense.shape)
 
 
 def _overlapping(episodes: Episodes, stored: Episodes) -> NDArray[np.bool_]:
