@@ -12,7 +12,9 @@ factors (and so the statistics) agree to rounding (tests/test_kernels.py).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,19 +34,26 @@ from pipeline.mahalanobis import (
     whiten_grouped,
 )
 
-try:  # numba is a dependency; without it (a stripped environment) the NumPy path runs
-    from pipeline import kernels
-except ImportError:  # pragma: no cover - exercised only where numba is absent
-    kernels = None  # type: ignore[assignment]
-
 _NONE = np.zeros(0)
 NONE = _NONE  # an empty float array: "none" for the kernels' optional arrays
 _NO_SKIP = np.zeros(0, dtype=np.bool_)
 
 
+def compiled_kernels() -> ModuleType | None:
+    """:mod:`pipeline.kernels`, imported on first use (numba with it), or None without numba.
+
+    Imported lazily so that a NumPy-only detector (``compiled=False``) never
+    loads numba and LLVM (about 150 MB of resident memory).
+    """
+    try:
+        return importlib.import_module("pipeline.kernels")
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+
+
 def kernels_available() -> bool:
-    """Whether the compiled kernels can run here (numba imported)."""
-    return kernels is not None
+    """Whether the compiled kernels can run here (numba importable)."""
+    return compiled_kernels() is not None
 
 
 def factors(counts: F64, m2: F64, floor: F64 | None, ridge: float, compiled: bool) -> F64:
@@ -59,7 +68,8 @@ def factors(counts: F64, m2: F64, floor: F64 | None, ridge: float, compiled: boo
     ridge : float
     compiled : bool
     """
-    if compiled and kernels is not None and counts.size:
+    kernels = compiled_kernels() if compiled and counts.size else None
+    if kernels is not None:
         counts = np.ascontiguousarray(counts, dtype=np.float64)
         m2 = np.ascontiguousarray(m2, dtype=np.float64)
         out = np.empty_like(m2)
@@ -148,7 +158,8 @@ def whiten(
     full : bool
         The compiled path returns ``diff_t`` and ``z_t`` only when asked.
     """
-    if compiled and kernels is not None:
+    kernels = compiled_kernels() if compiled else None
+    if kernels is not None:
         x_t = np.ascontiguousarray(x_t)
         starts, order, xs = kernels.sort_by_model(x_t, model, means.shape[0])
         stat, scale, diff_t, z_t = kernels.whiten_sorted(
@@ -206,7 +217,8 @@ def learn(
     blocks : Blocks, optional
         The scores' readings by model, reused when made from this ``model``.
     """
-    if compiled and kernels is not None:
+    kernels = compiled_kernels() if compiled else None
+    if kernels is not None:
         if blocks is None or blocks.model is not model:
             x_t = np.ascontiguousarray(x_t)
             starts, order, xs = kernels.sort_by_model(x_t, model, stack.n_groups)
@@ -274,7 +286,8 @@ def contributions(
     z_hit : ndarray of shape (D, h)
         The readings' whitened deviations.
     """
-    if compiled and kernels is not None:
+    kernels = compiled_kernels() if compiled else None
+    if kernels is not None:
         return kernels.contributions_grouped(np.ascontiguousarray(x_t), hit, model, means, chol, k)
     assert w.diff_t is not None and w.z_t is not None  # noqa: S101 (the NumPy path keeps them)
     dz, zz, mh = np.take(w.diff_t, hit, axis=1), np.take(w.z_t, hit, axis=1), model[hit]

@@ -36,7 +36,6 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.linalg import blas
 
 from pipeline import batch_math
-from pipeline.batch_math import kernels
 from pipeline.calibration import calibrate
 from pipeline.charts import ewma_by_count
 from pipeline.config import DetectorConfig
@@ -122,7 +121,8 @@ class Detector:
         self.config = config if config is not None else DetectorConfig()
         # The compiled kernels (pipeline/kernels) unless told otherwise or numba is absent;
         # compiled=False runs the NumPy path, the kernels' oracle.
-        self.compiled = batch_math.kernels_available() and compiled is not False
+        self._kernels = batch_math.compiled_kernels() if compiled is not False else None
+        self.compiled = self._kernels is not None
         self.turbines = TurbineIndex(self.config.turbines, self.config.max_turbines)
         # The names behind hashed turbine ids (pipeline/names.py), kept for display.
         self.names = TurbineNames()
@@ -530,7 +530,8 @@ class Detector:
             stack, chol = self._groups, self._group_chol
             min_count, code = self.fleet_min_samples, FLEET
         model_of = self._plain_models()
-        done, stat, flags, hit, shares, failed = kernels.score_then_learn(
+        assert self._kernels is not None  # noqa: S101 (the plain path is compiled)
+        done, stat, flags, hit, shares, failed = self._kernels.score_then_learn(
             x_t,
             ts,
             ids,
