@@ -91,22 +91,28 @@ def score_then_learn(
     model = np.empty(n, dtype=np.intp)
     if lookup.size:
         size = lookup.size
+        total = 0.0
         for i in range(n):
             t = ids[i]
             if t < 0 or t >= size or lookup[t] < 0:
                 return not_here
-            model[i] = model_of[lookup[t]]
-            if not np.isfinite(ts[i]):
+            g = model_of[lookup[t]]
+            if not counts[g] >= min_count:
                 return not_here
+            model[i] = g
+            # A sum is finite exactly when every term is (or when the finite terms
+            # overflow it: then the general path's exact check decides).
+            total += ts[i]
             for j in range(d):
-                if not np.isfinite(x_t[j, i]):
-                    return not_here
+                total += x_t[j, i]
+        if not np.isfinite(total):
+            return not_here
     else:
         for i in range(n):
-            model[i] = model_of[idx[i]]
-    for i in range(n):
-        if not counts[model[i]] >= min_count:
-            return not_here
+            g = model_of[idx[i]]
+            if not counts[g] >= min_count:
+                return not_here
+            model[i] = g
     starts, order, xs = sort_by_model(x_t, model, counts.size)
     stat, scale, _, _ = whiten_sorted(xs, starts, order, means, chol, 0, counts, table, False)
     flags = np.empty(n, dtype=np.bool_)
