@@ -58,11 +58,12 @@ def factor_one(
             return False
         ljj = np.sqrt(s)
         chol[g, j, j] = ljj
+        inv_ljj = 1.0 / ljj  # LAPACK's dpotf2 scales the column by the reciprocal too
         for i in range(j + 1, d):
             t = work[i, j]
             for k in range(j):
                 t -= chol[g, i, k] * chol[g, j, k]
-            chol[g, i, j] = t / ljj
+            chol[g, i, j] = t * inv_ljj
         for i in range(j):
             chol[g, i, j] = 0.0
     return True

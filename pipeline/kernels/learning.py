@@ -106,63 +106,18 @@ def learn_sorted(
         changed[n_changed] = g
         n_changed += 1
         n_b = float(nb)
-        # Sums in reading order, then centred products in reading order (as
-        # np.bincount adds them), four sensors or sensor pairs side by side.
-        for j0 in range(0, d, 4):
-            s0 = s1 = s2 = s3 = 0.0
-            j1, j2, j3 = min(j0 + 1, d - 1), min(j0 + 2, d - 1), min(j0 + 3, d - 1)
+        if nb == 1:
+            # One reading: its own mean (x / 1 is x) and a zero co-moment, as the
+            # general case computes them, without the loops.
             for p in range(lo, hi):
                 if keep[p]:
-                    s0 += xs[j0, p]
-                    s1 += xs[j1, p]
-                    s2 += xs[j2, p]
-                    s3 += xs[j3, p]
-            mean_b[j0] = s0 / n_b
-            if j0 + 1 < d:
-                mean_b[j1] = s1 / n_b
-            if j0 + 2 < d:
-                mean_b[j2] = s2 / n_b
-            if j0 + 3 < d:
-                mean_b[j3] = s3 / n_b
-        for j in range(d):
-            mj = mean_b[j]
-            for p in range(lo, hi):
-                cs[j, p] = xs[j, p] - mj if keep[p] else 0.0
-        if d <= 8 and hi - lo >= 8:
-            # Four pairs side by side over the block (a skipped reading adds 0.0: exact).
-            for r0 in range(0, padded, 4):
-                a0, b0 = pa[r0], pb[r0]
-                a1, b1 = pa[r0 + 1], pb[r0 + 1]
-                a2, b2 = pa[r0 + 2], pb[r0 + 2]
-                a3, b3 = pa[r0 + 3], pb[r0 + 3]
-                s0 = s1 = s2 = s3 = 0.0
-                for p in range(lo, hi):
-                    s0 += cs[a0, p] * cs[b0, p]
-                    s1 += cs[a1, p] * cs[b1, p]
-                    s2 += cs[a2, p] * cs[b2, p]
-                    s3 += cs[a3, p] * cs[b3, p]
-                m2_b[a0, b0] = s0
-                m2_b[b0, a0] = s0
-                m2_b[a1, b1] = s1
-                m2_b[b1, a1] = s1
-                m2_b[a2, b2] = s2
-                m2_b[b2, a2] = s2
-                m2_b[a3, b3] = s3
-                m2_b[b3, a3] = s3
-        else:
-            # Few readings or many sensors: one reading's outer product at a time.
+                    for j in range(d):
+                        mean_b[j] = 0.0 + xs[j, p]  # the sum from 0.0 (a -0.0 turns +0.0)
             for a in range(d):
                 for b in range(d):
                     m2_b[a, b] = 0.0
-            for p in range(lo, hi):
-                if not keep[p]:
-                    continue
-                for j in range(d):
-                    c[j] = cs[j, p]
-                for a in range(d):
-                    ca = c[a]
-                    for b in range(d):
-                        m2_b[a, b] += ca * c[b]
+        else:
+            _block_moments(xs, keep, lo, hi, n_b, mean_b, cs, c, m2_b, pa, pb, padded)
         # Chan et al., as pipeline.covariance.combine evaluates it.
         if use_decay:
             w = decay[g]
@@ -185,3 +140,80 @@ def learn_sorted(
             failed[n_failed] = g
             n_failed += 1
     return changed[:n_changed], failed[:n_failed]
+
+
+@njit(cache=True, nogil=True)
+def _block_moments(
+    xs: F64,
+    keep: NDArray[np.bool_],
+    lo: int,
+    hi: int,
+    n_b: float,
+    mean_b: F64,
+    cs: F64,
+    c: F64,
+    m2_b: F64,
+    pa: NDArray[np.int64],
+    pb: NDArray[np.int64],
+    padded: int,
+) -> None:
+    """Mean (D,) and co-moment (D, D) of the kept readings of one model's block, into
+    ``mean_b`` and ``m2_b`` (``cs`` (D, n) and ``c`` (D,) are scratch)."""
+    d = xs.shape[0]
+    # Sums in reading order, then centred products in reading order (as
+    # np.bincount adds them), four sensors or sensor pairs side by side.
+    for j0 in range(0, d, 4):
+        s0 = s1 = s2 = s3 = 0.0
+        j1, j2, j3 = min(j0 + 1, d - 1), min(j0 + 2, d - 1), min(j0 + 3, d - 1)
+        for p in range(lo, hi):
+            if keep[p]:
+                s0 += xs[j0, p]
+                s1 += xs[j1, p]
+                s2 += xs[j2, p]
+                s3 += xs[j3, p]
+        mean_b[j0] = s0 / n_b
+        if j0 + 1 < d:
+            mean_b[j1] = s1 / n_b
+        if j0 + 2 < d:
+            mean_b[j2] = s2 / n_b
+        if j0 + 3 < d:
+            mean_b[j3] = s3 / n_b
+    for j in range(d):
+        mj = mean_b[j]
+        for p in range(lo, hi):
+            cs[j, p] = xs[j, p] - mj if keep[p] else 0.0
+    if d <= 8 and hi - lo >= 8:
+        # Four pairs side by side over the block (a skipped reading adds 0.0: exact).
+        for r0 in range(0, padded, 4):
+            a0, b0 = pa[r0], pb[r0]
+            a1, b1 = pa[r0 + 1], pb[r0 + 1]
+            a2, b2 = pa[r0 + 2], pb[r0 + 2]
+            a3, b3 = pa[r0 + 3], pb[r0 + 3]
+            s0 = s1 = s2 = s3 = 0.0
+            for p in range(lo, hi):
+                s0 += cs[a0, p] * cs[b0, p]
+                s1 += cs[a1, p] * cs[b1, p]
+                s2 += cs[a2, p] * cs[b2, p]
+                s3 += cs[a3, p] * cs[b3, p]
+            m2_b[a0, b0] = s0
+            m2_b[b0, a0] = s0
+            m2_b[a1, b1] = s1
+            m2_b[b1, a1] = s1
+            m2_b[a2, b2] = s2
+            m2_b[b2, a2] = s2
+            m2_b[a3, b3] = s3
+            m2_b[b3, a3] = s3
+    else:
+        # Few readings or many sensors: one reading's outer product at a time.
+        for a in range(d):
+            for b in range(d):
+                m2_b[a, b] = 0.0
+        for p in range(lo, hi):
+            if not keep[p]:
+                continue
+            for j in range(d):
+                c[j] = cs[j, p]
+            for a in range(d):
+                ca = c[a]
+                for b in range(d):
+                    m2_b[a, b] += ca * c[b]
