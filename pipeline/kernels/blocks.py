@@ -49,9 +49,15 @@ def sort_by_model(
         order[pos[g]] = i
         pos[g] += 1
     xs = np.empty((d, n))
-    for j in range(d):
-        row = x_t[j]
-        out = xs[j]
+    if x_t.strides[0] < x_t.strides[1]:
+        # Each reading's values side by side (x_t the transpose of (n, D) readings):
+        # gather reading by reading, one contiguous read each.
         for p in range(n):
-            out[p] = row[order[p]]
+            i = order[p]
+            for j in range(d):
+                xs[j, p] = x_t[j, i]
+    else:
+        for j in range(d):
+            for p in range(n):
+                xs[j, p] = x_t[j, order[p]]
     return starts, order, xs
