@@ -55,8 +55,8 @@ def score_then_learn(
         holds the indices and the readings are known to be finite.
     idx : ndarray of shape (n,) or (0,)
         Dense turbine index of each reading, when ``lookup`` is empty.
-    model_of : ndarray of shape (T,)
-        The model of each turbine, in ``[0, M)``.
+    model_of : ndarray of shape (T,) or (0,)
+        The model of each turbine, in ``[0, M)``; empty: the turbine's own.
     counts, means, m2, chol : ndarray of shape (M,), (M, D), (M, D, D), (M, D, D)
         The models, updated in place.
     table : ndarray of shape (N + 1,) or (0,)
@@ -89,38 +89,35 @@ def score_then_learn(
     e = np.empty(0, dtype=np.int64)
     not_here = (False, np.empty(0), np.empty(0, dtype=np.bool_), e, np.empty((0, d)), e)
     model = np.empty(n, dtype=np.intp)
+    mapped = model_of.size > 0
     if lookup.size:
         size = lookup.size
-        total = 0.0
+        finite = True
         for i in range(n):
             t = ids[i]
             if t < 0 or t >= size or lookup[t] < 0:
                 return not_here
-            g = model_of[lookup[t]]
-            if not counts[g] >= min_count:
-                return not_here
-            model[i] = g
-            # A sum is finite exactly when every term is (or when the finite terms
-            # overflow it: then the general path's exact check decides).
-            total += ts[i]
+            model[i] = model_of[lookup[t]] if mapped else lookup[t]
+            # v - v is 0 exactly when v is finite (NaN otherwise): no branch, no call.
+            finite &= ts[i] - ts[i] == 0.0
             for j in range(d):
-                total += x_t[j, i]
-        if not np.isfinite(total):
+                finite &= x_t[j, i] - x_t[j, i] == 0.0
+        if not finite:
             return not_here
     else:
         for i in range(n):
-            g = model_of[idx[i]]
-            if not counts[g] >= min_count:
-                return not_here
-            model[i] = g
+            model[i] = model_of[idx[i]] if mapped else idx[i]
     starts, order, xs = sort_by_model(x_t, model, counts.size)
+    for g in range(counts.size):  # once per model, not per reading
+        if starts[g + 1] > starts[g] and not counts[g] >= min_count:
+            return not_here
     stat, scale, _, _ = whiten_sorted(xs, starts, order, means, chol, 0, counts, table, False)
     flags = np.empty(n, dtype=np.bool_)
     n_hit = 0
     for i in range(n):
-        flags[i] = stat[i] > threshold
-        if flags[i]:
-            n_hit += 1
+        f = stat[i] > threshold
+        flags[i] = f
+        n_hit += f
     hit = np.empty(n_hit, dtype=np.int64)
     h = 0
     for i in range(n):

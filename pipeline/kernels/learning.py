@@ -77,6 +77,7 @@ def learn_sorted(
     mean_b = np.empty(d)
     delta = np.empty(d)
     cs = np.empty((d, n))  # centred readings
+    kx = np.empty((d, n))  # a block's kept readings
     c = np.empty(d)
     # The upper triangle's pairs, padded to a multiple of four with the last pair.
     n_pairs = d * (d + 1) // 2
@@ -116,8 +117,16 @@ def learn_sorted(
             for a in range(d):
                 for b in range(d):
                     m2_b[a, b] = 0.0
-        else:
-            _block_moments(xs, keep, lo, hi, n_b, mean_b, cs, c, m2_b, pa, pb, padded)
+        elif nb == hi - lo:
+            _block_moments(xs, lo, hi, n_b, mean_b, cs, c, m2_b, pa, pb, padded)
+        else:  # the kept readings side by side first (in order): loops without branches
+            q = 0
+            for p in range(lo, hi):
+                if keep[p]:
+                    for j in range(d):
+                        kx[j, q] = xs[j, p]
+                    q += 1
+            _block_moments(kx, 0, nb, n_b, mean_b, cs, c, m2_b, pa, pb, padded)
         # Chan et al., as pipeline.covariance.combine evaluates it.
         if use_decay:
             w = decay[g]
@@ -145,7 +154,6 @@ def learn_sorted(
 @njit(cache=True, nogil=True)
 def _block_moments(
     xs: F64,
-    keep: NDArray[np.bool_],
     lo: int,
     hi: int,
     n_b: float,
@@ -157,8 +165,8 @@ def _block_moments(
     pb: NDArray[np.int64],
     padded: int,
 ) -> None:
-    """Mean (D,) and co-moment (D, D) of the kept readings of one model's block, into
-    ``mean_b`` and ``m2_b`` (``cs`` (D, n) and ``c`` (D,) are scratch)."""
+    """Mean (D,) and co-moment (D, D) of readings ``xs[:, lo:hi]`` into ``mean_b`` and
+    ``m2_b`` (``cs`` (D, n) and ``c`` (D,) are scratch)."""
     d = xs.shape[0]
     # Sums in reading order, then centred products in reading order (as
     # np.bincount adds them), four sensors or sensor pairs side by side.
@@ -166,11 +174,10 @@ def _block_moments(
         s0 = s1 = s2 = s3 = 0.0
         j1, j2, j3 = min(j0 + 1, d - 1), min(j0 + 2, d - 1), min(j0 + 3, d - 1)
         for p in range(lo, hi):
-            if keep[p]:
-                s0 += xs[j0, p]
-                s1 += xs[j1, p]
-                s2 += xs[j2, p]
-                s3 += xs[j3, p]
+            s0 += xs[j0, p]
+            s1 += xs[j1, p]
+            s2 += xs[j2, p]
+            s3 += xs[j3, p]
         mean_b[j0] = s0 / n_b
         if j0 + 1 < d:
             mean_b[j1] = s1 / n_b
@@ -178,12 +185,13 @@ def _block_moments(
             mean_b[j2] = s2 / n_b
         if j0 + 3 < d:
             mean_b[j3] = s3 / n_b
+    ulo, uhi = np.uint64(lo), np.uint64(hi)  # unsigned: vectorised
     for j in range(d):
         mj = mean_b[j]
-        for p in range(lo, hi):
-            cs[j, p] = xs[j, p] - mj if keep[p] else 0.0
+        for p in range(ulo, uhi):
+            cs[j, p] = xs[j, p] - mj
     if d <= 8 and hi - lo >= 8:
-        # Four pairs side by side over the block (a skipped reading adds 0.0: exact).
+        # Four pairs side by side over the block.
         for r0 in range(0, padded, 4):
             a0, b0 = pa[r0], pb[r0]
             a1, b1 = pa[r0 + 1], pb[r0 + 1]
@@ -209,8 +217,6 @@ def _block_moments(
             for b in range(d):
                 m2_b[a, b] = 0.0
         for p in range(lo, hi):
-            if not keep[p]:
-                continue
             for j in range(d):
                 c[j] = cs[j, p]
             for a in range(d):
