@@ -251,6 +251,9 @@ class Detector:
         # The plain configuration: one compiled call scores and learns a batch whose
         # readings are all valid and of warm models (see _process_plain).
         self._plain_model_of = np.zeros(0, dtype=np.intp)
+        self._work_hit = np.zeros(0, dtype=np.int64)
+        self._work_shares = np.zeros((0, d))
+        self._work_failed = np.zeros(0, dtype=np.int64)
         self._plain = (
             self._k == 0
             and self._bins == 1
@@ -531,7 +534,14 @@ class Detector:
             min_count, code = self.fleet_min_samples, FLEET
         model_of = self._plain_models()
         assert self._kernels is not None  # noqa: S101 (the plain path is compiled)
-        done, stat, flags, hit, shares, failed = self._kernels.score_then_learn(
+        d = raw.shape[1]
+        if self._work_hit.size < n:  # work arrays, reused while batches are no larger
+            self._work_hit = np.empty(n, dtype=np.int64)
+            self._work_shares = np.empty((n, d))
+        if self._work_failed.size < stack.n_groups:
+            self._work_failed = np.empty(stack.n_groups, dtype=np.int64)
+        stat, flags = np.empty(n), np.empty(n, dtype=bool)
+        done, n_hit, n_failed = self._kernels.score_then_learn(
             x_t,
             ts,
             ids,
@@ -550,11 +560,19 @@ class Detector:
             0.0 if cfg.memory is None else float(cfg.memory),
             batch_math.NONE if self._floor is None else self._floor,
             cfg.ridge,
+            stat,
+            flags,
+            self._work_hit,
+            self._work_shares,
+            self._work_failed,
         )
         if not done:
             return None
-        if failed.size:  # not positive definite: the NumPy path's eigenvalue repair
+        if n_failed:  # not positive definite: the NumPy path's eigenvalue repair
+            failed = self._work_failed[:n_failed].copy()
             chol[failed] = self._factors(stack.counts[failed], stack.m2[failed])
+        hit = self._work_hit[:n_hit].copy()
+        shares = self._work_shares[:n_hit].copy()
         if cfg.per_turbine:
             self._groups_dirty = True
         self.readings += n

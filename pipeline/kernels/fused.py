@@ -33,7 +33,12 @@ def score_then_learn(
     memory: float,
     floor: F64,
     ridge: float,
-) -> tuple[bool, F64, NDArray[np.bool_], NDArray[np.int64], F64, NDArray[np.int64]]:
+    stat_out: F64,
+    flags_out: NDArray[np.bool_],
+    hit_out: NDArray[np.int64],
+    shares_out: F64,
+    failed_out: NDArray[np.int64],
+) -> tuple[bool, int, int]:
     """Score readings against their warm models, then learn them, in place.
 
     What ``Detector.process`` does for readings that are all valid and all
@@ -71,23 +76,28 @@ def score_then_learn(
         Exponential forgetting in readings; 0 for none.
     floor : ndarray of shape (D,) or (0,)
     ridge : float
+    stat_out, flags_out : ndarray of shape (n,)
+        Receive the statistics and the alarm flags.
+    hit_out : ndarray of shape (>= n,)
+        Receives the positions of the alarms in ``hit_out[:h]``.
+    shares_out : ndarray of shape (>= n, D)
+        Receives their contributions in ``shares_out[:h]``.
+    failed_out : ndarray of shape (M,)
+        Receives in ``failed_out[:f]`` the models whose new factor the NumPy
+        path must repair.
+
+    (Results go to arrays the caller owns: returning arrays would box each.)
 
     Returns
     -------
     done : bool
         False (and nothing changed) when a reading is not finite, of an
         unknown turbine or of a model not warm: the caller takes the general path.
-    stat : ndarray of shape (n,)
-    flags : ndarray of shape (n,)
-    hit : ndarray of shape (h,)
-        Positions of the alarms.
-    shares : ndarray of shape (h, D)
-    failed : ndarray of shape (f,)
-        Models whose new factor the NumPy path must repair.
+    h, f : int
+        Alarms and factors to repair.
     """
     d, n = x_t.shape
-    e = np.empty(0, dtype=np.int64)
-    not_here = (False, np.empty(0), np.empty(0, dtype=np.bool_), e, np.empty((0, d)), e)
+    not_here = (False, 0, 0)
     model = np.empty(n, dtype=np.intp)
     mapped = model_of.size > 0
     if lookup.size:
@@ -112,23 +122,20 @@ def score_then_learn(
         if starts[g + 1] > starts[g] and not counts[g] >= min_count:
             return not_here
     stat, scale, _, _ = whiten_sorted(xs, starts, order, means, chol, 0, counts, table, False)
-    flags = np.empty(n, dtype=np.bool_)
     n_hit = 0
     for i in range(n):
         f = stat[i] > threshold
-        flags[i] = f
-        n_hit += f
-    hit = np.empty(n_hit, dtype=np.int64)
-    h = 0
-    for i in range(n):
-        if flags[i]:
-            hit[h] = i
-            h += 1
+        stat_out[i] = stat[i]
+        flags_out[i] = f
+        if f:
+            hit_out[n_hit] = i
+            n_hit += 1
+    hit = hit_out[:n_hit]
     shares, _ = contributions_grouped(x_t, hit, model, means, chol, 0)
     for h in range(n_hit):
         sc = scale[hit[h]]
         for j in range(d):
-            shares[h, j] *= sc
+            shares_out[h, j] = shares[h, j] * sc
     if learn_flagged:
         skip = np.empty(0, dtype=np.bool_)
     else:
@@ -139,4 +146,6 @@ def score_then_learn(
     _, failed = learn_sorted(
         xs, starts, order, skip, counts, means, m2, memory, empty, chol, floor, ridge
     )
-    return True, stat, flags, hit, shares, failed
+    for r in range(failed.size):
+        failed_out[r] = failed[r]
+    return True, n_hit, failed.size
