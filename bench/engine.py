@@ -956,6 +956,15 @@ def report(res: Results) -> str:
     lines += malloc_table(res)
     lines += [
         "",
+        "glibc raises its mmap threshold to the size of the largest mmap'ed block freed "
+        "(up to 32 MiB), so once the first batches are freed the engine's temporaries come "
+        "from the heap with or without `tune_malloc()`. Setting any malloc tunable "
+        "(`mallopt` or a `MALLOC_*_` variable) turns that adaptation off; the pinned row "
+        "shows the cost of mmap'ed temporaries (page faults on fresh pages every batch) "
+        "that `tune_malloc()` rules out.",
+    ]
+    lines += [
+        "",
         "## Start-up: the first batches of a fresh process (D = 4, batches of 1,000)",
         "",
         "Each row in its own process. `first batch`: the first `Detector.process` of a "
@@ -964,20 +973,13 @@ def report(res: Results) -> str:
         "models are warm (the plain path's one compiled call); `process age`: from exec to "
         "the end of that batch, Python start-up and every import included. The compiled "
         "rows use a fresh `NUMBA_CACHE_DIR`: the first compiles and writes it, the second "
-        "reads it (a deployment's cache is `__pycache__` beside `pipeline/kernels`). RSS "
-        "after the batch: numba and LLVM are resident in the compiled rows.",
+        "reads it (a deployment's cache is `__pycache__` beside `pipeline/kernels` when "
+        "writable, else `NUMBA_CACHE_DIR`; the Docker image fills it at build time with "
+        "`python -m pipeline.kernels`). RSS after the batch: numba and LLVM are resident "
+        "in the compiled rows.",
         "",
     ]
     lines += start_table(res)
-    lines += [
-        "",
-        "glibc raises its mmap threshold to the size of the largest mmap'ed block freed "
-        "(up to 32 MiB), so once the first batches are freed the engine's temporaries come "
-        "from the heap with or without `tune_malloc()`. Setting any malloc tunable "
-        "(`mallopt` or a `MALLOC_*_` variable) turns that adaptation off; the pinned row "
-        "shows the cost of mmap'ed temporaries (page faults on fresh pages every batch) "
-        "that `tune_malloc()` rules out.",
-    ]
     return "\n".join(lines) + "\n"
 
 
