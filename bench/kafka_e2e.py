@@ -117,8 +117,23 @@ DEFAULT_FAULTS = 0.02  # turbine simulate's default --fault-fraction: ~1.6 % lab
 REALISTIC_FAULTS = 0.001  # ~0.09 % of the readings labelled faulty
 # Not a fix, a measure of their cost: the detector publishing no anomaly events.
 NO_EVENTS_ENV = {"TURBINE_PUBLISH_EVENTS": "false"}
+# The same events, one record per engine batch and partition (JSON lines).
+BATCHED_EVENTS_ENV = {"TURBINE_EVENT_RECORDS": "batch"}
 
-TARGET_RATE = 1e6  # readings/s end to end
+# readings/s end to end (issue 15): 3 M at ~0.1 % anomalies, 1.5 M at ~1.7 %
+TARGET_RATE_FEW, TARGET_RATE_MANY = 3e6, 1.5e6
+FEW_ANOMALIES = 0.005  # a share below this is the "0.1 %" scenario
+
+
+def target_rate(anomaly_share: float) -> float:
+    """The end-to-end rate target for a stream with this share of anomalies."""
+    return TARGET_RATE_FEW if anomaly_share < FEW_ANOMALIES else TARGET_RATE_MANY
+
+
+def rate_target_text(anomaly_share: float) -> str:
+    return f">= {target_rate(anomaly_share) / 1e6:g} M readings/s"
+
+
 TARGET_RATIO = 0.70  # detector / bare consumer
 TARGET_P99_MS = 100.0
 
@@ -1112,6 +1127,7 @@ class Throughput:
     bare: list[Window]
     detector: list[DetectorRun]  # as shipped
     no_events: list[DetectorRun]  # NO_EVENTS_ENV
+    batched: list[DetectorRun]  # BATCHED_EVENTS_ENV
 
     @property
     def scenario(self) -> str:
@@ -1151,10 +1167,17 @@ def detector_note(runs: Sequence[DetectorRun]) -> str:
     )
 
 
-def conditions(tp: Throughput, events: bool) -> str:
+EVENTS_SHOWN = {
+    "shipped": "events published (as shipped)",
+    "none": "**no events published**",
+    "batched": "events published, **one record per batch** (`TURBINE_EVENT_RECORDS=batch`)",
+}
+
+
+def conditions(tp: Throughput, events: str) -> str:
     """The conditions of a throughput target: record size, anomaly rate, events."""
     anomalies = f", {pct(tp.detector[0].events_per_k / 1e3)} anomalies" if tp.detector else ""
-    publish = "events published (as shipped)" if events else "**no events published**"
+    publish = EVENTS_SHOWN[events]
     return (
         f"{tp.readings / tp.records:,.0f} readings/record (batch-steps {tp.batch_steps}), "
         f"{pct(tp.data.labelled)} labelled{anomalies}; {publish}"
@@ -1182,6 +1205,7 @@ def throughput_rows(res: Results) -> list[list[object]]:
         for runs, name in (
             (tp.detector, "**detector, as shipped**"),
             (tp.no_events, "detector, *publishing no events* (their cost)"),
+            (tp.batched, "detector, events *one record per batch*"),
         ):
             if not runs:
                 continue
@@ -1257,17 +1281,22 @@ def target_rows(res: Results) -> list[list[object]]:
     speed_rows: list[list[object]] = []
     ratio_rows: list[list[object]] = []
     for tp in res.throughput:
-        for runs, events in ((tp.detector, True), (tp.no_events, False)):
+        for runs, events in (
+            (tp.detector, "shipped"),
+            (tp.no_events, "none"),
+            (tp.batched, "batched"),
+        ):
             if not runs:
                 continue
             rate = median(rates(runs))
             cond = conditions(tp, events)
+            share = tp.detector[0].events_per_k / 1e3 if tp.detector else 0.0
             speed_rows.append(
                 [
-                    ">= 1 M readings/s, detector draining a full topic",
+                    f"{rate_target_text(share)}, detector draining a full topic",
                     cond,
                     fmt_rate(rate),
-                    mark(rate >= TARGET_RATE),
+                    mark(rate >= target_rate(share)),
                 ]
             )
             ratio_rows.append(
@@ -1280,14 +1309,15 @@ def target_rows(res: Results) -> list[list[object]]:
             )
     rows = speed_rows
     for pl in res.pipelines:
+        share = pl.detector.events_per_k / 1e3
         rows.append(
             [
-                ">= 1 M readings/s, replay + detector at once",
+                f"{rate_target_text(share)}, replay + detector at once",
                 f"{pl.producer.readings / pl.producer.records:,.0f} readings/record (batch-steps "
                 f"{pl.batch_steps}), {pct(pl.data.labelled)} labelled, "
                 f"{pct(pl.detector.events_per_k / 1e3)} anomalies; events published (as shipped)",
                 fmt_rate(pl.whole.rate),
-                mark(pl.whole.rate >= TARGET_RATE),
+                mark(pl.whole.rate >= target_rate(share)),
             ]
         )
     rows += ratio_rows
@@ -1349,6 +1379,8 @@ def report(res: Results) -> str:
         "- *publishing no events*: as shipped plus `TURBINE_PUBLISH_EVENTS=false`, to show "
         "what the anomaly events cost (one JSON record and one kafka-python `send` per "
         "anomaly)",
+        "- *one record per batch*: as shipped plus `TURBINE_EVENT_RECORDS=batch`: the same "
+        "JSON events, one anomalies-topic record per engine batch and partition",
         "- the detector's own `--batch-steps` has no effect in Kafka mode: its engine batch "
         "is the producer's (records with the same batch number in one poll of a partition "
         "are scored in one engine call)",
@@ -1415,18 +1447,30 @@ def measure_throughput(
     bare: list[Window] = []
     detector: list[DetectorRun] = []
     no_events: list[DetectorRun] = []
+    batched: list[DetectorRun] = []
     runs: list[tuple[list[DetectorRun], dict[str, str] | None]] = [(detector, None)] * repeats
     if events_off_run:
-        runs.append((no_events, NO_EVENTS_ENV))
+        runs += [(no_events, NO_EVENTS_ENV), (batched, BATCHED_EVENTS_ENV)]
     for out, env in runs:  # a bare consumer before each detector
         bare.append(bench.bare_consume(topic, replay.readings))
         out.append(bench.detect(topic, batch_steps, env))
+        what = {None: "", "false": " (no events)", "batch": " (events per batch)"}[
+            None if env is None else next(iter(env.values()))
+        ]
         progress(
-            f"  bare consumer {fmt_rate(bare[-1].rate)}, detector"
-            f"{' (no events)' if env else ''} {fmt_rate(out[-1].window.rate)}"
+            f"  bare consumer {fmt_rate(bare[-1].rate)}, detector{what} "
+            f"{fmt_rate(out[-1].window.rate)}"
         )
     return Throughput(
-        data, batch_steps, replay.readings, replay.records, replay, bare, detector, no_events
+        data,
+        batch_steps,
+        replay.readings,
+        replay.records,
+        replay,
+        bare,
+        detector,
+        no_events,
+        batched,
     )
 
 

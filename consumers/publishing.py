@@ -17,7 +17,7 @@ import numpy as np
 from kafka.partitioner.default import murmur2
 
 from consumers.episode_events import CLOSED, OPENED, render_episode_events
-from consumers.events import render_events
+from consumers.events import batched, render_events
 from consumers.partition_state import SiteState
 from pipeline.detector import BatchResult
 from pipeline.episodes import EpisodeUpdate
@@ -27,6 +27,7 @@ from pipeline.wire import JSON_TYPE, SensorBatch
 from producers.kafka_client import KafkaIOError
 
 log = logging.getLogger(__name__)
+PARTITIONS_TTL_S = 10.0  # the anomalies topic's partitions are read again after this
 
 
 class EventPublisher:
@@ -45,6 +46,8 @@ class EventPublisher:
         self._retry = retry
         self._partition_memo: dict[bytes, int] = {}  # event key -> partition
         self._memo_partitions = 0  # the anomalies topic's partition count behind the memo
+        self._partitions: list[int] | None = None  # the anomalies topic's, read at _partitions_at
+        self._partitions_at = 0.0
 
     @property
     def producer(self) -> Any:
@@ -83,6 +86,10 @@ class EventPublisher:
         partitions = self._retry("event_partitions", lambda: self._event_partitions(keys))
         if partitions is None:
             raise KafkaIOError("no partitions for the events", topic=self.settings.anomalies_topic)
+        if self.settings.event_records == "batch":
+            self._send_batched(batched(values, ids, partitions))
+            self.metrics.events_published.inc(result.n_anomalies)
+            return
         content_type = ("content-type", JSON_TYPE.encode())
         on_error = self.failed
         for key, value, event_id, part in zip(keys, values, ids, partitions, strict=True):
@@ -103,6 +110,23 @@ class EventPublisher:
                     continue
             future.add_errback(on_error)
         self.metrics.events_published.inc(result.n_anomalies)
+
+    def _send_batched(self, records: list[tuple[int, bytes, list[tuple[str, bytes]]]]) -> None:
+        """Send one record of many events per partition (``event_records = "batch"``)."""
+        send = self.producer.send
+        topic = self.settings.anomalies_topic
+        for part, value, headers in records:
+            try:
+                future = send(topic, value=value, headers=headers, partition=part)
+            except Exception:  # the buffer is full or metadata is gone: wait for the broker
+                future = self._retry(
+                    "event_send",
+                    lambda v=value, h=headers, p=part: send(topic, value=v, headers=h, partition=p),
+                )
+                if future is None:
+                    self.failed(KafkaIOError("events not sent", topic=topic))
+                    continue
+            future.add_errback(self.failed)
 
     def episodes(
         self, update: EpisodeUpdate, first: SensorBatch, names: TurbineNames | None
@@ -173,9 +197,15 @@ class EventPublisher:
         """The anomalies topic's partition of each key, as kafka-python's default partitioner.
 
         Memoised per key: its pure-Python murmur2 on every send was a fifth of
-        what a send costs.  Recomputed when the topic's partition count changes.
+        what a send costs.  The topic's partitions are read every
+        ``PARTITIONS_TTL_S`` seconds; the memo is recomputed when their count changes.
         """
-        partitions = sorted(self.producer.partitions_for(self.settings.anomalies_topic))
+        now = time.monotonic()
+        if self._partitions is None or now - self._partitions_at > PARTITIONS_TTL_S:
+            # kafka-python's partitions_for waits on the metadata: a millisecond a batch
+            self._partitions = sorted(self.producer.partitions_for(self.settings.anomalies_topic))
+            self._partitions_at = now
+        partitions = self._partitions
         memo = self._partition_memo
         if self._memo_partitions != len(partitions):
             memo.clear()

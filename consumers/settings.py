@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -46,6 +47,11 @@ class ServiceSettings(KafkaSettings):
     max_poll_records: int = Field(2000, ge=1)
     partitions: int = Field(6, ge=1, description="Partitions of topics this service creates.")
     publish_events: bool = True
+    event_records: Literal["anomaly", "batch"] = Field(
+        "anomaly",
+        description="One anomalies-topic record per anomaly (the JSON event), or per engine "
+        "batch and partition (the same JSON events, one per line: application/x-ndjson).",
+    )
     events_linger_ms: int = Field(
         10,
         ge=0,

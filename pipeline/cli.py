@@ -383,6 +383,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             "max_record_bytes": args.max_record_bytes,
             "partitions": args.partitions,
             "instance_id": args.instance_id,
+            "event_records": args.event_records,
         }
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
         return run_service(settings, site_configs(args))
@@ -1148,6 +1149,12 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-record-bytes", type=int)
     g.add_argument("--partitions", type=int, help="partitions of topics it creates (default 6)")
     g.add_argument("--instance-id", help="static group membership id (fast restarts)")
+    g.add_argument(
+        "--event-records",
+        choices=("anomaly", "batch"),
+        help="anomalies-topic records: one per anomaly (default), or one per engine batch "
+        "and partition holding its events as JSON lines",
+    )
     _add_metrics_options(g)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from consumers.events import EVENTS_TYPE, read_events
 from pipeline.store import read_anomalies
 from pipeline.wire import BINARY_TYPE, JSON_TYPE, BatchMeta, encode_batch
 from tests.cli_support import spawn, turbine
@@ -113,6 +114,54 @@ def test_simulate_through_kafka_stores_what_the_embedded_run_stores(
     # partitioner picks for that key (the detector memoises it).
     assert all(e.key == str(json.loads(e.value)["turbine_id"]).encode() for e in events)
     assert_default_partitions(kafka_servers, f"{topic}.anomalies", events)
+
+
+def test_batched_event_records_carry_the_same_events_in_their_keys_partitions(
+    kafka_servers, topic_factory, tmp_path
+):
+    topic = topic_factory("readings", partitions=3)
+    sim = ["--turbines", 20, "--steps", 800, "--seed", 5, "--start", "2026-01-01T00:00:00Z"]
+    turbine("simulate", *sim, "--bootstrap-servers", kafka_servers, "--topic", topic, "--quiet")
+    runs = {}
+    for shape in ("anomaly", "batch"):
+        out = f"{topic}.{shape}"
+        detect(
+            kafka_servers,
+            topic,
+            f"g-{shape}-{os.getpid()}",
+            tmp_path / shape,
+            "--anomalies-topic",
+            out,
+            "--event-records",
+            shape,
+        )
+        runs[shape] = consume_all(kafka_servers, out)
+
+    def events(records: list) -> list[dict]:
+        return [
+            {k: v for k, v in e.items() if k != "detected_at"} | {"partition": r.partition}
+            for r in records
+            for e in read_events(r.value, dict(r.headers)["content-type"].decode())
+        ]
+
+    one, many = events(runs["anomaly"]), events(runs["batch"])
+    assert len(one) > 30
+    key = lambda e: e["event_id"]  # noqa: E731
+    assert sorted(many, key=key) == sorted(one, key=key)  # the same events, same partitions
+    assert len(runs["batch"]) < len(runs["anomaly"]) / 3
+    for r in runs["batch"]:
+        headers = dict(r.headers)
+        inside = read_events(r.value, EVENTS_TYPE)
+        assert r.key is None and int(headers["event-count"]) == len(inside)
+        assert headers["first-event-id"].decode() == inside[0]["event_id"]
+        assert headers["last-event-id"].decode() == inside[-1]["event_id"]
+    # a turbine's events keep their order inside the batched stream
+    for shape, records in runs.items():
+        seq = [e for e in events(records)]
+        per = {}
+        for e in seq:
+            per.setdefault(e["turbine_id"], []).append(e["timestamp"])
+        assert all(ts == sorted(ts) for ts in per.values()), shape
 
 
 def assert_default_partitions(servers: str, topic: str, events: list) -> None:
