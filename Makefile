@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,report]'
+	$(PY) -m pipeline.kernels  # numba compiles the engine's kernels into its cache once
 	touch $@
 
 venv: $(STAMP) ## make the virtual environment and install the project

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.linalg import blas
 
+from pipeline import batch_math
 from pipeline.calibration import calibrate
 from pipeline.charts import ewma_by_count
 from pipeline.config import DetectorConfig
@@ -42,17 +44,13 @@ from pipeline.covariance import (
     F64,
     GroupedCovariance,
     WelfordCovariance,
-    batch_moments,
     combine,
     covariance_of,
-    grouped_moments,
 )
 from pipeline.errors import InputError, SchemaError
 from pipeline.mahalanobis import (
     condition_numbers,
-    contributions_from_whitened,
     gather_rows,
-    regularised_cholesky,
     squared_norms,
     whiten_grouped,
 )
@@ -73,6 +71,23 @@ from pipeline.results import FILTERED, FLEET, SKIPPED, TURBINE, WARMUP, BatchRes
 from pipeline.turbines import TurbineIndex
 
 
+@dataclass(frozen=True)
+class _Scores:
+    """A batch scored: statistics, the model kind and the stack each reading was scored by.
+
+    ``model`` (n,) indexes ``chol`` (M, D, D) and ``means`` (M, D).
+    """
+
+    whitened: batch_math.Whitened
+    scored_by: NDArray[np.int8]
+    model: NDArray[np.intp]
+    chol: F64
+    means: F64
+
+
+_NO_INDEX = np.zeros(0, dtype=np.intp)
+
+
 class Detector:
     """Streaming Mahalanobis anomaly detector over a fleet of turbines.
 
@@ -82,6 +97,9 @@ class Detector:
         Defaults to ``DetectorConfig()``.
     n_features : int, optional
         D; taken from the configuration's sensors or from the first batch.
+    compiled : bool, optional
+        Run the per-batch maths with the compiled kernels (:mod:`pipeline.kernels`,
+        the default where numba imports) or with NumPy (``False``: the oracle).
 
     Examples
     --------
@@ -96,8 +114,17 @@ class Detector:
     [False, True]
     """
 
-    def __init__(self, config: DetectorConfig | None = None, n_features: int | None = None) -> None:
+    def __init__(
+        self,
+        config: DetectorConfig | None = None,
+        n_features: int | None = None,
+        compiled: bool | None = None,
+    ) -> None:
         self.config = config if config is not None else DetectorConfig()
+        # The compiled kernels (pipeline/kernels) unless told otherwise or numba is absent;
+        # compiled=False runs the NumPy path, the kernels' oracle.
+        self._kernels = batch_math.compiled_kernels() if compiled is not False else None
+        self.compiled = self._kernels is not None
         self.turbines = TurbineIndex(self.config.turbines, self.config.max_turbines)
         # The names behind hashed turbine ids (pipeline/names.py), kept for display.
         self.names = TurbineNames()
@@ -168,10 +195,8 @@ class Detector:
         if cfg.sensor_floor:
             floor = np.array([cfg.sensor_floor.get(name, 0.0) for name in sensors]) ** 2
             self._floor: F64 | None = floor[self._perm] if self._perm is not None else floor
-            self._floor_matrix: F64 | None = np.diag(self._floor)
         else:
             self._floor = None
-            self._floor_matrix = None
         self._bins = cfg.regime.n_bins if cfg.regime is not None else 1
         self._edges = np.asarray(cfg.regime.edges if cfg.regime is not None else (), np.float64)
         self._regime_col = sensors.index(cfg.regime.sensor) if cfg.regime is not None else -1
@@ -230,6 +255,22 @@ class Detector:
             if cfg.rebaseline_after is not None
             else None
         )
+        # The plain configuration: one compiled call scores and learns a batch whose
+        # readings are all valid and of warm models (see _process_plain).
+        self._plain_model_of = np.zeros(0, dtype=np.intp)
+        self._work_hit = np.zeros(0, dtype=np.int64)
+        self._work_shares = np.zeros((0, d))
+        self._work_failed = np.zeros(0, dtype=np.int64)
+        self._plain = (
+            self._k == 0
+            and self._bins == 1
+            and not self._rule_cols
+            and cfg.settle_span is None
+            and not self._relative_cols
+            and cfg.chart == "none"
+            and self._runs is None
+            and not self._track_time
+        )
         self._sync_turbines()
 
     def _sync_turbines(self) -> None:
@@ -264,6 +305,13 @@ class Detector:
     def _prepare(
         self, timestamps: ArrayLike, turbine_ids: ArrayLike, values: ArrayLike
     ) -> tuple[F64, NDArray[np.int64], F64, NDArray[np.bool_]]:
+        ts, ids, x = self._arrays(timestamps, turbine_ids, values)
+        return ts, ids, x, self._valid(ts, x)
+
+    def _arrays(
+        self, timestamps: ArrayLike, turbine_ids: ArrayLike, values: ArrayLike
+    ) -> tuple[F64, NDArray[np.int64], F64]:
+        """The batch as arrays (n,), (n,), (n, D) C-contiguous, its shapes checked."""
         ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
         ids = np.asarray(turbine_ids)
         if ids.dtype.kind not in "iu":
@@ -285,17 +333,19 @@ class Detector:
             raise SchemaError(
                 f"readings have {x.shape[1]} sensors, the model has {self.n_features}"
             )
-        x = np.ascontiguousarray(x)
+        return ts, ids, np.ascontiguousarray(x)
+
+    def _valid(self, ts: F64, x: F64) -> NDArray[np.bool_]:
+        """The readings (n,) with finite values and timestamp (``nan_policy='error'``: all)."""
         # One contiguous sum is finite exactly when no value is NaN/inf (or the
         # finite values overflow it: then the exact per-row check decides).
         if np.isfinite(x.sum()) and np.isfinite(ts.sum()):
-            valid = np.ones(n, dtype=bool)
-        else:
-            valid = np.isfinite(x).all(axis=1) & np.isfinite(ts)
-            if self.config.nan_policy == "error":
-                bad = int(np.flatnonzero(~valid)[0])
-                raise InputError(f"NaN or infinite reading at row {bad} of the batch")
-        return ts, ids, x, valid
+            return np.ones(x.shape[0], dtype=bool)
+        valid = np.isfinite(x).all(axis=1) & np.isfinite(ts)
+        if self.config.nan_policy == "error":
+            bad = int(np.flatnonzero(~valid)[0])
+            raise InputError(f"NaN or infinite reading at row {bad} of the batch")
+        return valid
 
     def _features(self) -> int:
         if self.n_features is None:
@@ -382,7 +432,12 @@ class Detector:
         values : array-like of shape (n, D)
             Raw sensor readings.
         """
-        ts, ids, raw, valid = self._prepare(timestamps, turbine_ids, values)
+        ts, ids, raw = self._arrays(timestamps, turbine_ids, values)
+        if self._plain and self.compiled:
+            plain = self._process_plain(ts, ids, raw)
+            if plain is not None:
+                return plain
+        valid = self._valid(ts, raw)
         n = raw.shape[0]
         live, states, idx_live = self._live(raw, valid, ids, ts)
         everything = live.size == n
@@ -395,38 +450,38 @@ class Detector:
             # its transpose (n_live, D) needs no second copy to become the model layout.
             raw_l = np.take(raw.T, live, axis=1).T
             idx, model_of, x_t = self._calibrated(ids[live], raw_l, ts_l, idx_live)
-        stat, scored_by, diff_t, z_t, model, chol, scale = self._score(model_of, x_t, ts_l)
+        sc = self._score(model_of, x_t)
+        stat, scored_by = sc.whitened.stat, sc.scored_by
         chart = None
         if self.config.chart == "residual":
+            z_t = sc.whitened.z_t
+            assert z_t is not None  # noqa: S101 (scored with full=True for the chart)
             chart = self._chart_scores(idx, ts_l, z_t, scored_by)
         point = stat
         if chart is not None:
             stat = np.maximum(stat, chart.statistic)
         flags = stat > self.threshold
         hit = np.flatnonzero(flags)
-        contrib = self._contributions(diff_t, z_t, model, chol, hit, chart, idx, scale)
+        contrib = self._contributions(x_t, sc, hit, chart, idx)
         # The learning gate applies to each reading's own score: a reading that is
         # normal on its own is learned even while the residual chart alarms (else
         # the chart would lock its turbine out until a re-baseline).
         if self.config.learn_anomalies:
-            learn = None
+            skip = None
         elif self.gate > self.threshold or chart is not None:
-            learn = np.flatnonzero(point <= self.gate)
+            skip = point > self.gate
         else:
-            learn = None if hit.size == 0 else np.flatnonzero(~flags)
+            skip = None if hit.size == 0 else flags
         if self._runs is not None:
             s = scored_by > 0
             self._runs.observe(
                 model_of[s], ts_l[s], np.take(x_t, np.flatnonzero(s), axis=1), flags[s]
             )
-        if learn is None:
-            self._learn(model_of, x_t, ts_l)
-            learned = np.ones(idx.size, dtype=bool)
-        else:
-            self._learn(model_of[learn], np.take(x_t, learn, axis=1), ts_l[learn])
-            learned = np.zeros(idx.size, dtype=bool)
-            learned[learn] = True
+        # The scores' readings by model serve the learning when the models are the same.
+        blocks = sc.whitened.blocks if sc.model is model_of else None
+        self._learn(model_of, x_t, ts_l, skip, blocks)
         if chart is not None:
+            learned = np.ones(idx.size, dtype=bool) if skip is None else ~skip
             calm = learned & chart.charted & (scored_by > 0) & (chart.statistic <= self._chart_gate)
             self._residuals.learn(idx, chart, calm)
         rebaselined = self._settle_runs(ts_l) if self._runs is not None else np.zeros(0, np.int64)
@@ -463,6 +518,109 @@ class Detector:
             state_names=self.state_names,
             rebaselined=rebaselined,
         )
+
+    def _process_plain(self, ts: F64, ids: NDArray[np.int64], raw: F64) -> BatchResult | None:
+        """:meth:`process` of the plain configuration in one compiled call (None: not here).
+
+        Only when every reading is finite, of a known turbine, and its model
+        (the turbine's, or its key group's with ``per_turbine=False``) is warm;
+        otherwise nothing has changed and the general path takes the batch.
+        """
+        n = raw.shape[0]
+        if n == 0:
+            return None
+        cfg = self.config
+        table = self.turbines.table
+        if self._identity and table.size:
+            # The kernel looks the ids up and checks the values are finite.
+            x_t, idx, lookup = raw.T, _NO_INDEX, table  # (D, n) F-ordered: read in place
+        else:
+            if not self._valid(ts, raw).all():
+                return None
+            idx = self.turbines.lookup(ids)
+            self._sync_turbines()
+            if self._identity:
+                x_t = raw.T
+            else:
+                x_t = calibrate(raw, self._offsets, self._gains, np.take(self._factor, idx)).T
+            lookup = _NO_INDEX
+        if cfg.per_turbine:
+            stack, chol = self._models, self._chol
+            min_count, code = self.min_samples, TURBINE
+        else:
+            stack, chol = self._groups, self._group_chol
+            min_count, code = self.fleet_min_samples, FLEET
+        model_of = self._plain_models()
+        assert self._kernels is not None  # noqa: S101 (the plain path is compiled)
+        d = raw.shape[1]
+        if self._work_hit.size < n:  # work arrays, reused while batches are no larger
+            self._work_hit = np.empty(n, dtype=np.int64)
+            self._work_shares = np.empty((n, d))
+        if self._work_failed.size < stack.n_groups:
+            self._work_failed = np.empty(stack.n_groups, dtype=np.int64)
+        stat, flags = np.empty(n), np.empty(n, dtype=bool)
+        done, n_hit, n_failed = self._kernels.score_then_learn(
+            x_t,
+            ts,
+            ids,
+            lookup,
+            idx,
+            model_of,
+            stack.counts,
+            stack.means,
+            stack.m2,
+            chol,
+            self._bound.table if self._bound is not None else batch_math.NONE,
+            float(min_count),
+            self.threshold,
+            self.gate,
+            cfg.learn_anomalies,
+            0.0 if cfg.memory is None else float(cfg.memory),
+            batch_math.NONE if self._floor is None else self._floor,
+            cfg.ridge,
+            stat,
+            flags,
+            self._work_hit,
+            self._work_shares,
+            self._work_failed,
+        )
+        if not done:
+            return None
+        if n_failed:  # not positive definite: the NumPy path's eigenvalue repair
+            failed = self._work_failed[:n_failed].copy()
+            chol[failed] = self._factors(stack.counts[failed], stack.m2[failed])
+        hit = self._work_hit[:n_hit].copy()
+        shares = self._work_shares[:n_hit].copy()
+        if cfg.per_turbine:
+            self._groups_dirty = True
+        self.readings += n
+        self.anomalies += int(hit.size)
+        self.batches += 1
+        return BatchResult(
+            timestamps=ts,
+            turbine_ids=ids,
+            distances=stat,
+            is_anomaly=flags,
+            scored_by=np.full(n, code, dtype=np.int8),
+            threshold=self.threshold,
+            anomaly_index=hit,
+            contributions=shares,
+            sensors=cfg.sensors or (),
+            states=None,
+            state_names=self.state_names,
+        )
+
+    def _plain_models(self) -> NDArray[np.intp]:
+        """The model of each turbine (T,) for the plain path: its key group's (empty: its own)."""
+        t = len(self.turbines)
+        if self.config.per_turbine:
+            return _NO_INDEX  # each turbine's own model
+        if self._plain_model_of.size != t:
+            if self._groups.n_groups == 1:
+                self._plain_model_of = np.zeros(t, dtype=np.intp)
+            else:
+                self._plain_model_of = self._group_of.copy()
+        return self._plain_model_of
 
     def learn(self, timestamps: ArrayLike, turbine_ids: ArrayLike, values: ArrayLike) -> int:
         """Learn a batch without scoring it (a training period); returns readings learned."""
@@ -506,35 +664,33 @@ class Detector:
         return int(ids.size)
 
     # ------------------------------------------------------------------ scoring
-    def _score(
-        self, idx: NDArray[np.intp], x_t: F64, ts: F64
-    ) -> tuple[F64, NDArray[np.int8], F64, F64, NDArray[np.intp], F64, F64 | None]:
+    def _score(self, idx: NDArray[np.intp], x_t: F64) -> _Scores:
         """Score readings ``x_t`` (D, n) of models ``idx`` (n,) against the models as they are.
 
-        Returns the statistic (n,), the model kind (n,), the deviations and
-        whitened deviations (D, n), each reading's model as an index into
-        the returned stack of Cholesky factors: turbine factors first, then
-        the key groups' fleet factors (the fleet's alone for the fleet-only
-        model), and the prediction bound's scale of each statistic (n,)
-        (None without it), already applied to the statistic.
+        Each reading's model is an index into the stack of the returned
+        factors and means: turbine models first, then the key groups' fleet
+        models (the fleet's alone for the fleet-only model).  Statistics are
+        scaled by the prediction bound's scale (when configured); readings
+        not scored (``WARMUP``) have statistic 0.
         """
         d, n = x_t.shape
         k = self._k
-        stat = np.zeros(n)
         if self.config.per_turbine:
             warm = np.take(self._models.counts, idx) >= self.min_samples
             span = self.config.warmup_span
             if span is not None:
                 learned = np.take(self._last_time, idx) - np.take(self._first_time, idx)
                 warm &= learned >= span  # NaN (nothing learned yet) compares False
+            all_warm = bool(n and warm.all())
         else:
-            warm = np.zeros(n, dtype=bool)
+            all_warm = False
         fleet_only = not self.config.per_turbine and self.config.key_groups == 1 and self._bins == 1
-        if n and warm.all():
+        if all_warm:
             by = np.full(n, TURBINE, dtype=np.int8)
-            model, chol, counts = idx, self._chol, self._models.counts
-            diff_t = x_t - gather_rows(self._models.means, idx)
+            model, chol, counts, means = idx, self._chol, self._models.counts, self._models.means
         else:
+            if not self.config.per_turbine:
+                warm = np.zeros(n, dtype=bool)
             g = self._fleet_of(idx)
             # Only the fleet models that stand in for a turbine model are needed.
             needed = None if fleet_only else np.bincount(g[~warm], minlength=self._groups.n_groups)
@@ -544,17 +700,27 @@ class Detector:
                 ok = groups.counts[0] >= self.fleet_min_samples
                 by = np.full(n, FLEET if ok else WARMUP, dtype=np.int8)
                 model = np.zeros(n, dtype=np.intp)
-                counts = groups.counts[:1]
-                diff_t = x_t - groups.means[0][:, None]
+                counts, means = groups.counts[:1], groups.means[:1]
             else:
                 chol = np.concatenate((self._chol, group_chol))
                 fleet = ~warm & (np.take(groups.counts, g) >= self.fleet_min_samples)
                 by = np.where(warm, TURBINE, np.where(fleet, FLEET, WARMUP)).astype(np.int8)
                 model = np.where(warm, idx, g + self._chol.shape[0])
                 counts = np.concatenate((self._models.counts, groups.counts))
-                diff_t = x_t - gather_rows(
-                    np.concatenate((self._models.means, groups.means)), model
-                )
+                means = np.concatenate((self._models.means, groups.means))
+        table = self._bound.table if self._bound is not None else None
+        if self.compiled:
+            w = batch_math.whiten(
+                x_t, model, means, chol, k, counts, table, True, self.config.chart == "residual"
+            )
+            unscored = by <= 0
+            if unscored.any():
+                w.stat[unscored] = 0.0
+                if w.z_t is not None:
+                    w.z_t[:, unscored] = 0.0
+            return _Scores(w, by, model, chol, means)
+        stat = np.zeros(n)
+        diff_t = x_t - (means[0][:, None] if fleet_only else gather_rows(means, model))
         scored = by > 0
         # One triangular solve per model, vectorised over readings.
         if fleet_only and n and scored.all():
@@ -576,7 +742,7 @@ class Detector:
             # One scale per model (M,), then per reading: no per-reading table look-up.
             scale = np.take(self._bound.scale(counts), model)
             stat *= scale
-        return stat, by, diff_t, z_t, model, chol, scale
+        return _Scores(batch_math.Whitened(stat, scale, diff_t, z_t, None), by, model, chol, means)
 
     def _fleet_of(self, model: NDArray[np.intp]) -> NDArray[np.intp]:
         """Fleet model (key group, bin) of each turbine model index (n,)."""
@@ -616,10 +782,7 @@ class Detector:
 
     def _factors(self, counts: F64, m2: F64) -> F64:
         """Cholesky factors (G, D, D) of the models' covariances plus the sensor floors."""
-        cov = covariance_of(counts, m2)
-        if self._floor_matrix is not None:
-            cov = cov + self._floor_matrix
-        return regularised_cholesky(cov, self.config.ridge)[0]
+        return batch_math.factors(counts, m2, self._floor, self.config.ridge, self.compiled)
 
     def _model_fleet(self) -> NDArray[np.intp]:
         """The fleet model of every turbine model (M,), kept until turbines are added."""
@@ -663,46 +826,34 @@ class Detector:
 
     def _contributions(
         self,
-        diff_t: F64,
-        z_t: F64,
-        model: NDArray[np.intp],
-        chol: F64,
+        x_t: F64,
+        sc: _Scores,
         hit: NDArray[np.intp],
         chart: ChartScores | None,
         idx: NDArray[np.intp],
-        scale: F64 | None = None,
     ) -> F64:
         """Per-sensor shares (k, D) of the anomalies' statistics, before the models learn.
 
         Parameters
         ----------
-        diff_t, z_t : ndarray of shape (D, n)
-            Deviations and whitened deviations of the scored readings.
-        model : ndarray of shape (n,)
-        chol : ndarray of shape (G, D, D)
+        x_t : ndarray of shape (D, n)
+            Model-ready readings.
+        sc : _Scores
+            Their scores.
         hit : ndarray of shape (h,)
             The anomalies among the n readings.
         chart : ChartScores, optional
             The residual chart's scores of the n readings.
         idx : ndarray of shape (n,)
             The turbine of each reading.
-        scale : ndarray of shape (n,), optional
-            The prediction bound's scale of each point statistic (shares scale with it).
         """
         d, k = self._features(), self._k
         if hit.size == 0:
             return np.zeros((0, d))
-        dz, zz, mh = np.take(diff_t, hit, axis=1), np.take(z_t, hit, axis=1), model[hit]
-        if k:
-            # Responses given conditions: L22 z_r = diff_r - L21 z_c, a residual of
-            # the regression on the conditions, and S_(r|c)^-1 e = L22^-T z_r.
-            l21 = chol[mh][:, k:, :k]
-            e = dz[k:] - np.einsum("hrk,kh->rh", l21, zz[:k])
-            shares = contributions_from_whitened(
-                e, zz[k:], mh, np.ascontiguousarray(chol[:, k:, k:])
-            )
-        else:
-            shares = contributions_from_whitened(dz, zz, mh, chol)
+        scale = sc.whitened.scale
+        shares, zz = batch_math.contributions(
+            x_t, sc.whitened, hit, sc.model, sc.means, sc.chol, k, self.compiled
+        )
         if scale is not None:
             shares *= scale[hit][:, None]
         if chart is not None:
@@ -720,31 +871,55 @@ class Detector:
         return out
 
     # ------------------------------------------------------------------ learning
-    def _learn(self, model: NDArray[np.intp], x_t: F64, ts: F64) -> None:
-        """Learn model-ready readings ``x_t`` of shape (D, n), of models ``model`` (n,)."""
+    def _learn(
+        self,
+        model: NDArray[np.intp],
+        x_t: F64,
+        ts: F64,
+        skip: NDArray[np.bool_] | None = None,
+        blocks: batch_math.Blocks | None = None,
+    ) -> None:
+        """Learn model-ready readings ``x_t`` of shape (D, n), of models ``model`` (n,).
+
+        ``skip`` (n,): readings not to learn (the anomalies, by default);
+        ``blocks``: the scores' readings by model, when scored by these models.
+        """
         if x_t.shape[1] == 0:
             return
-        x = x_t.T  # (n, D) view; the moment functions read it column by column
-        if self.config.per_turbine:
-            n_models = self._models.n_groups
-            counts, means, m2 = grouped_moments(x, model, n_models)
-            decay = self._decay(model, ts, self._models.counts) if self._track_time else None
-            changed = self._models.merge_moments(counts, means, m2, decay)
-            self._chol[changed] = self._factors(
-                self._models.counts[changed], self._models.m2[changed]
+        cfg = self.config
+        if cfg.per_turbine:
+            decay = None
+            if self._track_time:
+                sel = slice(None) if skip is None else ~skip
+                decay = self._decay(model[sel], ts[sel], self._models.counts)
+            changed = batch_math.learn(
+                self._models,
+                self._chol,
+                x_t,
+                model,
+                skip,
+                decay,
+                self._floor,
+                cfg.ridge,
+                self.compiled,
+                blocks,
             )
             # Only the fleet models of the turbine models that learned are out of date.
             self._groups_stale[self._model_fleet()[changed]] = True
             return
-        n_groups = self._groups.n_groups
-        if n_groups == 1:
-            n_b, mean_b, m2_b = batch_moments(x)
-            gc, gm, gm2 = np.array([n_b]), mean_b[None], m2_b[None]
-        else:
-            gc, gm, gm2 = grouped_moments(x, self._fleet_of(model), n_groups)
-        changed_g = self._groups.merge_moments(gc, gm, gm2)
-        self._group_chol[changed_g] = self._factors(
-            self._groups.counts[changed_g], self._groups.m2[changed_g]
+        one = self._groups.n_groups == 1
+        fleet = np.zeros(model.size, np.intp) if one else self._fleet_of(model)
+        batch_math.learn(
+            self._groups,
+            self._group_chol,
+            x_t,
+            fleet,
+            skip,
+            None,
+            self._floor,
+            cfg.ridge,
+            self.compiled,
+            blocks if one else None,
         )
 
     def _decay(self, model: NDArray[np.intp], ts: F64, counts: F64) -> F64 | None:
@@ -872,12 +1047,15 @@ class Detector:
 
     @classmethod
     def from_state(
-        cls, state: Mapping[str, np.ndarray], config: DetectorConfig | None = None
+        cls,
+        state: Mapping[str, np.ndarray],
+        config: DetectorConfig | None = None,
+        compiled: bool | None = None,
     ) -> Detector:
         """Rebuild a detector from :meth:`state` (with its own config unless one is given)."""
         if config is None:
             config = DetectorConfig.model_validate(json.loads(str(state["config"])))
-        det = cls(config)
+        det = cls(config, compiled=compiled)
         det.names = TurbineNames.from_state(state)
         if "turbine_means" not in state:
             return det

@@ -435,13 +435,15 @@ class AnomalyStore:
         part = _at(partitions, hit)
         off = _at(offsets, hit)
         row = hit.astype(np.int64) if rows is None else np.asarray(rows, np.int64)[hit]
-        fresh = np.ones(hit.size, dtype=bool)
-        for p, floor in self._positions.items():  # a loop over source partitions
-            fresh &= ~((part == p) & (off < floor))
-        if not fresh.any():
-            return 0
-        if fresh.all():
-            fresh = slice(None)  # type: ignore[assignment]
+        fresh: NDArray[np.bool_] | None = None  # None: every anomaly is new
+        if self._positions:
+            keep = np.ones(hit.size, dtype=bool)
+            for p, floor in self._positions.items():  # a loop over source partitions
+                keep &= ~((part == p) & (off < floor))
+            if not keep.any():
+                return 0
+            if not keep.all():
+                fresh = keep
         d = result.contributions.shape[1]
         if not self._manifest["sensors"]:
             self._manifest["sensors"] = [f"sensor_{j}" for j in range(d)]
@@ -449,18 +451,29 @@ class AnomalyStore:
             raise StoreError(
                 f"anomalies carry {d} contributions, the store has {len(self.sensors)} sensors"
             )
-        k = hit.size if isinstance(fresh, slice) else int(fresh.sum())
+        ts, tid, dist = result.timestamps[hit], result.turbine_ids[hit], result.distances[hit]
+        by, contrib = result.scored_by[hit], result.contributions
+        if fresh is not None:
+            ts, tid, dist, by, contrib = (
+                ts[fresh],
+                tid[fresh],
+                dist[fresh],
+                by[fresh],
+                contrib[fresh],
+            )
+            part, off, row = part[fresh], off[fresh], row[fresh]
+        k = int(ts.size)
         self._pending.append(
             Anomalies(
-                result.timestamps[hit][fresh],
-                result.turbine_ids[hit][fresh],
-                result.distances[hit][fresh],
+                ts,
+                tid,
+                dist,
                 np.full(k, result.threshold),
-                result.contributions[fresh],
-                part[fresh],
-                off[fresh],
-                row[fresh],
-                result.scored_by[hit][fresh],
+                contrib,
+                part,
+                off,
+                row,
+                by,
                 self.sensors,
             )
         )
@@ -502,14 +515,20 @@ class AnomalyStore:
                 self._manifest["turbines"].append(t)
         cols = np.array([self._columns[t] for t in present.tolist()], dtype=np.int64)[inverse]
         steps, row_of = np.unique(table.timestamps, return_inverse=True)
-        order = np.lexsort((cols, row_of))
-        t = table.select(order)
-        row_of, cols = row_of[order], cols[order]
+        n_cols = len(self._manifest["turbines"])
+        key = row_of.astype(np.int64) * n_cols + cols
+        if key.size > 1 and not bool(np.all(key[1:] >= key[:-1])):
+            # Not yet in (time step, column) order (streams in time and turbine
+            # order, the usual case, already are: the stable sort is the identity).
+            order = np.lexsort((cols, row_of))
+            table = table.select(order)
+            row_of, cols = row_of[order], cols[order]
+        t = table
         indptr = np.zeros(steps.size + 1, dtype=np.int64)
         np.cumsum(np.bincount(row_of, minlength=steps.size), out=indptr[1:])
-        shape = (steps.size, len(self._manifest["turbines"]))
+        shape = (steps.size, n_cols)
         dist = sparse.csr_array((t.distances, cols, indptr), shape=shape)
-        contrib = sparse.csr_array(t.contributions)
+        contrib = _dense_to_csr(t.contributions)
         seq = len(self._manifest["chunks"]) + 1
         stem = f"chunk-{seq:06d}"
         files = {
@@ -785,6 +804,22 @@ class AnomalyStore:
     ) -> Anomalies:
         """Flushed anomalies matching the filters, as one table."""
         return Anomalies.concat(list(self.iter_chunks(turbine, since, until)), self.sensors)
+
+
+def _dense_to_csr(dense: NDArray[np.float64]) -> sparse.csr_array:
+    """``sparse.csr_array(dense)`` of a (k, D) array, built directly (its non-zeros, in order).
+
+    Parameters
+    ----------
+    dense : ndarray of shape (k, D)
+    """
+    nonzero = dense != 0
+    # The index type scipy picks for such a matrix (int32 unless it is huge).
+    index = np.int32 if dense.size < 2**31 else np.int64
+    indptr = np.zeros(dense.shape[0] + 1, dtype=index)
+    np.cumsum(np.count_nonzero(nonzero, axis=1), out=indptr[1:])
+    indices = np.nonzero(nonzero)[1].astype(index)
+    return sparse.csr_array((dense[nonzero], indices, indptr), shape=dense.shape)
 
 
 def _overlapping(episodes: Episodes, stored: Episodes) -> NDArray[np.bool_]:

@@ -47,6 +47,12 @@ class TurbineIndex:
         """The turbine ids, shape (T,), position = dense index."""
         return self._ids
 
+    @property
+    def table(self) -> NDArray[np.intp]:
+        """Dense index by id for ids in ``[0, table.size)`` (-1: unknown); empty when ids
+        fall outside (negative or huge ids use a binary search instead)."""
+        return self._table
+
     def __len__(self) -> int:
         return int(self._ids.size)
 

@@ -9,7 +9,7 @@ import pytest
 from scipy import sparse
 
 from pipeline import Detector, DetectorConfig, StoreError
-from pipeline.store import AnomalyStore
+from pipeline.store import AnomalyStore, _dense_to_csr
 
 
 def noisy_results(rng, batches=30, n_turbines=20, d=3):
@@ -141,3 +141,14 @@ def test_pending_restored_into_a_fresh_manifest_keeps_the_sensors(tmp_path, rng)
     reopened.flush()
     assert AnomalyStore(tmp_path / "s").sensors == pending.sensors
     assert len(AnomalyStore(tmp_path / "s").query()) == len(pending)
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (1, 1), (7, 3), (200, 16)])
+def test_contribution_matrix_is_scipys_csr(rng, shape):
+    dense = rng.normal(size=shape)
+    dense[rng.random(shape) < 0.3] = 0.0
+    got, want = _dense_to_csr(dense), sparse.csr_array(dense)
+    for field in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+        assert getattr(got, field).dtype == getattr(want, field).dtype
+    assert got.shape == want.shape

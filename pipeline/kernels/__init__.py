@@ -1,0 +1,37 @@
+"""Compiled kernels (numba) of the detector's per-batch numerics.
+
+Each kernel does, in one compiled call, what the NumPy functions of
+:mod:`pipeline.covariance` and :mod:`pipeline.mahalanobis` do in a few dozen
+array calls; the NumPy functions stay as the oracle the kernels are tested
+against (tests/test_kernels.py).  Per model the kernels run the same
+floating-point operations in the same order as the NumPy path (sums in
+reading order, Chan's combination term by term, the forward substitution
+term by term), so their moments, merges and whitened deviations are the
+NumPy path's, bit for bit; the Cholesky factorisation is a textbook one, not
+LAPACK's, and may differ from ``np.linalg.cholesky`` in the last bits.
+
+Readings are reduced per model in blocks: a stable counting sort by model
+(linear in the batch) puts each model's readings together, so the inner loops
+run over a block of readings with the model's numbers held fixed (vectorised
+by LLVM) and the result of a model depends only on its own readings, in
+their order: splitting a batch by key group changes nothing.
+
+Compiled code is cached on disk (``cache=True``: ``__pycache__`` beside this
+package, or numba's user-wide cache directory when that is not writable), so
+only the very first run on a machine compiles.
+"""
+
+from pipeline.kernels.blocks import sort_by_model
+from pipeline.kernels.factors import refactor
+from pipeline.kernels.fused import score_then_learn
+from pipeline.kernels.learning import learn_sorted
+from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
+
+__all__ = [
+    "contributions_grouped",
+    "learn_sorted",
+    "refactor",
+    "score_then_learn",
+    "sort_by_model",
+    "whiten_sorted",
+]

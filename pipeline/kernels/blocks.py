@@ -1,0 +1,63 @@
+"""Readings grouped by model: a stable counting sort, linear in the batch and the models."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+F64 = NDArray[np.float64]
+
+
+@njit(cache=True, nogil=True)
+def sort_by_model(
+    x_t: F64, model: NDArray[np.intp], n_models: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], F64]:
+    """Readings ``x_t`` (D, n) in blocks by model, in batch order within a block.
+
+    Parameters
+    ----------
+    x_t : ndarray of shape (D, n)
+    model : ndarray of shape (n,)
+        Model of each reading, in ``[0, n_models)`` (not checked).
+    n_models : int
+        M.
+
+    Returns
+    -------
+    starts : ndarray of shape (M + 1,)
+        Model ``g``'s readings are columns ``starts[g]:starts[g + 1]`` of ``xs``.
+    order : ndarray of shape (n,)
+        The batch position of each column of ``xs``.
+    xs : ndarray of shape (D, n)
+        The readings by model (``x_t`` itself when there is one model and it is
+        C-contiguous).
+    """
+    d, n = x_t.shape
+    starts = np.zeros(n_models + 1, dtype=np.int64)
+    if n_models == 1:
+        starts[1] = n
+        return starts, np.arange(n), np.ascontiguousarray(x_t)
+    for i in range(n):
+        starts[model[i] + 1] += 1
+    for g in range(n_models):
+        starts[g + 1] += starts[g]
+    pos = starts[:-1].copy()
+    order = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        g = model[i]
+        order[pos[g]] = i
+        pos[g] += 1
+    xs = np.empty((d, n))
+    if x_t.strides[0] < x_t.strides[1]:
+        # Each reading's values side by side (x_t the transpose of (n, D) readings):
+        # gather reading by reading, one contiguous read each.
+        for p in range(n):
+            i = order[p]
+            for j in range(d):
+                xs[j, p] = x_t[j, i]
+    else:
+        for j in range(d):
+            for p in range(n):
+                xs[j, p] = x_t[j, order[p]]
+    return starts, order, xs

@@ -1,0 +1,151 @@
+"""One batch of the plain configuration in one call: score, contributions, then learn."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+from pipeline.kernels.blocks import sort_by_model
+from pipeline.kernels.learning import learn_sorted
+from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
+
+F64 = NDArray[np.float64]
+
+
+@njit(cache=True, nogil=True)
+def score_then_learn(
+    x_t: F64,
+    ts: F64,
+    ids: NDArray[np.int64],
+    lookup: NDArray[np.intp],
+    idx: NDArray[np.intp],
+    model_of: NDArray[np.intp],
+    counts: F64,
+    means: F64,
+    m2: F64,
+    chol: F64,
+    table: F64,
+    min_count: float,
+    threshold: float,
+    gate: float,
+    learn_flagged: bool,
+    memory: float,
+    floor: F64,
+    ridge: float,
+    stat_out: F64,
+    flags_out: NDArray[np.bool_],
+    hit_out: NDArray[np.int64],
+    shares_out: F64,
+    failed_out: NDArray[np.int64],
+) -> tuple[bool, int, int]:
+    """Score readings against their warm models, then learn them, in place.
+
+    What ``Detector.process`` does for readings that are all valid and all
+    of warm models, without conditions, regimes, charts or learning rules:
+    :func:`whiten_sorted`, the alarms ``stat > threshold`` and their
+    contributions (:func:`contributions_grouped`, scaled as the statistic)
+    against the models as they were, then :func:`learn_sorted` of the readings
+    at or below the learning gate (all of them with ``learn_flagged``).
+
+    Parameters
+    ----------
+    x_t : ndarray of shape (D, n)
+    ts : ndarray of shape (n,)
+    ids : ndarray of shape (n,)
+        Turbine ids.
+    lookup : ndarray of shape (S,) or (0,)
+        Dense turbine index by id (``TurbineIndex.table``, -1 unknown): the ids
+        are looked up and the readings checked finite here.  Empty: ``idx``
+        holds the indices and the readings are known to be finite.
+    idx : ndarray of shape (n,) or (0,)
+        Dense turbine index of each reading, when ``lookup`` is empty.
+    model_of : ndarray of shape (T,) or (0,)
+        The model of each turbine, in ``[0, M)``; empty: the turbine's own.
+    counts, means, m2, chol : ndarray of shape (M,), (M, D), (M, D, D), (M, D, D)
+        The models, updated in place.
+    table : ndarray of shape (N + 1,) or (0,)
+        The prediction bound's scale by count; none when empty.
+    min_count : float
+        A model scores once it has learned this many readings.
+    threshold, gate : float
+        Alarm threshold and learning gate of the (scaled) statistic.
+    learn_flagged : bool
+        Learn the readings above the gate too.
+    memory : float
+        Exponential forgetting in readings; 0 for none.
+    floor : ndarray of shape (D,) or (0,)
+    ridge : float
+    stat_out, flags_out : ndarray of shape (n,)
+        Receive the statistics and the alarm flags.
+    hit_out : ndarray of shape (>= n,)
+        Receives the positions of the alarms in ``hit_out[:h]``.
+    shares_out : ndarray of shape (>= n, D)
+        Receives their contributions in ``shares_out[:h]``.
+    failed_out : ndarray of shape (M,)
+        Receives in ``failed_out[:f]`` the models whose new factor the NumPy
+        path must repair.
+
+    (Results go to arrays the caller owns: returning arrays would box each.)
+
+    Returns
+    -------
+    done : bool
+        False (and nothing changed) when a reading is not finite, of an
+        unknown turbine or of a model not warm: the caller takes the general path.
+    h, f : int
+        Alarms and factors to repair.
+    """
+    d, n = x_t.shape
+    not_here = (False, 0, 0)
+    model = np.empty(n, dtype=np.intp)
+    mapped = model_of.size > 0
+    if lookup.size:
+        size = lookup.size
+        finite = True
+        for i in range(n):
+            t = ids[i]
+            if t < 0 or t >= size or lookup[t] < 0:
+                return not_here
+            model[i] = model_of[lookup[t]] if mapped else lookup[t]
+            # v - v is 0 exactly when v is finite (NaN otherwise): no branch, no call.
+            finite &= ts[i] - ts[i] == 0.0
+            for j in range(d):
+                finite &= x_t[j, i] - x_t[j, i] == 0.0
+        if not finite:
+            return not_here
+    else:
+        for i in range(n):
+            model[i] = model_of[idx[i]] if mapped else idx[i]
+    starts, order, xs = sort_by_model(x_t, model, counts.size)
+    for g in range(counts.size):  # once per model, not per reading
+        if starts[g + 1] > starts[g] and not counts[g] >= min_count:
+            return not_here
+    stat, scale, _, _ = whiten_sorted(xs, starts, order, means, chol, 0, counts, table, False)
+    n_hit = 0
+    for i in range(n):
+        f = stat[i] > threshold
+        stat_out[i] = stat[i]
+        flags_out[i] = f
+        if f:
+            hit_out[n_hit] = i
+            n_hit += 1
+    hit = hit_out[:n_hit]
+    shares, _ = contributions_grouped(x_t, hit, model, means, chol, 0)
+    for h in range(n_hit):
+        sc = scale[hit[h]]
+        for j in range(d):
+            shares_out[h, j] = shares[h, j] * sc
+    if learn_flagged:
+        skip = np.empty(0, dtype=np.bool_)
+    else:
+        skip = np.empty(n, dtype=np.bool_)
+        for i in range(n):
+            skip[i] = stat[i] > gate
+    empty = np.empty(0)
+    _, failed = learn_sorted(
+        xs, starts, order, skip, counts, means, m2, memory, empty, chol, floor, ridge
+    )
+    for r in range(failed.size):
+        failed_out[r] = failed[r]
+    return True, n_hit, failed.size

@@ -1,0 +1,244 @@
+"""The compiled kernels (pipeline/kernels) against the NumPy path, their oracle.
+
+Moments, merges, deviations and whitened deviations are the NumPy path's bit
+for bit (the same operations in the same order per model); Cholesky factors
+and what depends on them agree to rounding.  The detector is run both ways
+(``Detector(compiled=False)`` is the NumPy path) on the configurations of the
+detector tests and with conditions, regimes, forgetting and the residual chart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import Detector, DetectorConfig, GroupedCovariance
+from pipeline import batch_math as bm
+from pipeline.covariance import covariance_of, grouped_moments
+from pipeline.mahalanobis import gather_rows, regularised_cholesky, whiten_grouped
+from pipeline.prediction import PredictionBound
+from tests.test_detector import CONFIGS, fleet_batches
+
+pytestmark = pytest.mark.skipif(not bm.kernels_available(), reason="numba is not installed")
+
+
+def _stack(rng, m, d, n_per=30):
+    """A GroupedCovariance of m models that learned n_per readings each, and its factors."""
+    stack = GroupedCovariance(m, d)
+    x = rng.normal(size=(m * n_per, d)) @ rng.normal(size=(d, d)) + rng.normal(size=d) * 5
+    stack.update(np.repeat(np.arange(m), n_per).astype(np.intp), x)
+    chol = bm.factors(stack.counts, stack.m2, None, 1e-6, compiled=False)
+    return stack, chol
+
+
+def _copy(stack):
+    return GroupedCovariance.from_state(stack.state(), memory=stack.memory)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.integers(1, 9),
+    st.integers(1, 12),
+    st.integers(0, 300),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([None, 50.0]),
+    st.booleans(),
+)
+def test_learning_matches_the_numpy_path_bit_for_bit(d, m, n, seed, memory, skipping):
+    rng = np.random.default_rng(seed)
+    stack, chol = _stack(rng, m, d)
+    stack.memory = memory
+    x_t = rng.normal(size=(d, n)) * rng.uniform(0.1, 100, size=(d, 1))
+    model = rng.integers(0, m, size=n).astype(np.intp)
+    skip = rng.random(n) < 0.2 if skipping else None
+    a, b = _copy(stack), _copy(stack)
+    chol_a, chol_b = chol.copy(), chol.copy()
+    bm.learn(a, chol_a, x_t, model, skip, None, None, 1e-6, compiled=True)
+    bm.learn(b, chol_b, x_t, model, skip, None, None, 1e-6, compiled=False)
+    # The NumPy path's bincount moments are the same sums, in order; np.exp (forgetting)
+    # is NumPy's own vectorised exp, which may differ from libm's in the last bit.
+    if d <= 8 and m > 1 and memory is None:
+        np.testing.assert_array_equal(a.counts, b.counts)
+        np.testing.assert_array_equal(a.means, b.means)
+        np.testing.assert_array_equal(a.m2, b.m2)
+    else:  # one model (BLAS sums), wide (BLAS per group), forgetting: equal to rounding
+        np.testing.assert_allclose(a.counts, b.counts, rtol=1e-14)
+        np.testing.assert_allclose(a.m2, b.m2, rtol=1e-10, atol=1e-9 * np.abs(b.m2).max())
+        np.testing.assert_allclose(a.means, b.means, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(chol_a, chol_b, rtol=1e-9, atol=1e-12)
+
+
+def test_learning_with_decay_and_floors_matches(rng):
+    d, m, n = 4, 7, 400
+    stack, chol = _stack(rng, m, d)
+    x_t = rng.normal(size=(d, n))
+    model = rng.integers(0, m, size=n).astype(np.intp)
+    decay = rng.uniform(0.3, 1.0, size=m)
+    floor = np.array([0.5, 0.0, 2.0, 0.1])
+    a, b = _copy(stack), _copy(stack)
+    chol_a, chol_b = chol.copy(), chol.copy()
+    bm.learn(a, chol_a, x_t, model, None, decay, floor, 1e-6, compiled=True)
+    bm.learn(b, chol_b, x_t, model, None, decay, floor, 1e-6, compiled=False)
+    np.testing.assert_array_equal(a.m2, b.m2)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_allclose(chol_a, chol_b, rtol=1e-10, atol=1e-13)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(1, 17), st.integers(1, 12), st.integers(0, 400), st.integers(0, 2**32 - 1))
+def test_whitening_matches_the_numpy_path_bit_for_bit(d, m, n, seed):
+    rng = np.random.default_rng(seed)
+    stack, chol = _stack(rng, m, d)
+    x_t = rng.normal(size=(d, n)) * 3
+    model = rng.integers(0, m, size=n).astype(np.intp)
+    k = int(rng.integers(0, d))
+    table = PredictionBound(1e-4, d - k).table
+    got = bm.whiten(x_t, model, stack.means, chol, k, stack.counts, table, True, full=True)
+    diff_t = x_t - gather_rows(stack.means, model)
+    z_t = whiten_grouped(diff_t, model, chol)
+    np.testing.assert_array_equal(got.diff_t, diff_t)
+    np.testing.assert_array_equal(got.z_t, z_t)
+    scale = PredictionBound(1e-4, d - k).scale(stack.counts)[model]
+    np.testing.assert_array_equal(got.scale, scale)
+    np.testing.assert_allclose(got.stat, (z_t[k:] ** 2).sum(axis=0) * scale, rtol=1e-12)
+    ref = bm.whiten(x_t, model, stack.means, chol, k, stack.counts, table, False)
+    np.testing.assert_allclose(got.stat, ref.stat, rtol=1e-12)
+    short = bm.whiten(x_t, model, stack.means, chol, k, stack.counts, None, True, full=False)
+    assert short.diff_t is None and short.scale is None
+    np.testing.assert_allclose(short.stat, (z_t[k:] ** 2).sum(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_contributions_match_the_numpy_path(rng, k):
+    d, m, n = 5, 6, 200
+    stack, chol = _stack(rng, m, d)
+    x_t = rng.normal(size=(d, n)) * 4
+    model = rng.integers(0, m, size=n).astype(np.intp)
+    hit = np.flatnonzero(rng.random(n) < 0.3)
+    w = bm.whiten(x_t, model, stack.means, chol, k, stack.counts, None, False)
+    shares, z = bm.contributions(x_t, w, hit, model, stack.means, chol, k, compiled=True)
+    ref, z_ref = bm.contributions(x_t, w, hit, model, stack.means, chol, k, compiled=False)
+    np.testing.assert_allclose(shares, ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(z, z_ref)
+    np.testing.assert_allclose(shares.sum(axis=1), w.stat[hit], rtol=1e-9)
+
+
+def test_factors_match_and_repair_indefinite_matrices(rng):
+    d, m = 4, 9
+    stack, _ = _stack(rng, m, d)
+    counts, m2 = stack.counts.copy(), stack.m2.copy()
+    counts[1] = 1.0  # one reading: a zero covariance, regularised
+    m2[2] = -np.eye(d)  # indefinite: the NumPy path's eigenvalue repair
+    floor = np.full(d, 0.25)
+    for fl in (None, floor):
+        got = bm.factors(counts, m2, fl, 1e-6, compiled=True)
+        cov = covariance_of(counts, m2) + (np.diag(fl) if fl is not None else 0.0)
+        ref = regularised_cholesky(cov, 1e-6)[0]
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-14)
+        assert np.all(np.triu(got, 1) == 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 8), st.integers(0, 2**32 - 1))
+def test_any_split_of_a_batch_learns_what_the_numpy_path_learns(d, m, seed):
+    """Learning in sub-batches (the compiled path) equals the NumPy path's, split alike."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 200))
+    x_t = rng.normal(size=(d, n)) + rng.uniform(-50, 50, size=(d, 1))
+    model = rng.integers(0, m, size=n).astype(np.intp)
+    cuts = np.unique(np.concatenate(([0, n], rng.integers(0, n + 1, size=4))))
+    a, b = GroupedCovariance(m, d), GroupedCovariance(m, d)
+    chol_a, chol_b = np.zeros((m, d, d)), np.zeros((m, d, d))
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        part, part_model = np.ascontiguousarray(x_t[:, lo:hi]), model[lo:hi]
+        bm.learn(a, chol_a, part, part_model, None, None, None, 1e-6, compiled=True)
+        bm.learn(b, chol_b, part, part_model, None, None, None, 1e-6, compiled=False)
+    if m > 1:
+        np.testing.assert_array_equal(a.m2, b.m2)
+    counts, _, m2 = grouped_moments(x_t.T, model, m)
+    present = counts >= 2
+    np.testing.assert_allclose(
+        covariance_of(a.counts, a.m2)[present],
+        covariance_of(counts, m2)[present],
+        rtol=1e-8,
+        atol=1e-8,
+    )
+
+
+MORE_CONFIGS = {
+    **CONFIGS,
+    "forgetting": DetectorConfig(min_samples=30, key_groups=2, memory=80.0),
+    "learn-gate": DetectorConfig(min_samples=30, key_groups=2, learn_gate=1e-6),
+    "residual-chart": DetectorConfig(
+        min_samples=30, key_groups=2, chart="residual", sensors=("a", "b", "c")
+    ),
+    "conditions-regime": DetectorConfig(
+        min_samples=30,
+        fleet_min_samples=12,
+        key_groups=2,
+        sensors=("a", "b", "c"),
+        conditions=("a",),
+        regime={"sensor": "a", "edges": (0.0,)},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MORE_CONFIGS)
+def test_detector_compiled_matches_the_numpy_path(rng, name):
+    config = MORE_CONFIGS[name]
+    batches = fleet_batches(rng, fault_rate=0.05)
+    fast, slow = Detector(config, compiled=True), Detector(config, compiled=False)
+    alarms = 0
+    for ts, ids, x in batches:
+        a, b = fast.process(ts, ids, x), slow.process(ts, ids, x)
+        np.testing.assert_array_equal(a.scored_by, b.scored_by)
+        np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
+        np.testing.assert_allclose(a.contributions, b.contributions, rtol=1e-8, atol=1e-10)
+        alarms += a.n_anomalies
+    assert alarms > 0, "the data must exercise the anomaly path"
+    for key, value in slow.state().items():
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(fast.state()[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+
+
+def test_compiled_state_round_trip_continues_identically(tmp_path, rng):
+    config = DetectorConfig(min_samples=30, key_groups=2)
+    batches = fleet_batches(rng)
+    straight = Detector(config, compiled=True)
+    expected = [straight.process(*b) for b in batches]
+    first = Detector(config, compiled=True)
+    for b in batches[:5]:
+        first.process(*b)
+    resumed = Detector.from_state(first.state(), compiled=True)
+    for b, e in zip(batches[5:], expected[5:], strict=True):
+        np.testing.assert_array_equal(resumed.process(*b).distances, e.distances)
+
+
+@pytest.mark.parametrize("per_turbine", [True, False])
+def test_plain_path_hands_odd_batches_to_the_general_path(rng, per_turbine):
+    """NaN readings, a new turbine, an id outside the table: the same results both ways."""
+    config = DetectorConfig(
+        min_samples=30,
+        fleet_min_samples=12,
+        key_groups=2 if per_turbine else 1,
+        per_turbine=per_turbine,
+    )
+    fast, slow = Detector(config, compiled=True), Detector(config, compiled=False)
+    batches = fleet_batches(rng, fault_rate=0.05)
+    odd = []
+    ts, ids, x = batches[-1]
+    nan = x.copy()
+    nan[3, 1] = np.nan
+    odd.append((ts, ids, nan))
+    odd.append((ts[:4], np.array([0, 1, 77, 2]), x[:4]))  # turbine 77 is new
+    odd.append((ts[:3], np.array([0, -5, 1]), x[:3]))  # a negative id: no table
+    for ts, ids, x in [*batches, *odd, *batches[:3]]:
+        a, b = fast.process(ts, ids, x), slow.process(ts, ids, x)
+        np.testing.assert_array_equal(a.scored_by, b.scored_by)
+        np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
+    assert fast.skipped == slow.skipped == 1
+    assert fast.readings == slow.readings and fast.anomalies == slow.anomalies
