@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -429,20 +430,36 @@ class DetectorConfig(BaseModel):
         # The residual chart and the point score each get half the false-alarm rate.
         return self.false_alarm_rate / (2.0 if self.chart == "residual" else 1.0)
 
-    def chart_threshold(self, n_features: int) -> float:
+    def chart_degrees_of_freedom(self, n_features: int, sensors: Sequence[str]) -> int:
+        """Degrees of freedom of the residual chart: the scored sensors it watches.
+
+        ``sensors`` (length ``n_features``) are the detector's; with
+        ``chart_sensors`` set the chart watches those alone, the others' residuals
+        are zero in its statistic.
+        """
+        if not self.chart_sensors:
+            return self.degrees_of_freedom(n_features)
+        return sum(1 for s in sensors if s in self.chart_sensors and s not in self.conditions)
+
+    def chart_threshold(self, n_features: int, sensors: Sequence[str] = ()) -> float:
         """The residual chart's own threshold on its squared distance."""
         from pipeline.mahalanobis import chi2_threshold
 
         rate = self.chart_false_alarm_rate or self.false_alarm_rate / 2.0
-        return chi2_threshold(rate, self.degrees_of_freedom(n_features))
+        return chi2_threshold(rate, self._chart_df(n_features, sensors))
 
-    def chart_gate(self, n_features: int) -> float:
+    def chart_gate(self, n_features: int, sensors: Sequence[str] = ()) -> float:
         """The residual chart's learning gate on its own squared distance."""
         from pipeline.mahalanobis import chi2_threshold
 
         if self.chart_learn_gate is None:
-            return self.chart_threshold(n_features)
-        return chi2_threshold(self.chart_learn_gate, self.degrees_of_freedom(n_features))
+            return self.chart_threshold(n_features, sensors)
+        return chi2_threshold(self.chart_learn_gate, self._chart_df(n_features, sensors))
+
+    def _chart_df(self, n_features: int, sensors: Sequence[str]) -> int:
+        if sensors:
+            return self.chart_degrees_of_freedom(n_features, sensors)
+        return self.degrees_of_freedom(n_features)
 
     def gate(self, n_features: int) -> float:
         """The learning gate on squared distances (the alarm threshold when not set)."""

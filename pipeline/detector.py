@@ -237,14 +237,16 @@ class Detector:
             order = self._perm[self._k :] if self._perm is not None else np.arange(d)
             mask = np.asarray([sensors[j] in cfg.chart_sensors for j in order], dtype=np.float64)
         # The chart's statistic is reported scaled to the alarm threshold; so is its gate.
-        self._chart_gate = self.threshold * cfg.chart_gate(d) / cfg.chart_threshold(d)
+        # Its threshold counts the sensors it watches (chart_sensors), not all scored ones.
+        chart_threshold = cfg.chart_threshold(d, sensors)
+        self._chart_gate = self.threshold * cfg.chart_gate(d, sensors) / chart_threshold
         self._residuals = ResidualChart(
             t,
             r,
             span=cfg.chart_span or 86400.0,
             floor=cfg.chart_floor,
             min_samples=self.min_samples,
-            scale=self.threshold / cfg.chart_threshold(d),
+            scale=self.threshold / chart_threshold,
             ridge=cfg.ridge,
             mask=mask,
         )

@@ -511,3 +511,24 @@ def test_a_fleet_relative_regime_sensor_bins_its_raw_value(rng):
     assert 0 < r.state_counts()["stopped"] < n
     counts = det.state()["turbine_counts"].reshape(4, 2)
     assert counts[:, 0].sum() == 0 and counts[:, 1].sum() == n - r.state_counts()["stopped"]
+
+
+def test_chart_threshold_counts_the_sensors_it_watches():
+    """A chart on one of three scored sensors alarms at its rate: chi-square with 1 dof."""
+    base = {
+        "sensors": ("wind", "power", "other", "more"),
+        "conditions": ("wind",),
+        "key_groups": 1,
+        "chart": "residual",
+        "chart_false_alarm_rate": 1e-6,
+        "chart_learn_gate": 0.2,
+    }
+    for watched in (["power"], ["power", "more"], []):
+        cfg = make_config({**base, "chart_sensors": watched})
+        det = Detector(cfg)
+        dof = len(watched) or 3
+        chart = stats.chi2.isf(1e-6, dof)
+        assert cfg.chart_threshold(4, cfg.sensors) == pytest.approx(chart, rel=1e-12)
+        assert det._residuals.scale == pytest.approx(det.threshold / chart, rel=1e-12)
+        gate = stats.chi2.isf(0.2, dof) * det.threshold / chart
+        assert det._chart_gate == pytest.approx(gate, rel=1e-12)
