@@ -81,7 +81,6 @@ class EventPublisher:
             detected_at=time.time(),
             names=site.detector.names if site.detector is not None else None,
         )
-        send = self.producer.send
         topic = self.settings.anomalies_topic
         partitions = self._retry("event_partitions", lambda: self._event_partitions(keys))
         if partitions is None:
@@ -91,49 +90,44 @@ class EventPublisher:
             self.metrics.events_published.inc(result.n_anomalies)
             return
         content_type = ("content-type", JSON_TYPE.encode())
-        on_error = self.failed
         for key, value, event_id, part in zip(keys, values, ids, partitions, strict=True):
             # One record per anomaly (the wire contract): kafka-python's send is
             # most of what an event costs.
             headers = [("event-id", event_id), content_type]
-            try:
-                future = send(topic, key=key, value=value, headers=headers, partition=part)
-            except Exception:  # the buffer is full or metadata is gone: wait for the broker
-                future = self._retry(
-                    "event_send",
-                    lambda k=key, v=value, h=headers, p=part: send(
-                        topic, key=k, value=v, headers=h, partition=p
-                    ),
-                )
-                if future is None:
-                    on_error(KafkaIOError("event not sent", topic=topic))
-                    continue
-            future.add_errback(on_error)
+            self._send(
+                topic, "event_send", "event not sent",
+                key=key, value=value, headers=headers, partition=part,
+            )  # fmt: skip
         self.metrics.events_published.inc(result.n_anomalies)
+
+    def _send(self, topic: str, what: str, lost: str, **record: Any) -> None:
+        """Send one record; a send refused (buffer full, metadata gone) waits for the broker.
+
+        ``what`` names the retried call, ``lost`` the failure counted when it gives up.
+        """
+        send = self.producer.send
+        try:
+            future = send(topic, **record)
+        except Exception:  # the buffer is full or metadata is gone: wait for the broker
+            future = self._retry(what, lambda: send(topic, **record))
+            if future is None:
+                self.failed(KafkaIOError(lost, topic=topic))
+                return
+        future.add_errback(self.failed)
 
     def _send_batched(self, records: list[tuple[int, bytes, list[tuple[str, bytes]]]]) -> None:
         """Send one record of many events per partition (``event_records = "batch"``)."""
-        send = self.producer.send
         topic = self.settings.anomalies_topic
         for part, value, headers in records:
-            try:
-                future = send(topic, value=value, headers=headers, partition=part)
-            except Exception:  # the buffer is full or metadata is gone: wait for the broker
-                future = self._retry(
-                    "event_send",
-                    lambda v=value, h=headers, p=part: send(topic, value=v, headers=h, partition=p),
-                )
-                if future is None:
-                    self.failed(KafkaIOError("events not sent", topic=topic))
-                    continue
-            future.add_errback(self.failed)
+            self._send(
+                topic, "event_send", "events not sent", value=value, headers=headers, partition=part
+            )
 
     def episodes(
         self, update: EpisodeUpdate, first: SensorBatch, names: TurbineNames | None
     ) -> None:
         """One JSON event per episode opened and per episode closed, keyed by turbine."""
         now = time.time()
-        send = self.producer.send
         topic = self.settings.episodes_topic
         headers = [("content-type", JSON_TYPE.encode())]
         for kind, table in ((OPENED, update.opened), (CLOSED, update.closed)):
@@ -147,17 +141,10 @@ class EventPublisher:
             )
             for key, value, event_id in zip(keys, values, ids, strict=True):
                 h = [("event-id", event_id), *headers]
-                try:
-                    future = send(topic, key=key, value=value, headers=h)
-                except Exception:  # the buffer is full or metadata is gone: wait for the broker
-                    future = self._retry(
-                        "episode_event_send",
-                        lambda k=key, v=value, h=h: send(topic, key=k, value=v, headers=h),
-                    )
-                    if future is None:
-                        self.failed(KafkaIOError("episode event not sent", topic=topic))
-                        continue
-                future.add_errback(self.failed)
+                self._send(
+                    topic, "episode_event_send", "episode event not sent",
+                    key=key, value=value, headers=h,
+                )  # fmt: skip
 
     def rebaselines(
         self,
