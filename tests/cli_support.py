@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 
 def turbine(
@@ -34,3 +36,28 @@ def spawn(*args: object, env: dict | None = None) -> subprocess.Popen:
         text=True,
         env={**os.environ, **(env or {})},
     )
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, int]:
+    """Wait for ``proc`` (from :func:`spawn`): its stderr and its own peak RSS in KiB.
+
+    The peak is this one child's (``os.wait4``), not ``RUSAGE_CHILDREN``'s, which is the
+    largest of every child the test session ever reaped (brokers, other detectors).
+    """
+    stream = proc.stderr
+    assert stream is not None
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(stream.read()), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(0.2)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    reader.join(timeout=30)
+    return "".join(chunks), usage.ru_maxrss
