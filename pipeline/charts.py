@@ -23,7 +23,7 @@ F64 = NDArray[np.float64]
 # Above this many time constants between two values of a turbine the old
 # value weighs exp(-40) < 1e-17: a clipped gap changes nothing in float64 and
 # keeps the cumulative exponents below overflow.
-_MAX_GAP_SPANS = 40.0
+MAX_GAP_SPANS = 40.0
 _BLOCK_SPANS = 600.0
 
 
@@ -136,7 +136,7 @@ def ewma_by_time(
     np.subtract(ts[1:], ts[:-1], out=dt[1:])
     dt[starts] = ts[starts] - prev
     # NaN -> 0, then clipped to [0, 40 spans] (fmax and fmin pass over NaN, and inf clips).
-    dt = np.fmin(np.fmax(dt, 0.0), _MAX_GAP_SPANS * span) / span
+    dt = np.fmin(np.fmax(dt, 0.0), MAX_GAP_SPANS * span) / span
     # Each key's cells are its readings then padding (dt 0, weight 0, value 0), so
     # a key's cumulative sums over its readings are those of its readings alone.
     padded = np.zeros((2, cells))

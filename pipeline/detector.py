@@ -249,6 +249,7 @@ class Detector:
             scale=self.threshold / chart_threshold,
             ridge=cfg.ridge,
             mask=mask,
+            compiled=self.compiled,
         )
         self._runs = (
             RebaselineRuns(
@@ -380,7 +381,7 @@ class Detector:
         if cols:
             if not x_t.flags.writeable or x_t.base is x:
                 x_t = np.array(x_t)
-            x_t[cols] = fleet_deviations(ts, x_t[cols])  # the times grouped once for all
+            x_t[cols] = fleet_deviations(ts, x_t[cols], self.compiled)  # times grouped once
         if self.config.chart == "mewma" and idx.size:
             x_t = ewma_by_count(idx, x_t, self.config.mewma_lambda, self._ewma, self._ewma_started)
         if self._perm is not None:
@@ -770,7 +771,7 @@ class Detector:
             enough = peer_counts(ts_s) >= peers
             if not enough.all():
                 scored, ts_s = scored[enough], ts_s[enough]
-            resid, _ = peer_deviation(ts_s, np.take(z_t[self._k :], scored, axis=1))
+            resid, _ = peer_deviation(ts_s, np.take(z_t[self._k :], scored, axis=1), self.compiled)
         else:
             resid = np.take(z_t[self._k :], scored, axis=1)
         sub = self._residuals.score(idx[scored], ts_s, resid)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.batch_math import compiled_kernels
 from pipeline.config import LearnRule
 from pipeline.grouping import run_lengths, stable_order
 from pipeline.run_medians import deviations_from_run_medians, medians_of_the_others, run_starts
@@ -110,13 +111,15 @@ def fleet_deviation(timestamps: F64, values: F64) -> F64:
     return fleet_deviations(timestamps, values[None, :])[0]
 
 
-def fleet_deviations(timestamps: F64, values_t: F64) -> F64:
+def fleet_deviations(timestamps: F64, values_t: F64, compiled: bool = False) -> F64:
     """:func:`fleet_deviation` of several rows at once, the times grouped once.
 
     Parameters
     ----------
     timestamps : ndarray of shape (n,)
     values_t : ndarray of shape (R, n)
+    compiled : bool
+        With the compiled kernel (the same values, bit for bit).
 
     Returns
     -------
@@ -129,11 +132,13 @@ def fleet_deviations(timestamps: F64, values_t: F64) -> F64:
     n = timestamps.size
     if n == 0:
         return np.zeros_like(values_t)
+    kernels = compiled_kernels() if compiled else None
+    deviations = deviations_from_run_medians if kernels is None else kernels.deviations_from_medians
     if np.all(timestamps[1:] >= timestamps[:-1]):
-        return deviations_from_run_medians(values_t, run_starts(timestamps))
+        return deviations(np.ascontiguousarray(values_t), run_starts(timestamps))
     order = np.argsort(timestamps, kind="stable")
     out = np.empty_like(values_t)
-    out[:, order] = deviations_from_run_medians(values_t[:, order], run_starts(timestamps[order]))
+    out[:, order] = deviations(values_t[:, order], run_starts(timestamps[order]))
     return out
 
 
@@ -182,7 +187,9 @@ def ewma_weights(elapsed: F64, span: float) -> F64:
     return -np.expm1(-dt / span)
 
 
-def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp]]:
+def peer_deviation(
+    timestamps: F64, values_t: F64, compiled: bool = False
+) -> tuple[F64, NDArray[np.intp]]:
     """Each column minus the median of the *other* columns at the same timestamp, row by row.
 
     The common-mode rejection of the residual chart (``chart_peers``): what
@@ -197,6 +204,8 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     timestamps : ndarray of shape (n,)
     values_t : ndarray of shape (R, n)
         Finite values.
+    compiled : bool
+        With the compiled kernel (the same values, bit for bit).
 
     Returns
     -------
@@ -222,7 +231,11 @@ def peer_deviation(timestamps: F64, values_t: F64) -> tuple[F64, NDArray[np.intp
     starts = run_starts(ts_sorted)
     sizes = run_lengths(starts, n)
     v = values_t if order is None else values_t[:, order]
-    dev = v - medians_of_the_others(v, starts)
+    kernels = compiled_kernels() if compiled else None
+    if kernels is None:
+        dev = v - medians_of_the_others(v, starts)
+    else:
+        dev = v - kernels.medians_of_the_others(np.ascontiguousarray(v), starts)
     if not np.isfinite(dev).all():  # NaN: a reading alone at its time
         dev = np.nan_to_num(dev, nan=0.0)
     counts = np.repeat(sizes, sizes)

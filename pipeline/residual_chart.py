@@ -29,14 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from pipeline.charts import ewma_by_time
-from pipeline.covariance import GroupedCovariance, combine, covariance_of, grouped_moments
+from pipeline.batch_math import compiled_kernels, factors, learn, whiten
+from pipeline.charts import MAX_GAP_SPANS, ewma_by_time
+from pipeline.covariance import GroupedCovariance, combine, grouped_moments
 from pipeline.mahalanobis import (
     contributions_from_whitened,
     gather_rows,
-    regularised_cholesky,
-    squared_norms,
-    whiten_grouped,
 )
 
 F64 = NDArray[np.float64]
@@ -105,6 +103,10 @@ class ResidualChart:
     ridge : float
     mask : ndarray of shape (R,), optional
         1 for the scored sensors the chart watches, 0 for the others.
+    compiled : bool
+        The EWMA, the factors, the whitening and the learning through the
+        compiled kernels (:mod:`pipeline.batch_math`); they agree with the
+        NumPy path to rounding.
     """
 
     def __init__(
@@ -117,8 +119,10 @@ class ResidualChart:
         scale: float,
         ridge: float,
         mask: F64 | None = None,
+        compiled: bool = False,
     ) -> None:
         r = n_responses
+        self._kernels = compiled_kernels() if compiled else None
         self.span, self.floor, self.min_samples = span, floor, min_samples
         self.scale, self.ridge = scale, ridge
         self.mask = np.ones(r) if mask is None else np.asarray(mask, dtype=np.float64)
@@ -128,7 +132,7 @@ class ResidualChart:
         self.step = 0.0  # the stream's time step, for the variance floor
         self.models = GroupedCovariance(n_turbines, r)
         self.chol = np.broadcast_to(np.eye(r), (n_turbines, r, r)).copy()
-        self._eye = np.eye(r)
+        self._scratch = np.zeros((0, r, r))
 
     @property
     def n_responses(self) -> int:
@@ -161,15 +165,22 @@ class ResidualChart:
             z = np.zeros((self.n_responses, 0))
             return ChartScores(np.zeros(0), z, z, np.zeros(0, dtype=bool))
         resid = np.clip(z_t, -CLIP, CLIP) * self.mask[:, None]
-        s = ewma_by_time(turbines, timestamps, resid, self.span, self.smoothed, self.last_time)
+        kernels = self._kernels
+        if kernels is None:
+            s = ewma_by_time(turbines, timestamps, resid, self.span, self.smoothed, self.last_time)
+        else:
+            s = kernels.ewma_by_time(
+                turbines, timestamps, resid, self.span, MAX_GAP_SPANS, self.smoothed, self.last_time
+            )
         warm = np.take(self.models.counts, turbines) >= self.min_samples
         learned = timestamps - np.take(self.since, turbines)
         warm &= learned >= WARM_SPANS * self.span  # NaN (not learning yet) compares False
         self._factors(timestamps)
-        cdiff = s - gather_rows(self.models.means, turbines)
-        cz = whiten_grouped(cdiff, turbines, self.chol)
-        stat = np.where(warm, squared_norms(cz) * self.scale, 0.0)
-        return ChartScores(stat, cdiff, cz, np.ones(n, dtype=bool))
+        m = self.models
+        w = whiten(s, turbines, m.means, self.chol, 0, m.counts, None, kernels is not None)
+        assert w.diff_t is not None and w.z_t is not None  # noqa: S101 (full)
+        stat = np.where(warm, w.stat * self.scale, 0.0)
+        return ChartScores(stat, w.diff_t, w.z_t, np.ones(n, dtype=bool))
 
     def _factors(self, timestamps: F64) -> None:
         """The chart models' factors, their variance floored at ``floor`` white noise.
@@ -185,9 +196,8 @@ class ResidualChart:
         if uts.size > 1:
             self.step = median_step(uts)
         lam = -np.expm1(-self.step / self.span) if self.step > 0 else 1.0
-        cov = covariance_of(self.models.counts, self.models.m2)
-        cov = cov + self._eye * (self.floor * lam / (2.0 - lam))
-        self.chol, _ = regularised_cholesky(cov, self.ridge)
+        floor = np.full(self.n_responses, self.floor * lam / (2.0 - lam))
+        self.chol = factors(self.models.counts, self.models.m2, floor, self.ridge, self._compiled)
 
     def learn(
         self, turbines: NDArray[np.intp], scores: ChartScores, keep: NDArray[np.bool_]
@@ -200,8 +210,21 @@ class ResidualChart:
         fresh = np.isnan(self.since[who])
         self.since[who[fresh]] = self.last_time[who[fresh]]
         s = np.take(scores.deviations, sel, axis=1) + gather_rows(self.models.means, who)
-        c, mu, m2 = grouped_moments(s.T, who, self.models.n_groups)  # (n, R) view of s
-        self.models.merge_moments(c, mu, m2)
+        if self._kernels is None:
+            c, mu, m2 = grouped_moments(s.T, who, self.models.n_groups)  # (n, R) view of s
+            self.models.merge_moments(c, mu, m2)
+        else:  # the factors are refreshed before the next batch scores (_factors)
+            learn(self.models, self._scratch_chol(), s, who, None, None, None, self.ridge, True)
+
+    @property
+    def _compiled(self) -> bool:
+        return self._kernels is not None
+
+    def _scratch_chol(self) -> F64:
+        """Factors the compiled learning may overwrite (the chart's own come from _factors)."""
+        if self._scratch.shape != self.chol.shape:
+            self._scratch = np.empty_like(self.chol)
+        return self._scratch
 
     def contributions(
         self, turbines: NDArray[np.intp], scores: ChartScores, rows: NDArray[np.intp]

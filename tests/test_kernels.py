@@ -174,6 +174,18 @@ MORE_CONFIGS = {
     "residual-chart": DetectorConfig(
         min_samples=30, key_groups=2, chart="residual", sensors=("a", "b", "c")
     ),
+    # A chart that warms within the test's 120 s, against the peers' median, with a
+    # fleet-relative sensor: the compiled EWMA, run medians and chart learning.
+    "peers-chart": DetectorConfig(
+        min_samples=30,
+        key_groups=2,
+        sensors=("a", "b", "c"),
+        conditions=("a",),
+        fleet_relative=("b",),
+        chart="residual",
+        chart_span="4s",
+        chart_peers=3,
+    ),
     "conditions-regime": DetectorConfig(
         min_samples=30,
         fleet_min_samples=12,
@@ -242,3 +254,49 @@ def test_plain_path_hands_odd_batches_to_the_general_path(rng, per_turbine):
         np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
     assert fast.skipped == slow.skipped == 1
     assert fast.readings == slow.readings and fast.anomalies == slow.anomalies
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(1, 7), min_size=1, max_size=12),
+    st.integers(1, 3),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_run_medians_match_the_numpy_path_bit_for_bit(sizes, r, seed, with_nan):
+    from pipeline import run_medians
+    from pipeline.kernels import runs
+
+    rng = np.random.default_rng(seed)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.intp)
+    v = rng.integers(-3, 4, size=(r, sum(sizes))).astype(float) * 0.7  # ties
+    others = runs.medians_of_the_others(v, starts)
+    np.testing.assert_array_equal(others, run_medians.medians_of_the_others(v, starts))
+    if with_nan:
+        v[rng.random(v.shape) < 0.2] = np.nan  # sorted last, as np.sort does
+    np.testing.assert_array_equal(
+        runs.deviations_from_medians(v, starts), run_medians.deviations_from_run_medians(v, starts)
+    )
+
+
+@pytest.mark.parametrize("long", [False, True])
+def test_time_constant_ewma_matches_the_closed_form(rng, long):
+    """The recursion reading by reading against the NumPy closed form (blocks when long)."""
+    from pipeline import charts
+    from pipeline.kernels import charting
+
+    k, n, span = 5, 3000, 60.0
+    keys = rng.integers(0, k, size=n).astype(np.intp)
+    step = 40.0 if long else 1.0  # 3000 readings of 5 keys: ~400 spans, or ~16,000
+    ts = np.cumsum(rng.exponential(step, size=n))
+    ts[rng.random(n) < 0.02] += 100 * span  # gaps past the 40-span clip
+    ts = np.maximum.accumulate(ts)
+    z_t = rng.normal(size=(2, n))
+    state = rng.normal(size=(k, 2))
+    states = [state.copy(), state.copy()]
+    last = [np.where(np.arange(k) % 2 == 0, np.nan, ts[0] - 30.0) for _ in range(2)]
+    slow = charts.ewma_by_time(keys, ts, z_t, span, states[0], last[0])
+    fast = charting.ewma_by_time(keys, ts, z_t, span, charts.MAX_GAP_SPANS, states[1], last[1])
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(states[1], states[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(last[1], last[0])

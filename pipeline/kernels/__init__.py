@@ -22,14 +22,19 @@ only the very first run on a machine compiles.
 """
 
 from pipeline.kernels.blocks import sort_by_model
+from pipeline.kernels.charting import ewma_by_time
 from pipeline.kernels.factors import refactor
 from pipeline.kernels.fused import score_then_learn
 from pipeline.kernels.learning import learn_sorted
+from pipeline.kernels.runs import deviations_from_medians, medians_of_the_others
 from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
 
 __all__ = [
     "contributions_grouped",
+    "deviations_from_medians",
+    "ewma_by_time",
     "learn_sorted",
+    "medians_of_the_others",
     "refactor",
     "score_then_learn",
     "sort_by_model",

@@ -33,6 +33,8 @@ def warm_cache() -> float:
             conditions=("a",),
             regime={"sensor": "a", "edges": (0.0,)},
             chart="residual",
+            chart_peers=2,
+            fleet_relative=("c",),
             sensor_floor={"b": 0.1},
         ),
     ]
