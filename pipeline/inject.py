@@ -39,12 +39,10 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from scipy.ndimage import maximum_filter1d
 
 from pipeline.durations import parse_duration
 from pipeline.errors import ConfigError
 from pipeline.names import turbine_id
-from pipeline.recordings.isotime import TimeFormatError, parse_times
 
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
@@ -61,6 +59,10 @@ def parse_instant(text: str | float) -> float:
         return float(text)
     except ValueError:
         pass
+    # Imported here (pyarrow): a detector service imports this module for its fault
+    # kinds alone (the metrics' label values) and never parses a time with it.
+    from pipeline.recordings.isotime import TimeFormatError, parse_times
+
     try:
         return float(parse_times([text])[0])
     except TimeFormatError:
@@ -323,6 +325,8 @@ def _staggered(
     and ``own`` marks each turbine's hours within ``gap`` of its faults.  A
     dense plan that paints itself into a corner is drawn again (``attempts``).
     """
+    from scipy.ndimage import maximum_filter1d  # only where a plan is staggered
+
     width = int(np.ceil(duration / STAGGER_STEP))
     pad = int(np.ceil(gap / STAGGER_STEP))
     starts = int(np.floor(span / STAGGER_STEP)) + 1

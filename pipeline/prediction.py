@@ -12,7 +12,8 @@ at 1e-4 has a true tail of 5.4e-4).  The detector keeps its chi-square
 threshold (one number for the store, the report and the residual chart) and
 scales every point statistic by ``threshold / T²_bound(n)`` instead, so a
 model of any age alarms at the configured rate.  The scale comes from a table
-over integer n built once per (p, rate) with ``scipy.stats.f.isf``; a decayed
+over integer n built once per (p, rate) with ``scipy.stats.f.isf`` (called as the
+``scipy.special`` function it is, without loading ``scipy.stats``); a decayed
 (non-integer) count takes the table's entry below it (the more cautious one);
 beyond :data:`N_MAX` the scale is 1 (it differs from 1 by 2e-4 there).
 """
@@ -23,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats
+from scipy import special
 
 F64 = NDArray[np.float64]
 
@@ -45,7 +46,7 @@ def hotelling_bound(false_alarm_rate: float, dof: int, n: F64) -> F64:
     28.58
     """
     p = float(dof)
-    f = stats.f.isf(false_alarm_rate, dof, n - p)
+    f = special.fdtri(p, n - p, 1.0 - false_alarm_rate)  # scipy.stats.f.isf, exactly
     return np.asarray(f * p * (n - 1.0) * (n + 1.0) / (n * (n - p)), dtype=np.float64)
 
 
@@ -53,7 +54,7 @@ def hotelling_bound(false_alarm_rate: float, dof: int, n: F64) -> F64:
 def _table(false_alarm_rate: float, dof: int) -> F64:
     n = np.arange(N_MAX + 1, dtype=np.float64)
     scale = np.ones(N_MAX + 1)
-    chi2 = float(stats.chi2.isf(false_alarm_rate, dof))
+    chi2 = float(special.chdtri(dof, false_alarm_rate))  # scipy.stats.chi2.isf
     ok = n > dof
     scale[ok] = chi2 / hotelling_bound(false_alarm_rate, dof, n[ok])
     # n <= p: no bound exists (a singular covariance); as cautious as the first one.

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,8 +22,11 @@ from pipeline.errors import ConfigError, InputError, StoreError
 from pipeline.evaluation import Confusion, DelayTracker, EpisodeScores, LabelRuns, score_episodes
 from pipeline.names import TurbineNames
 from pipeline.quirks import QuirkCounts, Quirks
-from pipeline.recordings import Chunk, Recording, RecordingSpec, read_recording
+from pipeline.recordings import Chunk, RecordingSpec, read_recording
 from pipeline.store import MODEL, AnomalyStore
+
+if TYPE_CHECKING:
+    from pipeline.recordings import Recording
 
 DEFAULT_BATCH_STEPS = 10
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.signal import lfilter
 
 from pipeline.recordings.spec import Chunk
 
@@ -248,6 +247,10 @@ class FleetSimulator:
         wind_state[0] = _WIND_PHI * rng.normal(scale=_WIND_SD)
         local_state[0] = _LOCAL_PHI * rng.normal(scale=_LOCAL_SD, size=t)
         stuck_at: dict[int, float] = {}
+        # Imported here: scipy.signal loads scipy.stats (about 45 MB resident), which a
+        # detector service, importing this module for its fault kinds, does not need.
+        from scipy.signal import lfilter
+
         for start in range(0, p.steps, BLOCK_STEPS):
             k = min(BLOCK_STEPS, p.steps - start)
             w, wind_state = lfilter(

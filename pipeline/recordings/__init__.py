@@ -8,21 +8,47 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pipeline.recordings.csvfile import CsvRecording
-from pipeline.recordings.npzfile import NpzRecording
-from pipeline.recordings.parquetfile import MAGIC as PARQUET_MAGIC
-from pipeline.recordings.parquetfile import ParquetRecording
 from pipeline.recordings.spec import Chunk, RecordingSpec
-from pipeline.recordings.writer import RecordingWriter
 
-Recording = CsvRecording | NpzRecording | ParquetRecording
+if TYPE_CHECKING:
+    from pipeline.recordings.csvfile import CsvRecording
+    from pipeline.recordings.npzfile import NpzRecording
+    from pipeline.recordings.parquetfile import ParquetRecording
+    from pipeline.recordings.writer import RecordingWriter
+
+    Recording = CsvRecording | NpzRecording | ParquetRecording
+
 Format = Literal["csv", "npz", "parquet"]
+PARQUET_MAGIC = b"PAR1"
 _ZIP_MAGIC = b"PK\x03\x04"
+# The readers and the writer load pyarrow (about 40 MB resident): imported on first
+# use, so that what only needs a RecordingSpec (the configuration, a detector
+# service) does not carry it.
+_LAZY = {
+    "CsvRecording": "pipeline.recordings.csvfile",
+    "NpzRecording": "pipeline.recordings.npzfile",
+    "ParquetRecording": "pipeline.recordings.parquetfile",
+    "RecordingWriter": "pipeline.recordings.writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Recording":
+        from pipeline.recordings.csvfile import CsvRecording
+        from pipeline.recordings.npzfile import NpzRecording
+        from pipeline.recordings.parquetfile import ParquetRecording
+
+        return CsvRecording | NpzRecording | ParquetRecording
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Chunk",
@@ -68,9 +94,15 @@ def open_recording(path: str | Path, spec: RecordingSpec | None = None) -> Recor
     spec = spec or RecordingSpec()
     fmt = recording_format(path)
     if fmt == "npz":
+        from pipeline.recordings.npzfile import NpzRecording
+
         return NpzRecording(path, spec)
     if fmt == "parquet":
+        from pipeline.recordings.parquetfile import ParquetRecording
+
         return ParquetRecording(path, spec)
+    from pipeline.recordings.csvfile import CsvRecording
+
     return CsvRecording(path, spec)
 
 

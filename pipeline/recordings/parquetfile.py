@@ -32,8 +32,6 @@ from pipeline.recordings.csvfile import _is_integer, _is_number
 from pipeline.recordings.isotime import TimeFormatError, parse_times
 from pipeline.recordings.spec import LABEL_COL, Chunk, RecordingSpec
 
-MAGIC = b"PAR1"
-
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
