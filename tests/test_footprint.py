@@ -16,7 +16,8 @@ HEAVY = ("pyarrow", "scipy.stats", "scipy.signal", "scipy.ndimage")
 
 
 def _loaded(code: str) -> dict[str, bool]:
-    probe = f"{code}\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))"
+    report = f"print(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))"
+    probe = f"{code}\nimport json, sys\n{report}"
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
