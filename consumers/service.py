@@ -43,6 +43,7 @@ from consumers.records import Accepted, DeadLetters, RecordChecker, is_control
 from consumers.scoring import Scorer
 from consumers.settings import ServiceSettings
 from consumers.undecodable import is_data_fault, skip_undecodable
+from pipeline.batch_math import warm_kernels
 from pipeline.config import DetectorConfig
 from pipeline.errors import StoreError
 from pipeline.metrics import DetectorMetrics, serve_metrics
@@ -324,6 +325,9 @@ class DetectorService:
                 s.dlq_topic: 1,
             },
         )
+        loaded = warm_kernels()  # before joining the group: not in the first batch's time
+        if loaded is not None:
+            log.info("engine_kernels_loaded seconds=%.2f", loaded)
         self._consumer = self._make_consumer()
         log.info("detector_started group=%s topic=%s store=%s", s.group, s.topic, s.store)
         try:

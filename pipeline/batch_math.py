@@ -51,6 +51,19 @@ def compiled_kernels() -> ModuleType | None:
         return None
 
 
+def warm_kernels() -> float | None:
+    """Compile, or load from the disk cache, every kernel a detector uses, now.
+
+    A service calls it before it takes partitions, so that its first batch
+    does not pay for it.  Returns the seconds it took (None without numba).
+    """
+    if compiled_kernels() is None:  # pragma: no cover - numba is a dependency
+        return None
+    from pipeline.kernels.warmup import warm_cache
+
+    return warm_cache()
+
+
 def kernels_available() -> bool:
     """Whether the compiled kernels can run here (numba importable)."""
     return compiled_kernels() is not None
