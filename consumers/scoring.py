@@ -82,8 +82,10 @@ class Scorer:
             reason = "schema" if known else "internal_error"
             self._dead_letter(run[0].record, reason, f"{type(exc).__name__}: {exc}")
             return
-        offsets = np.repeat([a.offset for a in run], [len(b) for b in batches])
-        produced = np.repeat([a.record.timestamp / 1000.0 for a in run], [len(b) for b in batches])
+        lengths = [len(b) for b in batches]
+        offsets = np.repeat([a.offset for a in run], lengths)
+        record_times = np.array([a.record.timestamp / 1000.0 for a in run])
+        produced = np.repeat(record_times, lengths)
         rows = np.concatenate([np.arange(len(b)) for b in batches])
         site.store.append(result, partitions=state.partition, offsets=offsets, rows=rows)
         self._track_episodes(site, result, batches[0])
@@ -106,7 +108,7 @@ class Scorer:
             )
         except Exception as exc:  # the batch is scored and stored; its events are lost
             self.events.failed(exc)
-        self._count(site, result, ts, ids, kinds, labelled, produced)
+        self._count(site, result, ts, ids, kinds, labelled, record_times, lengths)
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
         self.batches += 1
         self.readings += result.n_readings
@@ -119,9 +121,13 @@ class Scorer:
         ids: np.ndarray,
         kinds: np.ndarray | None,
         labelled: bool,
-        produced: np.ndarray,
+        record_times: np.ndarray,
+        lengths: list[int],
     ) -> None:
-        """Count a scored batch; ``produced`` (n,): each reading's Kafka record time."""
+        """Count a scored batch.
+
+        ``record_times`` (m,) are its Kafka records' times, ``lengths`` their readings.
+        """
         m = self.metrics
         label = m.site_label(site.site)
         m.readings.labels(site=label).inc(result.n_readings)
@@ -131,7 +137,8 @@ class Scorer:
             now = time.time()
             scored = result.scored_by > 0
             m.lag_seconds.observe_many(now - ts)
-            m.latency_seconds.observe_many(now - produced)  # Kafka record time to scored
+            # Kafka record time to scored: one value per record, counted per reading
+            m.latency_seconds.observe_many(now - record_times, times=lengths)
             m.distance.observe_many(result.distances[scored])
             m.last_reading.set(float(np.max(ts)))
         hit = result.anomaly_index

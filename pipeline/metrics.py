@@ -85,16 +85,31 @@ class BulkHistogram(Collector):
         self._lock = threading.Lock()
         registry.register(self)
 
-    def observe_many(self, values: ArrayLike) -> None:
+    def observe_many(self, values: ArrayLike, times: ArrayLike | None = None) -> None:
+        """Observe ``values`` (n,), each ``times`` (n,) times when given (e.g. per record).
+
+        >>> reg = CollectorRegistry()
+        >>> h = BulkHistogram("demo_seconds", "demo", (1.0,), reg)
+        >>> h.observe_many([0.5, 3.0], times=[10, 2])
+        >>> reg.get_sample_value("demo_seconds_count"), reg.get_sample_value("demo_seconds_sum")
+        (12.0, 11.0)
+        """
         v = np.asarray(values, dtype=np.float64).reshape(-1)
-        v = v[np.isfinite(v)]
+        ok = np.isfinite(v)
+        w = None if times is None else np.asarray(times, dtype=np.int64).reshape(-1)[ok]
+        v = v[ok]
         if v.size == 0:
             return
         slots = np.searchsorted(self.bounds, v, side="left")
-        counts = np.bincount(slots, minlength=self.bounds.size + 1)
+        if w is None:
+            counts = np.bincount(slots, minlength=self.bounds.size + 1)
+            total = float(v.sum())
+        else:
+            counts = np.bincount(slots, weights=w, minlength=self.bounds.size + 1).astype(np.int64)
+            total = float(v @ w)
         with self._lock:
             self._counts += counts
-            self._sum += float(v.sum())
+            self._sum += total
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         with self._lock:

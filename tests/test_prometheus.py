@@ -243,6 +243,10 @@ def test_real_prometheus_scrapes_the_detector(kafka_servers, topic_factory, grou
             float(v) for v in re.findall(r"^turbine_anomalies_total\{[^}]*\} (\S+)$", text, re.M)
         )
         assert own > 0
+        # every reading scored is one observation of the lag and the latency (the
+        # latency is observed once per Kafka record, counted for each of its readings)
+        for name in ("turbine_scoring_lag_seconds", "turbine_pipeline_latency_seconds"):
+            assert re.search(rf"^{name}_count 16000\.0$", text, re.M), (name, text[-3000:])
         # Alone in its group, on a topic that existed before it: one assignment,
         # no second rebalance at start.
         assert re.search(r"^turbine_consumer_rebalances_total 1\.0$", text, re.M), text[-3000:]
