@@ -5,6 +5,9 @@ SKAB settings plus the re-baselining ones ``bench/scada.py`` reports
 (:data:`REBASELINE`, the same for all 16 files).  For each file: the false
 alarms before the labelled fault and after it, the missed fault readings, and
 the re-baselines the detector accepted, in seconds from the fault's start.
+Then the steadiness tolerance's grid, and the steadiness statistic of every
+window a run could be, before, inside and after the faults
+(:mod:`bench.skab_steadiness`).
 The totals are the figures of ``turbine evaluate`` with the same settings
 (``bench/results/scada.md``).
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.skab_steadiness import steadiness_lines, windows
 from pipeline.config import make_config
 from pipeline.detector import Detector
 from pipeline.evaluation import Confusion
@@ -202,6 +206,8 @@ def main() -> int:
             inside += sum(0 <= w <= length for w in found.rebaselined)
             outside += sum(not 0 <= w <= length for w in found.rebaselined)
         lines.append(f"| {tol:g} | {c.f1:.3f} | {c.far:.2f} | {c.mar:.2f} | {inside} | {outside} |")
+    found = [w for path in files for w in windows(path, SPEC, REBASELINE, TRAIN_ROWS)]
+    lines += ["", *steadiness_lines(found, steady, str(REBASELINE["rebaseline_after"]))]
     text = "\n".join(lines) + "\n"
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text)

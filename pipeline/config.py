@@ -249,7 +249,12 @@ class DetectorConfig(BaseModel):
         "normal: the model restarts from the readings since it began.",
     )
     rebaseline_share: float = Field(
-        0.8, gt=0, le=1, description="Share of alarms over the span for re-baselining."
+        0.8,
+        gt=0,
+        le=1,
+        description="Share of alarms over the span for re-baselining. The alarms may pause "
+        "for at most (1 - share) of the span: a longer pause (a gap in the readings too, in "
+        "which no alarm was seen) restarts the run at the next alarm.",
     )
     rebaseline_steady: float = Field(
         1.0,

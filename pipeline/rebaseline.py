@@ -13,8 +13,13 @@ accepted if
   scored sensors given the conditions, under the model's covariance): the
   level is steady, not a drift still under way,
 
-and the model restarts from the run's readings.  A run whose alarms stop for
-longer than ``(1 - share) * after`` is abandoned.  All state is plain arrays.
+and the model restarts from the run's readings.  A run whose alarms pause for
+longer than ``(1 - share) * after`` is abandoned: a pause between two of its
+alarms (within one batch as well as across batches; a gap in the readings is
+such a pause, since no alarm was seen in it) restarts the run at the alarm
+after the pause, and a pause since its last alarm closes it.  The alarm must
+be seen to persist over the whole span, not only at both ends of it.  All
+state is plain arrays.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ class RebaselineRuns:
     ) -> None:
         self.d, self.k = n_features, n_conditions
         self.after, self.share, self.steady = after, share, steady
+        # The longest pause in a run's alarms (seconds).
+        self.pause = (1.0 - share) * after
         self.since = np.full(n_models, np.nan)
         self.last_alarm = np.full(n_models, np.nan)
         self.alarms = np.zeros(n_models)
@@ -97,6 +104,7 @@ class RebaselineRuns:
         """
         m_count = self.since.size
         if alarm.any():
+            self._restart_paused(model, timestamps, alarm)
             first_alarm = np.full(m_count, np.inf)
             np.minimum.at(first_alarm, model[alarm], timestamps[alarm])
             opening = np.isnan(self.since) & np.isfinite(first_alarm)
@@ -122,6 +130,35 @@ class RebaselineRuns:
                 self.last_alarm, np.where(np.isfinite(latest), latest, np.nan)
             )
 
+    def _restart_paused(
+        self, model: NDArray[np.intp], timestamps: F64, alarm: NDArray[np.bool_]
+    ) -> None:
+        """Restart the open runs whose alarms pause too long, at the alarm after the pause.
+
+        Parameters
+        ----------
+        model, timestamps, alarm : ndarray of shape (n,)
+            Readings in time order per model.
+        """
+        hit = np.flatnonzero(alarm)
+        m, t = model[hit], timestamps[hit]
+        order = np.argsort(m, kind="stable")  # each model's alarms, in time order
+        m, t = m[order], t[order]
+        prev = np.empty_like(t)
+        prev[1:] = t[:-1]
+        first = np.ones(m.size, dtype=bool)
+        np.not_equal(m[1:], m[:-1], out=first[1:])
+        # A model's first alarm of the batch follows its run's last one (NaN: no open run).
+        prev[first] = self.last_alarm[m[first]]
+        paused = t - prev > self.pause  # NaN compares False
+        if not paused.any():
+            return
+        restart = np.full(self.since.size, -np.inf)
+        np.maximum.at(restart, m[paused], t[paused])
+        rows = np.flatnonzero(np.isfinite(restart))
+        self.reset(rows)
+        self.since[rows] = restart[rows]
+
     def settle(self, now: F64, chol: F64) -> NDArray[np.intp]:
         """Accept or abandon runs as of ``now`` (shape (M,), each model's latest time).
 
@@ -134,9 +171,7 @@ class RebaselineRuns:
         open_ = np.isfinite(self.since) & np.isfinite(now)
         if not open_.any():
             return np.zeros(0, dtype=np.intp)
-        quiet = open_ & (
-            now - np.nan_to_num(self.last_alarm, nan=-np.inf) > (1 - self.share) * self.after
-        )
+        quiet = open_ & (now - np.nan_to_num(self.last_alarm, nan=-np.inf) > self.pause)
         due = open_ & ~quiet & (now >= self.since + self.after)
         self.reset(np.flatnonzero(quiet))
         idx = np.flatnonzero(due)

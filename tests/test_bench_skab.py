@@ -46,3 +46,14 @@ def test_run_one_agrees_with_the_confusion(skab_dir: Path):
     assert found.missed == confusion.fn
     assert found.normal == confusion.fp + confusion.tn
     assert found.fault[1] > found.fault[0]
+
+
+def test_steadiness_windows_are_placed_and_finite(skab_dir: Path):
+    from bench.skab import REBASELINE, SPEC, TRAIN_ROWS
+    from bench.skab_steadiness import steadiness_lines, windows
+
+    found = windows(skab_dir / "valve1" / "9.csv", SPEC, REBASELINE, TRAIN_ROWS)
+    assert found and {w.where for w in found} <= {"before", "inside", "after"}
+    assert all(np.isfinite(w.steadiness) and w.steadiness >= 0 for w in found)
+    assert any(w.where == "inside" for w in found)
+    assert steadiness_lines(found, 1.0, "60s")[0].startswith("## Steadiness")

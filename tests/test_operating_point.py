@@ -296,6 +296,46 @@ def test_a_drift_is_not_rebaselined_while_it_moves(rng):
     assert det.rebaselines == 0
 
 
+def test_a_gap_in_the_readings_breaks_a_rebaselining_run(rng):
+    """The alarm must be seen to persist: a gap longer than the allowed pause restarts the run.
+
+    A turbine moves for good to a new steady level at t = 600 s; its readings
+    stop from 640 s to 700 s.  Without the gap's check the run begun at 600 s
+    was accepted at the first batch after the gap, on 40 s of alarms.
+    """
+    det = Detector(
+        make_config(
+            {"sensors": SENSORS, "key_groups": 1, "rebaseline_after": "100s",
+             "rebaseline_share": 0.9}
+        )
+    )  # fmt: skip
+    det.learn(np.arange(600.0), np.zeros(600, dtype=int), correlated(rng, 600))
+    ts = np.concatenate((np.arange(600.0, 640.0), np.arange(700.0, 900.0)))
+    x = correlated(rng, ts.size)
+    x[:, 2] += 6.0
+    accepted = []
+    for start in range(0, ts.size, 10):
+        sl = slice(start, start + 10)
+        r = det.process(ts[sl], np.zeros(ts[sl].size, dtype=int), x[sl])
+        if r.rebaselined.size:
+            accepted.append(float(ts[sl].max()))
+    assert accepted, "the new level is accepted once it has persisted 100 s"
+    assert accepted[0] >= 800.0, "not on the 40 s of alarms before the gap"
+
+
+@pytest.mark.parametrize(("pause", "since"), [(5.0, 0.0), (15.0, 24.0)])
+def test_a_pause_in_the_alarms_within_one_batch_restarts_the_run(pause, since):
+    """Alarms at 0-9 s, a pause, then alarms again: beyond (1 - share) * after = 10 s the
+    run restarts at the alarm after the pause, though the batch ends in alarms."""
+    from pipeline.rebaseline import RebaselineRuns
+
+    runs = RebaselineRuns(1, 2, 0, after=100.0, share=0.9, steady=1.0)
+    ts = np.concatenate((np.arange(10.0), 9.0 + pause + np.arange(10.0)))
+    runs.observe(np.zeros(20, dtype=np.intp), ts, np.zeros((2, 20)), np.ones(20, dtype=bool))
+    assert runs.since[0] == since
+    assert runs.alarms[0] == (20.0 if pause < 10 else 10.0)
+
+
 def test_operator_rebaseline_forgets_a_turbine(rng):
     config = DetectorConfig(
         sensors=SENSORS, key_groups=1, regime={"sensor": "wind", "edges": (0.0,)}
