@@ -300,3 +300,18 @@ def test_time_constant_ewma_matches_the_closed_form(rng, long):
     np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(states[1], states[0], rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(last[1], last[0])
+
+
+def test_warm_up_loads_every_kernel_a_detector_calls():
+    """What a service runs before it joins its group: no kernel left to load at the first batch."""
+    import subprocess
+    import sys
+
+    probe = (
+        "from pipeline.batch_math import warm_kernels\n"
+        "import pipeline.kernels as k\n"
+        "assert warm_kernels() > 0\n"
+        "print(sorted(n for n in k.__all__ if not getattr(k, n).signatures))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
