@@ -14,6 +14,22 @@ F64 = NDArray[np.float64]
 
 
 @njit(cache=True, nogil=True)
+def _all_finite(ts: F64, x_t: F64) -> bool:
+    """Whether every timestamp (n,) and value of ``x_t`` (D, n) is finite."""
+    # v - v is 0 exactly when v is finite (NaN otherwise): no branch, no call; an
+    # integer OR over a flat loop vectorises (a float sum would be a serial chain).
+    bad = 0
+    for i in range(ts.size):
+        bad |= not ts[i] - ts[i] == 0.0
+    # The values in memory order: a view when x_t is the transpose of C-ordered
+    # readings (the usual case) or C-ordered itself, a copy otherwise.
+    flat = x_t.T.ravel() if x_t.strides[0] <= x_t.strides[1] else x_t.ravel()
+    for r in range(flat.size):
+        bad |= not flat[r] - flat[r] == 0.0
+    return bad == 0
+
+
+@njit(cache=True, nogil=True)
 def score_then_learn(
     x_t: F64,
     ts: F64,
@@ -101,18 +117,23 @@ def score_then_learn(
     model = np.empty(n, dtype=np.intp)
     mapped = model_of.size > 0
     if lookup.size:
+        # Branch-free checks where they can be (so LLVM vectorises them): the lookup
+        # first, then whether every value is finite, as integer OR reductions.
         size = lookup.size
-        finite = True
+        unknown = 0
         for i in range(n):
             t = ids[i]
-            if t < 0 or t >= size or lookup[t] < 0:
+            if t < 0 or t >= size:
                 return not_here
-            model[i] = model_of[lookup[t]] if mapped else lookup[t]
-            # v - v is 0 exactly when v is finite (NaN otherwise): no branch, no call.
-            finite &= ts[i] - ts[i] == 0.0
-            for j in range(d):
-                finite &= x_t[j, i] - x_t[j, i] == 0.0
-        if not finite:
+            g = lookup[t]
+            unknown |= g < 0
+            model[i] = g
+        if unknown:
+            return not_here
+        if mapped:
+            for i in range(n):
+                model[i] = model_of[model[i]]
+        if not _all_finite(ts, x_t):
             return not_here
     else:
         for i in range(n):
