@@ -7,6 +7,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from pipeline.kernels.blocks import sort_by_model
+from pipeline.kernels.lanes import LANES, LANES_MAX_D, score_then_learn_lanes
 from pipeline.kernels.learning import learn_sorted
 from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
 
@@ -138,10 +139,41 @@ def score_then_learn(
     else:
         for i in range(n):
             model[i] = model_of[idx[i]] if mapped else idx[i]
-    starts, order, xs = sort_by_model(x_t, model, counts.size)
+    per = np.zeros(counts.size, dtype=np.int64)
+    for i in range(n):
+        per[model[i]] += 1
+    longest = 0
     for g in range(counts.size):  # once per model, not per reading
-        if starts[g + 1] > starts[g] and not counts[g] >= min_count:
-            return not_here
+        if per[g] > 0:
+            if not counts[g] >= min_count:
+                return not_here
+            longest = max(longest, per[g])
+    if d <= LANES_MAX_D and longest > 1 and n >= LANES * longest:
+        # Many models, a few readings each (one per model: the blocks are quicker).
+        n_hit, n_failed = score_then_learn_lanes(
+            x_t,
+            model,
+            per,
+            longest,
+            counts,
+            means,
+            m2,
+            chol,
+            table,
+            threshold,
+            gate,
+            learn_flagged,
+            memory,
+            floor,
+            ridge,
+            stat_out,
+            flags_out,
+            hit_out,
+            shares_out,
+            failed_out,
+        )
+        return True, n_hit, n_failed
+    starts, order, xs = sort_by_model(x_t, model, counts.size)
     stat, scale, _, _ = whiten_sorted(xs, starts, order, means, chol, 0, counts, table, False)
     n_hit = 0
     for i in range(n):
