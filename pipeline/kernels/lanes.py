@@ -246,8 +246,8 @@ def score_then_learn_lanes(
                 m2_b[a, b] = prods[pair, k]
                 m2_b[b, a] = prods[pair, k]
                 pair += 1
-        w = np.exp(-n_b / memory) if memory > 0.0 else 1.0
-        n_a = counts[g] * w
+        weight = np.exp(-n_b / memory) if memory > 0.0 else 1.0
+        n_a = counts[g] * weight
         n_new = n_a + n_b
         w_b = n_b / (n_new if n_new > 0.0 else 1.0)
         for j in range(d):
@@ -256,7 +256,7 @@ def score_then_learn_lanes(
         scale = n_a * w_b
         for a in range(d):
             for b in range(d):
-                m2[g, a, b] = (m2[g, a, b] * w + m2_b[a, b]) + delta[a] * delta[b] * scale
+                m2[g, a, b] = (m2[g, a, b] * weight + m2_b[a, b]) + delta[a] * delta[b] * scale
         counts[g] = n_new
         if not factor_one(g, n_new, m2, floor, ridge, _TINY_ROOT, chol, work):
             failed_out[n_failed] = g
