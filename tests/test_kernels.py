@@ -315,3 +315,70 @@ def test_warm_up_loads_every_kernel_a_detector_calls():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("per", "learn_flagged", "memory"), [(5, False, None), (3, True, None), (9, False, 50.0)]
+)
+def test_plain_kernel_in_lanes_matches_the_numpy_path(rng, per, learn_flagged, memory):
+    """Many models with a few readings each (the lanes of pipeline/kernels/lanes.py)."""
+    from pipeline.kernels import score_then_learn
+
+    d, m = 4, 40
+    stack, chol = _stack(rng, m, d)
+    stack.memory = memory
+    model = rng.permutation(np.tile(np.arange(m), per)).astype(np.intp)
+    model = model[: model.size - 7]  # uneven blocks
+    n = model.size
+    x_t = stack.means[model].T + rng.normal(size=(d, n)) * rng.uniform(0.5, 3.0, size=(d, 1))
+    x_t[:, ::13] += 25.0  # alarms
+    table = PredictionBound(1e-4, d).table
+    threshold = gate = 16.0
+    fast, fast_chol = _copy(stack), chol.copy()
+    stat, flags = np.empty(n), np.empty(n, dtype=bool)
+    hit, shares, failed = np.empty(n, np.int64), np.empty((n, d)), np.empty(m, np.int64)
+    ids = model.astype(np.int64)
+    done, h, f = score_then_learn(
+        np.asfortranarray(x_t),
+        np.zeros(n),
+        ids,
+        np.arange(m, dtype=np.intp),
+        np.empty(0, np.intp),
+        np.empty(0, np.intp),
+        fast.counts,
+        fast.means,
+        fast.m2,
+        fast_chol,
+        table,
+        1.0,
+        threshold,
+        gate,
+        learn_flagged,
+        0.0 if memory is None else memory,
+        np.empty(0),
+        1e-6,
+        stat,
+        flags,
+        hit,
+        shares,
+        failed,
+    )
+    assert done and f == 0
+    z_t = whiten_grouped(x_t - gather_rows(stack.means, model), model, chol)
+    scale = PredictionBound(1e-4, d).scale(stack.counts)[model]
+    np.testing.assert_array_equal(stat, (z_t**2).sum(axis=0) * scale)
+    np.testing.assert_array_equal(flags, stat > threshold)
+    np.testing.assert_array_equal(hit[:h], np.flatnonzero(flags))
+    assert h > 0
+    np.testing.assert_allclose(shares[:h].sum(axis=1), stat[flags], rtol=1e-9)
+    slow, slow_chol = _copy(stack), chol.copy()
+    skip = None if learn_flagged else stat > gate
+    bm.learn(slow, slow_chol, x_t, model, skip, None, None, 1e-6, compiled=False)
+    if memory is None:
+        np.testing.assert_array_equal(fast.counts, slow.counts)
+        np.testing.assert_array_equal(fast.means, slow.means)
+        np.testing.assert_array_equal(fast.m2, slow.m2)
+    else:  # np.exp against libm's exp: equal to rounding
+        np.testing.assert_allclose(fast.m2, slow.m2, rtol=1e-12)
+        np.testing.assert_allclose(fast.means, slow.means, rtol=1e-12)
+    np.testing.assert_allclose(fast_chol, slow_chol, rtol=1e-9, atol=1e-12)

@@ -7,10 +7,27 @@ from numba import njit
 from numpy.typing import NDArray
 
 from pipeline.kernels.blocks import sort_by_model
+from pipeline.kernels.lanes import LANES, LANES_MAX_D, score_then_learn_lanes
 from pipeline.kernels.learning import learn_sorted
 from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
 
 F64 = NDArray[np.float64]
+
+
+@njit(cache=True, nogil=True)
+def _all_finite(ts: F64, x_t: F64) -> bool:
+    """Whether every timestamp (n,) and value of ``x_t`` (D, n) is finite."""
+    # v - v is 0 exactly when v is finite (NaN otherwise): no branch, no call; an
+    # integer OR over a flat loop vectorises (a float sum would be a serial chain).
+    bad = 0
+    for i in range(ts.size):
+        bad |= not ts[i] - ts[i] == 0.0
+    # The values in memory order: a view when x_t is the transpose of C-ordered
+    # readings (the usual case) or C-ordered itself, a copy otherwise.
+    flat = x_t.T.ravel() if x_t.strides[0] <= x_t.strides[1] else x_t.ravel()
+    for r in range(flat.size):
+        bad |= not flat[r] - flat[r] == 0.0
+    return bad == 0
 
 
 @njit(cache=True, nogil=True)
@@ -101,26 +118,62 @@ def score_then_learn(
     model = np.empty(n, dtype=np.intp)
     mapped = model_of.size > 0
     if lookup.size:
+        # Branch-free checks where they can be (so LLVM vectorises them): the lookup
+        # first, then whether every value is finite, as integer OR reductions.
         size = lookup.size
-        finite = True
+        unknown = 0
         for i in range(n):
             t = ids[i]
-            if t < 0 or t >= size or lookup[t] < 0:
+            if t < 0 or t >= size:
                 return not_here
-            model[i] = model_of[lookup[t]] if mapped else lookup[t]
-            # v - v is 0 exactly when v is finite (NaN otherwise): no branch, no call.
-            finite &= ts[i] - ts[i] == 0.0
-            for j in range(d):
-                finite &= x_t[j, i] - x_t[j, i] == 0.0
-        if not finite:
+            g = lookup[t]
+            unknown |= g < 0
+            model[i] = g
+        if unknown:
+            return not_here
+        if mapped:
+            for i in range(n):
+                model[i] = model_of[model[i]]
+        if not _all_finite(ts, x_t):
             return not_here
     else:
         for i in range(n):
             model[i] = model_of[idx[i]] if mapped else idx[i]
-    starts, order, xs = sort_by_model(x_t, model, counts.size)
+    per = np.zeros(counts.size, dtype=np.int64)
+    for i in range(n):
+        per[model[i]] += 1
+    longest = 0
     for g in range(counts.size):  # once per model, not per reading
-        if starts[g + 1] > starts[g] and not counts[g] >= min_count:
-            return not_here
+        if per[g] > 0:
+            if not counts[g] >= min_count:
+                return not_here
+            longest = max(longest, per[g])
+    if d <= LANES_MAX_D and longest > 1 and n >= LANES * longest:
+        # Many models, a few readings each (one per model: the blocks are quicker).
+        n_hit, n_failed = score_then_learn_lanes(
+            x_t,
+            model,
+            per,
+            longest,
+            counts,
+            means,
+            m2,
+            chol,
+            table,
+            threshold,
+            gate,
+            learn_flagged,
+            memory,
+            floor,
+            ridge,
+            stat_out,
+            flags_out,
+            hit_out,
+            shares_out,
+            failed_out,
+        )
+        return True, n_hit, n_failed
+    starts, order, xs = sort_by_model(x_t, model, counts.size)
     stat, scale, _, _ = whiten_sorted(xs, starts, order, means, chol, 0, counts, table, False)
     n_hit = 0
     for i in range(n):

@@ -10,6 +10,12 @@ from pipeline.kernels.factors import _TINY_ROOT, factor_one
 
 F64 = NDArray[np.float64]
 
+# Learn in lanes (one model per lane) when there are at least this many readings
+# to learn per reading of the longest block, of at most _LANES_MAX_D sensors
+# (measured: no quicker at D = 16, slower with one reading per model).
+_LANES = 8
+_LANES_MAX_D = 8
+
 
 @njit(cache=True, nogil=True)
 def learn_sorted(
@@ -70,14 +76,30 @@ def learn_sorted(
     if use_skip:
         for p in range(n):
             keep[p] = not skip[order[p]]
+    kept = np.zeros(n_models, dtype=np.int64)
+    for g in range(n_models):
+        for p in range(starts[g], starts[g + 1]):
+            kept[g] += keep[p]
+    total = 0
+    longest = 0
+    for g in range(n_models):
+        total += kept[g]
+        longest = max(longest, kept[g])
+    # Many models with a few readings each: their moments side by side, one lane per
+    # model (the same sums in the same order per model, vectorised across models).
+    lanes = d <= _LANES_MAX_D and longest > 1 and total >= _LANES * longest
+    if lanes:
+        lane_of, lane_mean, lane_m2 = _lane_moments(xs, starts, keep, kept, total, longest)
+    else:
+        lane_of, lane_mean, lane_m2 = kept, np.empty((0, 0)), np.empty((0, 0, 0))
     changed = np.empty(n_models, dtype=np.int64)
     failed = np.empty(n_models, dtype=np.int64)
     n_changed = 0
     n_failed = 0
     mean_b = np.empty(d)
     delta = np.empty(d)
-    cs = np.empty((d, n))  # centred readings
-    kx = np.empty((d, n))  # a block's kept readings
+    cs = np.empty((0, 0) if lanes else (d, n))  # centred readings
+    kx = np.empty((0, 0) if lanes else (d, n))  # a block's kept readings
     c = np.empty(d)
     # The upper triangle's pairs, padded to a multiple of four with the last pair.
     n_pairs = d * (d + 1) // 2
@@ -98,16 +120,19 @@ def learn_sorted(
     use_decay = decay.size == n_models
     for g in range(n_models):
         lo, hi = starts[g], starts[g + 1]
-        nb = 0
-        for p in range(lo, hi):
-            if keep[p]:
-                nb += 1
+        nb = kept[g]
         if nb == 0:
             continue
         changed[n_changed] = g
         n_changed += 1
         n_b = float(nb)
-        if nb == 1:
+        if lanes:
+            k = lane_of[g]
+            for a in range(d):
+                mean_b[a] = lane_mean[k, a]
+                for b in range(d):
+                    m2_b[a, b] = lane_m2[k, a, b]
+        elif nb == 1:
             # One reading: its own mean (x / 1 is x) and a zero co-moment, as the
             # general case computes them, without the loops.
             for p in range(lo, hi):
@@ -223,3 +248,109 @@ def _block_moments(
                 ca = c[a]
                 for b in range(d):
                     m2_b[a, b] += ca * c[b]
+
+
+@njit(cache=True, nogil=True)
+def _lane_moments(
+    xs: F64,
+    starts: NDArray[np.int64],
+    keep: NDArray[np.bool_],
+    kept: NDArray[np.int64],
+    total: int,
+    longest: int,
+) -> tuple[NDArray[np.int64], F64, F64]:
+    """Means and co-moments of the kept readings of every model at once, side by side.
+
+    The models that learn are laid out in lanes, longest block first; the
+    ``r``-th kept reading of every model with more than ``r`` is stored side by
+    side (rank by rank), so each step of a model's sums (in reading order, as
+    :func:`_block_moments` adds them) is one element of a loop over lanes that
+    LLVM vectorises.  A model's numbers are those of :func:`_block_moments`.
+
+    Parameters
+    ----------
+    xs : ndarray of shape (D, n)
+    starts : ndarray of shape (M + 1,)
+    keep : ndarray of shape (n,)
+        Whether each column of ``xs`` is learned.
+    kept : ndarray of shape (M,)
+        Kept readings per model.
+    total, longest : int
+        Their sum and maximum (> 0).
+
+    Returns
+    -------
+    lane_of : ndarray of shape (M,)
+        Each model's lane (-1: none).
+    mean : ndarray of shape (L, D)
+    m2 : ndarray of shape (L, D, D)
+    """
+    d = xs.shape[0]
+    n_models = kept.size
+    by_length = np.argsort(-kept, kind="mergesort")
+    n_lanes = 0
+    while n_lanes < n_models and kept[by_length[n_lanes]] > 0:
+        n_lanes += 1
+    lane_of = np.full(n_models, -1, dtype=np.int64)
+    for k in range(n_lanes):
+        lane_of[by_length[k]] = k
+    # Rank r holds width[r] lanes (those with more than r kept readings) from offset[r].
+    width = np.empty(longest, dtype=np.int64)
+    offset = np.zeros(longest + 1, dtype=np.int64)
+    w = n_lanes
+    for r in range(longest):
+        while kept[by_length[w - 1]] <= r:
+            w -= 1
+        width[r] = w
+        offset[r + 1] = offset[r] + w
+    # The column of xs of each position, then the readings sensor by sensor (vectorised).
+    src = np.empty(total, dtype=np.int64)
+    for k in range(n_lanes):
+        g = by_length[k]
+        q = 0
+        for p in range(starts[g], starts[g + 1]):
+            if keep[p]:
+                src[offset[q] + k] = p
+                q += 1
+    xr = np.empty((d, total))
+    for j in range(d):
+        for q in range(total):
+            xr[j, q] = xs[j, src[q]]
+    sums = np.zeros((d, n_lanes))
+    for r in range(longest):
+        # Unsigned positions: no negative-index wraparound, so LLVM vectorises.
+        o, wr = np.uint64(offset[r]), np.uint64(width[r])
+        for j in range(d):
+            for k in range(wr):
+                sums[j, k] += xr[j, o + k]
+    mean_t = np.empty((d, n_lanes))
+    for j in range(d):
+        for k in range(n_lanes):
+            mean_t[j, k] = sums[j, k] / float(kept[by_length[k]])
+    for r in range(longest):
+        o, wr = np.uint64(offset[r]), np.uint64(width[r])
+        for j in range(d):
+            for k in range(wr):
+                xr[j, o + k] = xr[j, o + k] - mean_t[j, k]
+    n_pairs = d * (d + 1) // 2
+    prods = np.zeros((n_pairs, n_lanes))
+    for r in range(longest):
+        o, wr = np.uint64(offset[r]), np.uint64(width[r])
+        pair = 0
+        for a in range(d):
+            for b in range(a, d):
+                for k in range(wr):
+                    prods[pair, k] += xr[a, o + k] * xr[b, o + k]
+                pair += 1
+    mean = np.empty((n_lanes, d))
+    m2 = np.empty((n_lanes, d, d))
+    for k in range(n_lanes):
+        for j in range(d):
+            mean[k, j] = mean_t[j, k]
+        pair = 0
+        for a in range(d):
+            for b in range(a, d):
+                m2[k, a, b] = prods[pair, k]
+                m2[k, b, a] = prods[pair, k]
+                pair += 1
+    return lane_of, mean, m2

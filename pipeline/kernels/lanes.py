@@ -1,0 +1,264 @@
+"""The plain path for many models with a few readings each: one model per lane.
+
+A batch of a fleet holds a few readings of each of many models (turbines).
+Reduced model by model, every loop runs over a few readings; here the models
+are laid out side by side instead, longest block first, and the ``r``-th
+reading of every model with more than ``r`` is stored next to the others
+(rank by rank).  Each step of a model's arithmetic (a term of its forward
+substitution, a term of its sums) is then one element of a loop over models
+that LLVM vectorises, and every model still sees its own readings in batch
+order, through the same floating-point operations as
+:func:`pipeline.kernels.whitening.whiten_sorted` and
+:func:`pipeline.kernels.learning.learn_sorted`: the results are theirs, bit
+for bit, whatever the other models of the batch.
+
+Readings not learned are masked, not removed: their centred values are
+multiplied by 0.0, and adding a zero product leaves a sum that started at
++0.0 unchanged (the values are finite), so the sums are those of the kept
+readings alone, in order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+
+from pipeline.kernels.factors import _TINY_ROOT, factor_one
+from pipeline.kernels.whitening import contributions_grouped
+
+F64 = NDArray[np.float64]
+
+# Lanes when the batch holds at least this many readings per reading of the
+# longest block (the average width of a rank).
+LANES = 8
+# Above this many sensors the models' factors (D x D per lane) no longer stay in
+# cache across a rank: the block path whitens faster (measured at D = 16).
+LANES_MAX_D = 8
+# Readings of more sensors than this are gathered reading by reading.
+_ROW_GATHER = 8
+
+
+@njit(cache=True, nogil=True)
+def lane_layout(
+    model: NDArray[np.intp], per: NDArray[np.int64], longest: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int]:
+    """Lanes of the models, longest first, and the batch position at each lane slot.
+
+    Parameters
+    ----------
+    model : ndarray of shape (n,)
+    per : ndarray of shape (M,)
+        Readings per model.
+    longest : int
+        ``per.max()`` (> 0).
+
+    Returns
+    -------
+    by_lane : ndarray of shape (L,)
+        The model of each lane.
+    width, offset : ndarray of shape (longest,), (longest + 1,)
+        Rank ``r`` holds lanes ``0..width[r]`` at slots ``offset[r]:offset[r + 1]``.
+    src : ndarray of shape (n,)
+        Batch position of the reading at each slot.
+    n_lanes : int
+    """
+    n_models = per.size
+    order = np.argsort(-per, kind="mergesort")
+    n_lanes = 0
+    while n_lanes < n_models and per[order[n_lanes]] > 0:
+        n_lanes += 1
+    by_lane = order[:n_lanes].copy()
+    lane_of = np.empty(n_models, dtype=np.int64)
+    for k in range(n_lanes):
+        lane_of[by_lane[k]] = k
+    width = np.empty(longest, dtype=np.int64)
+    offset = np.zeros(longest + 1, dtype=np.int64)
+    w = n_lanes
+    for r in range(longest):
+        while per[by_lane[w - 1]] <= r:
+            w -= 1
+        width[r] = w
+        offset[r + 1] = offset[r] + w
+    rank = np.zeros(n_models, dtype=np.int64)
+    src = np.empty(model.size, dtype=np.int64)
+    for i in range(model.size):  # batch order: each model's readings in order
+        g = model[i]
+        src[offset[rank[g]] + lane_of[g]] = i
+        rank[g] += 1
+    return by_lane, width, offset, src, n_lanes
+
+
+@njit(cache=True, nogil=True)
+def score_then_learn_lanes(
+    x_t: F64,
+    model: NDArray[np.intp],
+    per: NDArray[np.int64],
+    longest: int,
+    counts: F64,
+    means: F64,
+    m2: F64,
+    chol: F64,
+    table: F64,
+    threshold: float,
+    gate: float,
+    learn_flagged: bool,
+    memory: float,
+    floor: F64,
+    ridge: float,
+    stat_out: F64,
+    flags_out: NDArray[np.bool_],
+    hit_out: NDArray[np.int64],
+    shares_out: F64,
+    failed_out: NDArray[np.int64],
+) -> tuple[int, int]:
+    """:func:`pipeline.kernels.fused.score_then_learn` of checked readings, in lanes.
+
+    Parameters
+    ----------
+    x_t : ndarray of shape (D, n)
+        Finite readings.
+    model : ndarray of shape (n,)
+        Model of each reading (all warm).
+    per : ndarray of shape (M,)
+        Readings per model; ``longest`` their maximum (> 0).
+    counts, means, m2, chol : ndarray of shape (M,), (M, D), (M, D, D), (M, D, D)
+        The models, updated in place.
+    table : ndarray of shape (N + 1,) or (0,)
+    threshold, gate, learn_flagged, memory, floor, ridge
+        As :func:`pipeline.kernels.fused.score_then_learn`.
+    stat_out, flags_out : ndarray of shape (n,)
+    hit_out : ndarray of shape (>= n,)
+    shares_out : ndarray of shape (>= n, D)
+    failed_out : ndarray of shape (M,)
+
+    Returns
+    -------
+    h, f : int
+        Alarms and factors to repair.
+    """
+    d, n = x_t.shape
+    by_lane, width, offset, src, n_lanes = lane_layout(model, per, longest)
+    xr = np.empty((d, n))
+    if x_t.strides[0] < x_t.strides[1] and d > _ROW_GATHER:
+        for q in range(n):
+            i = src[q]
+            for j in range(d):
+                xr[j, q] = x_t[j, i]
+    else:
+        for j in range(d):
+            for q in range(n):
+                xr[j, q] = x_t[j, src[q]]
+    # The models' numbers lane by lane (sensor-major, lanes contiguous).
+    mu = np.empty((d, n_lanes))
+    low = np.empty((d, d, n_lanes))
+    sc = np.empty(n_lanes)
+    top = table.size - 1
+    for k in range(n_lanes):
+        g = by_lane[k]
+        for j in range(d):
+            mu[j, k] = means[g, j]
+            for q in range(j + 1):
+                low[j, q, k] = chol[g, j, q]
+        sc[k] = table[int(min(counts[g], float(top)))] if top >= 0 else 1.0
+    # Score: the forward substitution term by term, as whiten_sorted.
+    z = np.empty((d, n_lanes))
+    for r in range(longest):
+        # Unsigned positions: no negative-index wraparound, so LLVM vectorises.
+        o, w = np.uint64(offset[r]), np.uint64(width[r])
+        for j in range(d):
+            for k in range(w):
+                z[j, k] = xr[j, o + k] - mu[j, k]
+            for q in range(j):
+                for k in range(w):
+                    z[j, k] -= low[j, q, k] * z[q, k]
+            for k in range(w):
+                z[j, k] /= low[j, j, k]
+        for k in range(w):
+            s = 0.0
+            for j in range(d):
+                s += z[j, k] * z[j, k]
+            i = src[o + k]
+            stat_out[i] = s * sc[k]
+    n_hit = 0
+    for i in range(n):
+        f = stat_out[i] > threshold
+        flags_out[i] = f
+        if f:
+            hit_out[n_hit] = i
+            n_hit += 1
+    hit = hit_out[:n_hit]
+    shares, _ = contributions_grouped(x_t, hit, model, means, chol, 0)
+    for h in range(n_hit):
+        g = model[hit[h]]
+        sch = table[int(min(counts[g], float(top)))] if top >= 0 else 1.0
+        for j in range(d):
+            shares_out[h, j] = shares[h, j] * sch
+    # Learn: the kept readings' sums, then their centred products, in order.
+    keep = np.empty(n)
+    kept = np.zeros(n_lanes)
+    for r in range(longest):
+        o = offset[r]
+        for k in range(width[r]):
+            learned = learn_flagged or not stat_out[src[o + k]] > gate
+            keep[o + k] = 1.0 if learned else 0.0
+            kept[k] += keep[o + k]
+    sums = np.zeros((d, n_lanes))
+    for r in range(longest):
+        o, w = np.uint64(offset[r]), np.uint64(width[r])
+        for j in range(d):
+            for k in range(w):
+                sums[j, k] += xr[j, o + k] * keep[o + k]
+    for j in range(d):
+        for k in range(n_lanes):
+            mu[j, k] = sums[j, k] / kept[k] if kept[k] > 0.0 else 0.0
+    for r in range(longest):
+        o, w = np.uint64(offset[r]), np.uint64(width[r])
+        for j in range(d):
+            for k in range(w):
+                xr[j, o + k] = (xr[j, o + k] - mu[j, k]) * keep[o + k]
+    n_pairs = d * (d + 1) // 2
+    prods = np.zeros((n_pairs, n_lanes))
+    for r in range(longest):
+        o, w = np.uint64(offset[r]), np.uint64(width[r])
+        pair = 0
+        for a in range(d):
+            for b in range(a, d):
+                for k in range(w):
+                    prods[pair, k] += xr[a, o + k] * xr[b, o + k]
+                pair += 1
+    # Chan et al. per model, ascending, as learn_sorted.
+    lane_of = np.full(counts.size, -1, dtype=np.int64)
+    for k in range(n_lanes):
+        lane_of[by_lane[k]] = k
+    delta = np.empty(d)
+    m2_b = np.empty((d, d))
+    work = np.empty((d, d))
+    n_failed = 0
+    for g in range(counts.size):
+        k = lane_of[g]
+        if k < 0 or kept[k] == 0.0:
+            continue
+        n_b = kept[k]
+        pair = 0
+        for a in range(d):
+            for b in range(a, d):
+                m2_b[a, b] = prods[pair, k]
+                m2_b[b, a] = prods[pair, k]
+                pair += 1
+        weight = np.exp(-n_b / memory) if memory > 0.0 else 1.0
+        n_a = counts[g] * weight
+        n_new = n_a + n_b
+        w_b = n_b / (n_new if n_new > 0.0 else 1.0)
+        for j in range(d):
+            delta[j] = mu[j, k] - means[g, j]
+            means[g, j] = means[g, j] + delta[j] * w_b
+        scale = n_a * w_b
+        for a in range(d):
+            for b in range(d):
+                m2[g, a, b] = (m2[g, a, b] * weight + m2_b[a, b]) + delta[a] * delta[b] * scale
+        counts[g] = n_new
+        if not factor_one(g, n_new, m2, floor, ridge, _TINY_ROOT, chol, work):
+            failed_out[n_failed] = g
+            n_failed += 1
+    return n_hit, n_failed
