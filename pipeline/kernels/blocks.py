@@ -52,17 +52,69 @@ def sort_by_model(
         g = model[i]
         order[pos[g]] = i
         pos[g] += 1
-    xs = np.empty((d, n))
+    return starts, order, gather_columns(x_t, order)
+
+
+@njit(cache=True, nogil=True)
+def gather_columns(x_t: F64, order: NDArray[np.int64]) -> F64:
+    """``x_t[:, order]`` (D, m) of readings ``x_t`` (D, n), for positions ``order`` (m,)."""
+    d, m = x_t.shape[0], order.size
+    xs = np.empty((d, m))
     if x_t.strides[0] < x_t.strides[1] and d > _ROW_GATHER:
         # Each reading's values side by side (x_t the transpose of (n, D) readings):
         # gather reading by reading, one contiguous read each.
-        for p in range(n):
+        for p in range(m):
             i = order[p]
             for j in range(d):
                 xs[j, p] = x_t[j, i]
     else:
         # Sensor by sensor (a few sensors: LLVM vectorises the gathers).
         for j in range(d):
-            for p in range(n):
+            for p in range(m):
                 xs[j, p] = x_t[j, order[p]]
-    return starts, order, xs
+    return xs
+
+
+@njit(cache=True, nogil=True)
+def lane_ranks(
+    per: NDArray[np.int64], longest: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int]:
+    """Models side by side (one per lane, longest first), their readings rank by rank.
+
+    Rank ``r`` holds the ``r``-th reading of every model with more than ``r``:
+    ``width[r]`` lanes, at slots ``offset[r]:offset[r + 1]``.
+
+    Parameters
+    ----------
+    per : ndarray of shape (M,)
+        Readings per model.
+    longest : int
+        ``per.max()`` (> 0).
+
+    Returns
+    -------
+    by_lane : ndarray of shape (L,)
+        The model of each lane (the models with readings).
+    lane_of : ndarray of shape (M,)
+        Each model's lane (-1: none).
+    width, offset : ndarray of shape (longest,), (longest + 1,)
+    n_lanes : int
+    """
+    n_models = per.size
+    order = np.argsort(-per, kind="mergesort")
+    n_lanes = 0
+    while n_lanes < n_models and per[order[n_lanes]] > 0:
+        n_lanes += 1
+    by_lane = order[:n_lanes].copy()
+    lane_of = np.full(n_models, -1, dtype=np.int64)
+    for k in range(n_lanes):
+        lane_of[by_lane[k]] = k
+    width = np.empty(longest, dtype=np.int64)
+    offset = np.zeros(longest + 1, dtype=np.int64)
+    w = n_lanes
+    for r in range(longest):
+        while per[by_lane[w - 1]] <= r:
+            w -= 1
+        width[r] = w
+        offset[r + 1] = offset[r] + w
+    return by_lane, lane_of, width, offset, n_lanes

@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from pipeline.kernels.blocks import gather_columns, lane_ranks
 from pipeline.kernels.factors import _TINY_ROOT, factor_one
 from pipeline.kernels.whitening import contributions_grouped
 
@@ -35,15 +36,20 @@ LANES = 8
 # Above this many sensors the models' factors (D x D per lane) no longer stay in
 # cache across a rank: the block path whitens faster (measured at D = 16).
 LANES_MAX_D = 8
-# Readings of more sensors than this are gathered reading by reading.
-_ROW_GATHER = 8
 
 
 @njit(cache=True, nogil=True)
 def lane_layout(
     model: NDArray[np.intp], per: NDArray[np.int64], longest: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int]:
-    """Lanes of the models, longest first, and the batch position at each lane slot.
+) -> tuple[
+    NDArray[np.int64],
+    NDArray[np.int64],
+    NDArray[np.int64],
+    NDArray[np.int64],
+    NDArray[np.int64],
+    int,
+]:
+    """Lanes of the models (:func:`lane_ranks`) and the batch position at each lane slot.
 
     Parameters
     ----------
@@ -55,38 +61,20 @@ def lane_layout(
 
     Returns
     -------
-    by_lane : ndarray of shape (L,)
-        The model of each lane.
-    width, offset : ndarray of shape (longest,), (longest + 1,)
-        Rank ``r`` holds lanes ``0..width[r]`` at slots ``offset[r]:offset[r + 1]``.
+    by_lane, lane_of, width, offset
+        As :func:`pipeline.kernels.blocks.lane_ranks`.
     src : ndarray of shape (n,)
         Batch position of the reading at each slot.
     n_lanes : int
     """
-    n_models = per.size
-    order = np.argsort(-per, kind="mergesort")
-    n_lanes = 0
-    while n_lanes < n_models and per[order[n_lanes]] > 0:
-        n_lanes += 1
-    by_lane = order[:n_lanes].copy()
-    lane_of = np.empty(n_models, dtype=np.int64)
-    for k in range(n_lanes):
-        lane_of[by_lane[k]] = k
-    width = np.empty(longest, dtype=np.int64)
-    offset = np.zeros(longest + 1, dtype=np.int64)
-    w = n_lanes
-    for r in range(longest):
-        while per[by_lane[w - 1]] <= r:
-            w -= 1
-        width[r] = w
-        offset[r + 1] = offset[r] + w
-    rank = np.zeros(n_models, dtype=np.int64)
+    by_lane, lane_of, width, offset, n_lanes = lane_ranks(per, longest)
+    rank = np.zeros(per.size, dtype=np.int64)
     src = np.empty(model.size, dtype=np.int64)
     for i in range(model.size):  # batch order: each model's readings in order
         g = model[i]
         src[offset[rank[g]] + lane_of[g]] = i
         rank[g] += 1
-    return by_lane, width, offset, src, n_lanes
+    return by_lane, lane_of, width, offset, src, n_lanes
 
 
 @njit(cache=True, nogil=True)
@@ -138,17 +126,8 @@ def score_then_learn_lanes(
         Alarms and factors to repair.
     """
     d, n = x_t.shape
-    by_lane, width, offset, src, n_lanes = lane_layout(model, per, longest)
-    xr = np.empty((d, n))
-    if x_t.strides[0] < x_t.strides[1] and d > _ROW_GATHER:
-        for q in range(n):
-            i = src[q]
-            for j in range(d):
-                xr[j, q] = x_t[j, i]
-    else:
-        for j in range(d):
-            for q in range(n):
-                xr[j, q] = x_t[j, src[q]]
+    by_lane, lane_of, width, offset, src, n_lanes = lane_layout(model, per, longest)
+    xr = gather_columns(x_t, src)
     # The models' numbers lane by lane (sensor-major, lanes contiguous).
     mu = np.empty((d, n_lanes))
     low = np.empty((d, d, n_lanes))
@@ -228,9 +207,6 @@ def score_then_learn_lanes(
                     prods[pair, k] += xr[a, o + k] * xr[b, o + k]
                 pair += 1
     # Chan et al. per model, ascending, as learn_sorted.
-    lane_of = np.full(counts.size, -1, dtype=np.int64)
-    for k in range(n_lanes):
-        lane_of[by_lane[k]] = k
     delta = np.empty(d)
     m2_b = np.empty((d, d))
     work = np.empty((d, d))

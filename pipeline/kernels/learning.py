@@ -6,6 +6,7 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
+from pipeline.kernels.blocks import gather_columns, lane_ranks
 from pipeline.kernels.factors import _TINY_ROOT, factor_one
 
 F64 = NDArray[np.float64]
@@ -286,23 +287,7 @@ def _lane_moments(
     m2 : ndarray of shape (L, D, D)
     """
     d = xs.shape[0]
-    n_models = kept.size
-    by_length = np.argsort(-kept, kind="mergesort")
-    n_lanes = 0
-    while n_lanes < n_models and kept[by_length[n_lanes]] > 0:
-        n_lanes += 1
-    lane_of = np.full(n_models, -1, dtype=np.int64)
-    for k in range(n_lanes):
-        lane_of[by_length[k]] = k
-    # Rank r holds width[r] lanes (those with more than r kept readings) from offset[r].
-    width = np.empty(longest, dtype=np.int64)
-    offset = np.zeros(longest + 1, dtype=np.int64)
-    w = n_lanes
-    for r in range(longest):
-        while kept[by_length[w - 1]] <= r:
-            w -= 1
-        width[r] = w
-        offset[r + 1] = offset[r] + w
+    by_length, lane_of, width, offset, n_lanes = lane_ranks(kept, longest)
     # The column of xs of each position, then the readings sensor by sensor (vectorised).
     src = np.empty(total, dtype=np.int64)
     for k in range(n_lanes):
@@ -312,10 +297,7 @@ def _lane_moments(
             if keep[p]:
                 src[offset[q] + k] = p
                 q += 1
-    xr = np.empty((d, total))
-    for j in range(d):
-        for q in range(total):
-            xr[j, q] = xs[j, src[q]]
+    xr = gather_columns(xs, src)
     sums = np.zeros((d, n_lanes))
     for r in range(longest):
         # Unsigned positions: no negative-index wraparound, so LLVM vectorises.

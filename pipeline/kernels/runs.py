@@ -38,6 +38,15 @@ def _sort_run(v: F64, row: int, a: int, b: int, buf: F64) -> None:
 
 
 @njit(cache=True, nogil=True)
+def _ends(starts: NDArray[np.int64], n: int) -> NDArray[np.int64]:
+    """Where each run (G,) beginning at ``starts`` ends, the last at ``n``."""
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1] = n
+    return ends
+
+
+@njit(cache=True, nogil=True)
 def deviations_from_medians(v: F64, starts: NDArray[np.int64]) -> F64:
     """Each column minus the median of its run, row by row.
 
@@ -52,17 +61,12 @@ def deviations_from_medians(v: F64, starts: NDArray[np.int64]) -> F64:
     ndarray of shape (R, n)
     """
     r, n = v.shape
-    g = starts.size
+    ends = _ends(starts, n)
     out = np.empty((r, n))
-    width = 1
-    for q in range(g):
-        end = starts[q + 1] if q + 1 < g else n
-        width = max(width, end - starts[q])
-    buf = np.empty(width)
+    buf = np.empty(max(1, int((ends - starts).max())))
     for row in range(r):
-        for q in range(g):
-            a = starts[q]
-            b = starts[q + 1] if q + 1 < g else n
+        for q in range(starts.size):
+            a, b = starts[q], ends[q]
             m = b - a
             _sort_run(v, row, a, b, buf)
             med = (buf[(m - 1) // 2] + buf[m // 2]) / 2.0
@@ -91,17 +95,12 @@ def medians_of_the_others(v: F64, starts: NDArray[np.int64]) -> F64:
         NaN for a column alone in its run.
     """
     r, n = v.shape
-    g = starts.size
+    ends = _ends(starts, n)
     out = np.empty((r, n))
-    width = 1
-    for q in range(g):
-        end = starts[q + 1] if q + 1 < g else n
-        width = max(width, end - starts[q])
-    buf = np.empty(width)
+    buf = np.empty(max(1, int((ends - starts).max())))
     for row in range(r):
-        for q in range(g):
-            a = starts[q]
-            b = starts[q + 1] if q + 1 < g else n
+        for q in range(starts.size):
+            a, b = starts[q], ends[q]
             m = b - a
             if m == 1:
                 out[row, a] = np.nan
