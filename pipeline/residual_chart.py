@@ -132,7 +132,10 @@ class ResidualChart:
         self.step = 0.0  # the stream's time step, for the variance floor
         self.models = GroupedCovariance(n_turbines, r)
         self.chol = np.broadcast_to(np.eye(r), (n_turbines, r, r)).copy()
-        self._scratch = np.zeros((0, r, r))
+        # The variance floor the factors were made with (it moves with the step), and
+        # its EWMA weight; None: the factors are stale (all remade before a score).
+        self._floor = np.full(r, floor)
+        self._factored_lam: float | None = None
 
     @property
     def n_responses(self) -> int:
@@ -148,6 +151,7 @@ class ResidualChart:
         self.since = np.concatenate((self.since, np.full(extra, np.nan)))
         self.models.grow(n_turbines)
         self.chol = np.concatenate((self.chol, np.broadcast_to(np.eye(r), (extra, r, r))))
+        self._factored_lam = None
 
     def score(self, turbines: NDArray[np.intp], timestamps: F64, z_t: F64) -> ChartScores:
         """Smooth and score the whitened residuals of scored readings.
@@ -187,7 +191,9 @@ class ResidualChart:
 
         An EWMA of white noise of unit variance with weight ``lambda`` per step
         has variance ``lambda / (2 - lambda)``.  The step is the batch's median
-        time step (the last one seen when a batch holds a single time).
+        time step (the last one seen when a batch holds a single time).  The
+        factors are remade only when that floor moved or the models changed
+        wholesale; :meth:`learn` refreshes those of the models it changes.
         """
         if timestamps.size and np.all(timestamps[1:] >= timestamps[:-1]):
             uts = timestamps[np.concatenate(([True], timestamps[1:] != timestamps[:-1]))]
@@ -195,9 +201,13 @@ class ResidualChart:
             uts = np.unique(timestamps)
         if uts.size > 1:
             self.step = median_step(uts)
-        lam = -np.expm1(-self.step / self.span) if self.step > 0 else 1.0
-        floor = np.full(self.n_responses, self.floor * lam / (2.0 - lam))
-        self.chol = factors(self.models.counts, self.models.m2, floor, self.ridge, self._compiled)
+        lam = float(-np.expm1(-self.step / self.span)) if self.step > 0 else 1.0
+        if lam == self._factored_lam:
+            return
+        self._floor = np.full(self.n_responses, self.floor * lam / (2.0 - lam))
+        m = self.models
+        self.chol = factors(m.counts, m.m2, self._floor, self.ridge, self._kernels is not None)
+        self._factored_lam = lam
 
     def learn(
         self, turbines: NDArray[np.intp], scores: ChartScores, keep: NDArray[np.bool_]
@@ -209,22 +219,17 @@ class ResidualChart:
         who = turbines[sel]
         fresh = np.isnan(self.since[who])
         self.since[who[fresh]] = self.last_time[who[fresh]]
-        s = np.take(scores.deviations, sel, axis=1) + gather_rows(self.models.means, who)
+        m = self.models
+        s = np.take(scores.deviations, sel, axis=1) + gather_rows(m.means, who)
+        # The changed models' factors refreshed with the floor of the batch's step.
         if self._kernels is None:
-            c, mu, m2 = grouped_moments(s.T, who, self.models.n_groups)  # (n, R) view of s
-            self.models.merge_moments(c, mu, m2)
-        else:  # the factors are refreshed before the next batch scores (_factors)
-            learn(self.models, self._scratch_chol(), s, who, None, None, None, self.ridge, True)
-
-    @property
-    def _compiled(self) -> bool:
-        return self._kernels is not None
-
-    def _scratch_chol(self) -> F64:
-        """Factors the compiled learning may overwrite (the chart's own come from _factors)."""
-        if self._scratch.shape != self.chol.shape:
-            self._scratch = np.empty_like(self.chol)
-        return self._scratch
+            c, mu, m2 = grouped_moments(s.T, who, m.n_groups)  # (n, R) view of s
+            changed = m.merge_moments(c, mu, m2)
+            self.chol[changed] = factors(
+                m.counts[changed], m.m2[changed], self._floor, self.ridge, False
+            )
+        else:
+            learn(m, self.chol, s, who, None, None, self._floor, self.ridge, True)
 
     def contributions(
         self, turbines: NDArray[np.intp], scores: ChartScores, rows: NDArray[np.intp]
@@ -245,6 +250,7 @@ class ResidualChart:
         self.models.counts[turbines] = 0.0
         self.models.means[turbines] = 0.0
         self.models.m2[turbines] = 0.0
+        self._factored_lam = None
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, np.ndarray]:
@@ -269,6 +275,7 @@ class ResidualChart:
         self.models.counts[rows] = state["chart_counts"]
         self.models.means[rows] = state["chart_means"]
         self.models.m2[rows] = state["chart_m2"]
+        self._factored_lam = None
         self._factors(np.zeros(0))
 
     def merge(self, other: ResidualChart, rows: NDArray[np.intp], known: NDArray[np.bool_]) -> None:
@@ -287,4 +294,5 @@ class ResidualChart:
         self.last_time[new] = other.last_time[~known]
         self.since[rows] = np.fmin(self.since[rows], other.since)
         self.step = self.step or other.step
+        self._factored_lam = None
         self._factors(np.zeros(0))
