@@ -15,7 +15,7 @@ Writes ``bench/results/scada.md`` (and ``docs/lhb-episodes.png``):
 * speed of the embedded run over the whole file (reading included), shipped
   configuration and default configuration at the same batch size (medians of
   ``SPEED_RUNS`` runs of each, taken in turn);
-* SKAB valve1 with re-baselining added to the README's SKAB settings.
+* SKAB valve1 with re-baselining and a learning gate added to the README's SKAB settings.
 
 Data: La Haute Borne wind farm data, ENGIE (opendata-renewables.engie.com),
 Open Licence 2.0, as distributed with NREL OpenOA.
@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 
 from bench.missed_faults import WINDY, missed_faults
 from bench.power_curve import fit_power_curve, fortnight_wander, power_curve_scores
-from bench.skab import REBASELINE
+from bench.skab import SETTINGS
 from pipeline.config import DetectorConfig, load_config, make_config
 from pipeline.detector import FILTERED, SKIPPED, Detector
 from pipeline.evaluation import EpisodeScores, LabelRuns, score_episodes
@@ -331,8 +331,8 @@ def inject(seed: int, out: Path) -> None:
 
 
 def skab_toml() -> str:
-    """The SKAB re-baselining settings (:data:`bench.skab.REBASELINE`) as a TOML file."""
-    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in REBASELINE.items())
+    """The SKAB settings (:data:`bench.skab.SETTINGS`) as a TOML file."""
+    return "".join(f"{k} = {json.dumps(v)}\n" for k, v in SETTINGS.items())
 
 
 def skab_rebaselined() -> str | None:
@@ -563,7 +563,12 @@ def main() -> int:
             "## SKAB valve1 with re-baselining",
             "",
             "README settings (`--chart mewma --mewma-lambda 0.2 --train-rows 400`) plus "
-            '`rebaseline_after = "60s"`, `rebaseline_share = 0.9`:',
+            + ", ".join(
+                f"`{k} = {json.dumps(v)}`"
+                for k, v in SETTINGS.items()
+                if k not in ("chart", "mewma_lambda")
+            )
+            + " (`bench/skab.py`):",
             "",
             f"    {skab}",
             "",

@@ -1,12 +1,13 @@
 """SKAB valve1 with re-baselining: where the false alarms are, file by file.
 
 Writes ``bench/results/skab-rebaseline.md``.  The settings are the README's
-SKAB settings plus the re-baselining ones ``bench/scada.py`` reports
-(:data:`REBASELINE`, the same for all 16 files).  For each file: the false
+SKAB settings plus re-baselining and a learning gate, the ones ``bench/scada.py``
+reports (:data:`SETTINGS`, the same for all 16 files).  For each file: the false
 alarms before the labelled fault and after it, the missed fault readings, and
 the re-baselines the detector accepted, in seconds from the fault's start.
-Then the steadiness tolerance's grid, and the steadiness statistic of every
-window a run could be, before, inside and after the faults
+Then the learning gate's grid (with and without re-baselining) and the files
+whose counts the gate changes, the steadiness tolerance's grid, and the
+steadiness statistic of every window a run could be, before, inside and after the faults
 (:mod:`bench.skab_steadiness`).
 The totals are the figures of ``turbine evaluate`` with the same settings
 (``bench/results/scada.md``).
@@ -37,13 +38,17 @@ SKAB = DATA / "skab" / "valve1"
 OUT = REPO / "bench" / "results" / "skab-rebaseline.md"
 SPEC = RecordingSpec(sep=";", time_col="datetime", label_col="anomaly", drop_cols=("changepoint",))
 TRAIN_ROWS = 400
-# The README's SKAB settings plus re-baselining: one configuration for every file.
-REBASELINE: dict[str, object] = {
+# The README's SKAB settings plus re-baselining and a learning gate at half the alarm's
+# tail probability (false_alarm_rate 1e-4): one configuration for every file.
+SETTINGS: dict[str, object] = {
     "chart": "mewma",
     "mewma_lambda": 0.2,
     "rebaseline_after": "60s",
     "rebaseline_share": 0.9,
+    "learn_gate": 5e-5,
 }
+# None: the gate is the alarm threshold (no separate gate).
+GATE_GRID: tuple[float | None, ...] = (None, 9e-5, 8e-5, 5e-5, 4e-5, 2e-5, 1e-5)
 
 STEADY_GRID = (0.5, 1.0, 1.5, 2.0)
 
@@ -105,7 +110,7 @@ def top_sensor(contributions: np.ndarray, rows: np.ndarray, sensors: tuple[str, 
     return sensors[int(np.argmax(contributions[rows].sum(axis=0)))]
 
 
-def run_one(path: Path, settings: dict[str, object] = REBASELINE) -> tuple[FileAlarms, Confusion]:
+def run_one(path: Path, settings: dict[str, object] = SETTINGS) -> tuple[FileAlarms, Confusion]:
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     sensors: tuple[str, ...] = ()
 
@@ -135,6 +140,43 @@ def run_one(path: Path, settings: dict[str, object] = REBASELINE) -> tuple[FileA
     return found, report.confusion
 
 
+def gate_lines(files: list[Path], shipped: list[FileAlarms]) -> list[str]:
+    """The learning gate's grid, with and without re-baselining, and what it changes per file."""
+    lines = [
+        "## Learning gate (`learn_gate`), the other settings as above",
+        "",
+        "Readings above the alarm threshold but inside the gate are still learned. "
+        "`none`: the gate is the alarm threshold (tail probability 1e-4).",
+        "",
+        "| learn_gate | F1 | FAR % | MAR % | F1 without re-baselining | FAR % | MAR % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for gate in GATE_GRID:
+        cells = []
+        for rebaseline in (SETTINGS["rebaseline_after"], None):
+            c = Confusion()
+            for path in files:
+                settings = {**SETTINGS, "learn_gate": gate, "rebaseline_after": rebaseline}
+                c.merge(run_one(path, settings)[1])
+            cells.append(f"{c.f1:.3f} | {c.far:.2f} | {c.mar:.2f}")
+        lines.append(f"| {'none' if gate is None else f'{gate:g}'} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        f"Files whose counts the gate ({SETTINGS['learn_gate']:g}) changes, against none:",
+        "",
+        "| file | false alarms without the gate | with it | fault readings missed without | with |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for path, r in zip(files, shipped, strict=True):
+        bare, _ = run_one(path, {**SETTINGS, "learn_gate": None})
+        if (bare.false_alarms, bare.missed) != (r.false_alarms, r.missed):
+            lines.append(
+                f"| {r.name} | {bare.false_alarms} | {r.false_alarms} | {bare.missed} "
+                f"| {r.missed} |"
+            )
+    return lines
+
+
 def main() -> int:
     if not SKAB.is_dir():
         sys.stdout.write(f"{SKAB}: absent, nothing measured\n")
@@ -151,8 +193,8 @@ def main() -> int:
     worst = sorted(rows, key=lambda r: -r.false_alarms)[:2]
     worst_fa = sum(r.false_alarms for r in worst)
     rest_normal = sum(r.normal for r in rows if r not in worst)
-    steady = make_config(REBASELINE, "bench.skab").rebaseline_steady
-    settings = ", ".join(f"`{k} = {v!r}`" for k, v in REBASELINE.items())
+    steady = make_config(SETTINGS, "bench.skab").rebaseline_steady
+    settings = ", ".join(f"`{k} = {v!r}`" for k, v in SETTINGS.items())
     lines = [
         "# SKAB valve1 with re-baselining: where the false alarms are",
         "",
@@ -171,7 +213,7 @@ def main() -> int:
         "",
         "Main sensor: the one whose contributions to d^2 sum highest over the false alarms "
         "before (after) the fault. A re-baseline is accepted when alarms have made up "
-        f"{REBASELINE['rebaseline_share']} of a {REBASELINE['rebaseline_after']} run and the "
+        f"{SETTINGS['rebaseline_share']} of a {SETTINGS['rebaseline_after']} run and the "
         f"means of its two halves differ by at most {steady:g} standard deviation(s) "
         "(Mahalanobis, `rebaseline_steady`).",
         "",
@@ -189,6 +231,7 @@ def main() -> int:
             f"| {r.missed} | {when} "
             f"(fault lasts {length:.0f} s) |"
         )
+    lines += ["", *gate_lines(files, rows)]
     lines += [
         "",
         "## Steadiness tolerance (`rebaseline_steady`), the other settings as above",
@@ -200,14 +243,14 @@ def main() -> int:
     for tol in STEADY_GRID:
         c, inside, outside = Confusion(), 0, 0
         for path in files:
-            found, confusion = run_one(path, {**REBASELINE, "rebaseline_steady": tol})
+            found, confusion = run_one(path, {**SETTINGS, "rebaseline_steady": tol})
             c.merge(confusion)
             length = found.fault[1] - found.fault[0]
             inside += sum(0 <= w <= length for w in found.rebaselined)
             outside += sum(not 0 <= w <= length for w in found.rebaselined)
         lines.append(f"| {tol:g} | {c.f1:.3f} | {c.far:.2f} | {c.mar:.2f} | {inside} | {outside} |")
-    found = [w for path in files for w in windows(path, SPEC, REBASELINE, TRAIN_ROWS)]
-    lines += ["", *steadiness_lines(found, steady, str(REBASELINE["rebaseline_after"]))]
+    found = [w for path in files for w in windows(path, SPEC, SETTINGS, TRAIN_ROWS)]
+    lines += ["", *steadiness_lines(found, steady, str(SETTINGS["rebaseline_after"]))]
     text = "\n".join(lines) + "\n"
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text)
