@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.skab import place_alarms, run_one, top_sensor
+from bench.skab import REPO, place_alarms, run_one, top_sensor
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,12 @@ def test_the_shipped_skab_settings_meet_the_targets(skab_dir: Path):
     assert total.f1 >= 0.85 and total.far <= 8.0, (total.f1, total.far)
     # The gate is what brings FAR under the target: without it the false alarms are many more.
     assert bare.fp > total.fp + 100, (bare.fp, total.fp)
+
+
+def test_the_stacks_skab_site_has_the_shipped_settings():
+    import tomllib
+
+    from bench.skab import SETTINGS
+
+    sites = tomllib.loads((REPO / "deploy" / "configs" / "sites.toml").read_text())["sites"]
+    assert sites["skab"] == SETTINGS
