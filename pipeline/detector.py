@@ -86,6 +86,9 @@ class _Scores:
 
 
 _NO_INDEX = np.zeros(0, dtype=np.intp)
+# The plain path re-baselines nothing: one shared empty array, read-only.
+_NONE_REBASELINED = np.zeros(0, dtype=np.int64)
+_NONE_REBASELINED.flags.writeable = False
 
 
 class Detector:
@@ -599,18 +602,21 @@ class Detector:
         self.readings += n
         self.anomalies += int(hit.size)
         self.batches += 1
+        by = np.empty(n, dtype=np.int8)  # np.full, without its overhead per batch
+        by.fill(code)
         return BatchResult(
             timestamps=ts,
             turbine_ids=ids,
             distances=stat,
             is_anomaly=flags,
-            scored_by=np.full(n, code, dtype=np.int8),
+            scored_by=by,
             threshold=self.threshold,
             anomaly_index=hit,
             contributions=shares,
             sensors=cfg.sensors or (),
             states=None,
             state_names=self.state_names,
+            rebaselined=_NONE_REBASELINED,
         )
 
     def _plain_models(self) -> NDArray[np.intp]:

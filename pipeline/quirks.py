@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from pipeline.distinct import distinct_ids
 from pipeline.errors import ConfigError
 from pipeline.grouping import stable_order
 from pipeline.recordings.spec import Chunk, RecordingSpec
@@ -48,7 +49,6 @@ I64 = NDArray[np.int64]
 
 KEPT, DUPLICATE, OUT_OF_ORDER = 0, 1, 2
 SENTINEL_RTOL = 1e-6
-_HEAD_ROWS = 1024  # the rows whose turbines are looked for in the rest of a chunk
 
 
 def order_codes(
@@ -79,7 +79,7 @@ def order_codes(
     ([0, 1, 2, 2], [2, 3], [5.0, 7.0])
     """
     n = timestamps.size
-    uniq, inv = _distinct_ids(turbine_ids)
+    uniq, inv = distinct_ids(turbine_ids)
     # Each turbine's latest time before this chunk (-inf when new).
     pos = np.searchsorted(last_ids, uniq)
     known = pos < last_ids.size
@@ -108,23 +108,6 @@ def order_codes(
     times[pos[known]] = latest[known]
     back = np.argsort(ids, kind="stable")
     return codes, ids[back], times[back]
-
-
-def _distinct_ids(turbine_ids: I64) -> tuple[I64, NDArray[np.intp]]:
-    """``np.unique(turbine_ids, return_inverse=True)`` (n,), by a search when few are distinct.
-
-    A fleet's chunk holds a few turbines: those of its first rows are looked
-    up for every row (a binary search among a few, not a sort of the chunk);
-    a row of another turbine sends it to ``np.unique``.
-    """
-    head = np.unique(turbine_ids[:_HEAD_ROWS])
-    if head.size:
-        pos = np.searchsorted(head, turbine_ids)
-        np.minimum(pos, head.size - 1, out=pos)
-        if bool((head[pos] == turbine_ids).all()):
-            return head, pos
-    uniq, inv = np.unique(turbine_ids, return_inverse=True)
-    return uniq, inv.ravel()
 
 
 def _running_before(ts: F64, group: NDArray[np.intp], prev: F64) -> F64:

@@ -56,6 +56,7 @@ from scipy import sparse
 
 from pipeline.config import DetectorConfig
 from pipeline.detector import BatchResult
+from pipeline.distinct import distinct_ids, distinct_sorted
 from pipeline.durable import atomic_file, fsync_path
 from pipeline.episodes import Episodes
 from pipeline.errors import SchemaError, StoreError
@@ -73,9 +74,18 @@ _MANIFEST_KEYS = {"version": int, "sensors": list, "turbines": list, "chunks": l
 
 def _at(values: NDArray[np.int64] | int, index: NDArray[np.intp]) -> NDArray[np.int64]:
     """``values[index]``, where an int stands for the same value everywhere."""
-    if np.ndim(values) == 0:
-        return np.full(index.size, int(values), dtype=np.int64)
-    return np.asarray(values, dtype=np.int64)[index]
+    if isinstance(values, np.ndarray) and values.ndim:
+        return np.asarray(values, dtype=np.int64)[index]
+    out = np.empty(index.size, dtype=np.int64)  # np.full, without its overhead per batch
+    out.fill(int(values))
+    return out
+
+
+def _filled(k: int, value: float) -> NDArray[np.float64]:
+    """``np.full(k, value)`` (its Python overhead is most of its cost at a few anomalies)."""
+    out = np.empty(k)
+    out.fill(value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -468,7 +478,7 @@ class AnomalyStore:
                 ts,
                 tid,
                 dist,
-                np.full(k, result.threshold),
+                _filled(k, result.threshold),
                 contrib,
                 part,
                 off,
@@ -508,13 +518,13 @@ class AnomalyStore:
             if self._manifest["sensors"]:
                 raise StoreError(f"a chunk of {d} sensors for a store of {len(self.sensors)}")
             self._manifest["sensors"] = list(table.sensors) or [f"sensor_{j}" for j in range(d)]
-        present, inverse = np.unique(table.turbine_ids, return_inverse=True)
+        present, inverse = distinct_ids(table.turbine_ids)
         for t in present.tolist():  # a loop over the chunk's distinct turbines
             if t not in self._columns:
                 self._columns[t] = len(self._manifest["turbines"])
                 self._manifest["turbines"].append(t)
         cols = np.array([self._columns[t] for t in present.tolist()], dtype=np.int64)[inverse]
-        steps, row_of = np.unique(table.timestamps, return_inverse=True)
+        steps, row_of = distinct_sorted(table.timestamps)
         n_cols = len(self._manifest["turbines"])
         key = row_of.astype(np.int64) * n_cols + cols
         if key.size > 1 and not bool(np.all(key[1:] >= key[:-1])):
@@ -556,7 +566,7 @@ class AnomalyStore:
                 "steps": int(steps.size),
                 "t_min": float(steps[0]),
                 "t_max": float(steps[-1]),
-                "turbines": sorted(set(t.turbine_ids.tolist())),
+                "turbines": present.tolist(),
                 "bytes": int(sum(f.stat().st_size for f in files.values())),
             }
         )
@@ -813,13 +823,21 @@ def _dense_to_csr(dense: NDArray[np.float64]) -> sparse.csr_array:
     ----------
     dense : ndarray of shape (k, D)
     """
-    nonzero = dense != 0
+    k, d = dense.shape
+    flat = dense.reshape(-1)  # row-major: the order of the non-zeros in CSR
+    nonzero = flat != 0
     # The index type scipy picks for such a matrix (int32 unless it is huge).
     index = np.int32 if dense.size < 2**31 else np.int64
-    indptr = np.zeros(dense.shape[0] + 1, dtype=index)
-    np.cumsum(np.count_nonzero(nonzero, axis=1), out=indptr[1:])
-    indices = np.nonzero(nonzero)[1].astype(index)
-    return sparse.csr_array((dense[nonzero], indices, indptr), shape=dense.shape)
+    indptr = np.zeros(k + 1, dtype=index)
+    np.cumsum(np.count_nonzero(nonzero.reshape(k, d), axis=1), out=indptr[1:])
+    if bool(nonzero.all()):  # the usual case: no contribution is exactly zero
+        indices = np.tile(np.arange(d, dtype=index), k)
+        data = flat
+    else:
+        at = np.flatnonzero(nonzero)
+        indices = (at % d).astype(index)
+        data = flat[at]
+    return sparse.csr_array((data, indices, indptr), shape=dense.shape)
 
 
 def _overlapping(episodes: Episodes, stored: Episodes) -> NDArray[np.bool_]:

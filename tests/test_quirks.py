@@ -232,23 +232,3 @@ def test_lhb_quirks_as_found(lhb_csv):
     assert (q.counts.duplicate, q.counts.out_of_order) == (48, 0)
     assert q.counts.sentinel == {"outdoor_temp": 33}
     assert kept == 420_480 - 48
-
-
-@given(
-    n=st.integers(1, 3000),
-    k=st.integers(1, 6),
-    late=st.integers(0, 3),
-    seed=st.integers(0, 2**16),
-)
-@settings(max_examples=60, deadline=None)
-def test_distinct_ids_are_numpys_unique_even_with_turbines_after_the_head(n, k, late, seed):
-    from pipeline.quirks import _distinct_ids
-
-    rng = np.random.default_rng(seed)
-    ids = rng.choice(np.array([-(2**62), -7, 3, 2**40, 2**62, 11], dtype=np.int64)[:k], n)
-    if late and n > 1100:  # turbines first seen after the rows looked at first
-        ids[1100 + rng.integers(0, n - 1100, late)] = 99 + np.arange(late)
-    uniq, inv = _distinct_ids(ids)
-    want_uniq, want_inv = np.unique(ids, return_inverse=True)
-    np.testing.assert_array_equal(uniq, want_uniq)
-    np.testing.assert_array_equal(inv, want_inv.ravel())

@@ -143,10 +143,14 @@ def test_pending_restored_into_a_fresh_manifest_keeps_the_sensors(tmp_path, rng)
     assert len(AnomalyStore(tmp_path / "s").query()) == len(pending)
 
 
+@pytest.mark.parametrize("fortran", [False, True])
+@pytest.mark.parametrize("zeros", [0.0, 0.3])  # none (the usual case) and some
 @pytest.mark.parametrize("shape", [(0, 4), (1, 1), (7, 3), (200, 16)])
-def test_contribution_matrix_is_scipys_csr(rng, shape):
+def test_contribution_matrix_is_scipys_csr(rng, shape, zeros, fortran):
     dense = rng.normal(size=shape)
-    dense[rng.random(shape) < 0.3] = 0.0
+    dense[rng.random(shape) < zeros] = 0.0
+    if fortran:
+        dense = np.asfortranarray(dense)
     got, want = _dense_to_csr(dense), sparse.csr_array(dense)
     for field in ("data", "indices", "indptr"):
         np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
