@@ -621,9 +621,9 @@ class Detector:
 
     def _plain_models(self) -> NDArray[np.intp]:
         """The model of each turbine (T,) for the plain path: its key group's (empty: its own)."""
-        t = len(self.turbines)
         if self.config.per_turbine:
             return _NO_INDEX  # each turbine's own model
+        t = len(self.turbines)
         if self._plain_model_of.size != t:
             if self._groups.n_groups == 1:
                 self._plain_model_of = np.zeros(t, dtype=np.intp)

@@ -49,7 +49,8 @@ def distinct_ids(turbine_ids: I64) -> tuple[I64, NDArray[np.intp]]:
     if n == 0:
         return np.unique(ids), np.zeros(0, dtype=np.intp)
     low, high = int(ids.min()), int(ids.max())
-    if low >= 0 and high < max(DENSE_SPAN_FACTOR * n, DENSE_SPAN_MIN):
+    countable = ids.dtype != np.uint64  # bincount takes what casts safely to intp
+    if countable and low >= 0 and high < max(DENSE_SPAN_FACTOR * n, DENSE_SPAN_MIN):
         present = np.flatnonzero(np.bincount(ids, minlength=high + 1))
         where = np.empty(high + 1, dtype=np.intp)
         where[present] = np.arange(present.size)

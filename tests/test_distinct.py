@@ -65,3 +65,9 @@ def test_distinct_sorted(n, repeats, ordered, seed):
 def test_distinct_sorted_of_nan_falls_back_to_numpy():
     values = np.array([1.0, np.nan, 2.0])
     assert_unique(distinct_sorted(values), values)
+
+
+def test_distinct_ids_of_other_integer_types():
+    for dtype in (np.int32, np.uint8, np.uint32, np.uint64):
+        ids = np.array([5, 1, 5, 200, 1], dtype=dtype)
+        assert_unique(distinct_ids(ids), ids)
