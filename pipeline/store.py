@@ -76,14 +76,12 @@ def _at(values: NDArray[np.int64] | int, index: NDArray[np.intp]) -> NDArray[np.
     """``values[index]``, where an int stands for the same value everywhere."""
     if isinstance(values, np.ndarray) and values.ndim:
         return np.asarray(values, dtype=np.int64)[index]
-    out = np.empty(index.size, dtype=np.int64)  # np.full, without its overhead per batch
-    out.fill(int(values))
-    return out
+    return _filled(index.size, int(values), np.int64)
 
 
-def _filled(k: int, value: float) -> NDArray[np.float64]:
-    """``np.full(k, value)`` (its Python overhead is most of its cost at a few anomalies)."""
-    out = np.empty(k)
+def _filled(k: int, value: float, dtype: type = np.float64) -> np.ndarray:
+    """``np.full(k, value, dtype)`` (its Python overhead is most of its cost at a few anomalies)."""
+    out: np.ndarray = np.empty(k, dtype=dtype)
     out.fill(value)
     return out
 
@@ -519,11 +517,12 @@ class AnomalyStore:
                 raise StoreError(f"a chunk of {d} sensors for a store of {len(self.sensors)}")
             self._manifest["sensors"] = list(table.sensors) or [f"sensor_{j}" for j in range(d)]
         present, inverse = distinct_ids(table.turbine_ids)
-        for t in present.tolist():  # a loop over the chunk's distinct turbines
+        turbines = present.tolist()
+        for t in turbines:  # a loop over the chunk's distinct turbines
             if t not in self._columns:
                 self._columns[t] = len(self._manifest["turbines"])
                 self._manifest["turbines"].append(t)
-        cols = np.array([self._columns[t] for t in present.tolist()], dtype=np.int64)[inverse]
+        cols = np.array([self._columns[t] for t in turbines], dtype=np.int64)[inverse]
         steps, row_of = distinct_sorted(table.timestamps)
         n_cols = len(self._manifest["turbines"])
         key = row_of.astype(np.int64) * n_cols + cols
@@ -566,7 +565,7 @@ class AnomalyStore:
                 "steps": int(steps.size),
                 "t_min": float(steps[0]),
                 "t_max": float(steps[-1]),
-                "turbines": present.tolist(),
+                "turbines": turbines,
                 "bytes": int(sum(f.stat().st_size for f in files.values())),
             }
         )
