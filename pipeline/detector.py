@@ -86,6 +86,7 @@ class _Scores:
 
 
 _NO_INDEX = np.zeros(0, dtype=np.intp)
+_NO_VALUES = np.zeros(0)
 # The plain path re-baselines nothing: one shared empty array, read-only.
 _NONE_REBASELINED = np.zeros(0, dtype=np.int64)
 _NONE_REBASELINED.flags.writeable = False
@@ -267,10 +268,10 @@ class Detector:
         self._work_hit = np.zeros(0, dtype=np.int64)
         self._work_shares = np.zeros((0, d))
         self._work_failed = np.zeros(0, dtype=np.int64)
+        # Conditions and regime bins are the plain path's too: a permutation of the
+        # sensors and a bin per reading in the kernel, no pass of their own.
         self._plain = (
-            self._k == 0
-            and self._bins == 1
-            and not self._rule_cols
+            not self._rule_cols
             and cfg.settle_span is None
             and not self._relative_cols
             and cfg.chart == "none"
@@ -537,19 +538,26 @@ class Detector:
             return None
         cfg = self.config
         table = self.turbines.table
+        perm = self._perm
         if self._identity and table.size:
             # The kernel looks the ids up and checks the values are finite.
-            x_t, idx, lookup = raw.T, _NO_INDEX, table  # (D, n) F-ordered: read in place
+            # (D, n) F-ordered: read in place, or the conditions first (one copy).
+            x_t = raw.T if perm is None else np.take(raw, perm, axis=1).T
+            idx, lookup = _NO_INDEX, table
         else:
             if not self._valid(ts, raw).all():
                 return None
             idx = self.turbines.lookup(ids)
             self._sync_turbines()
-            if self._identity:
-                x_t = raw.T
-            else:
-                x_t = calibrate(raw, self._offsets, self._gains, np.take(self._factor, idx)).T
+            x = (
+                raw
+                if self._identity
+                else calibrate(raw, self._offsets, self._gains, np.take(self._factor, idx))
+            )
+            x_t = (x if perm is None else np.take(x, perm, axis=1)).T
             lookup = _NO_INDEX
+        # The regime bins of the raw sensor, in the kernel (after its finite check).
+        regime = np.ascontiguousarray(raw[:, self._regime_col]) if self._bins > 1 else _NO_VALUES
         if cfg.per_turbine:
             stack, chol = self._models, self._chol
             min_count, code = self.min_samples, TURBINE
@@ -572,6 +580,9 @@ class Detector:
             lookup,
             idx,
             model_of,
+            regime,
+            self._edges,
+            self._k,
             stack.counts,
             stack.means,
             stack.m2,
@@ -596,7 +607,11 @@ class Detector:
             failed = self._work_failed[:n_failed].copy()
             chol[failed] = self._factors(stack.counts[failed], stack.m2[failed])
         hit = self._work_hit[:n_hit].copy()
-        shares = self._work_shares[:n_hit].copy()
+        if perm is None:
+            shares = self._work_shares[:n_hit].copy()
+        else:  # the sensors' shares in the configuration's order, 0 for the conditions
+            shares = np.zeros((n_hit, d))
+            shares[:, perm[self._k :]] = self._work_shares[:n_hit, : d - self._k]
         if cfg.per_turbine:
             self._groups_dirty = True
         self.readings += n

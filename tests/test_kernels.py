@@ -345,6 +345,9 @@ def test_plain_kernel_in_lanes_matches_the_numpy_path(rng, per, learn_flagged, m
         np.arange(m, dtype=np.intp),
         np.empty(0, np.intp),
         np.empty(0, np.intp),
+        np.empty(0),
+        np.empty(0),
+        0,
         fast.counts,
         fast.means,
         fast.m2,
@@ -382,3 +385,125 @@ def test_plain_kernel_in_lanes_matches_the_numpy_path(rng, per, learn_flagged, m
         np.testing.assert_allclose(fast.m2, slow.m2, rtol=1e-12)
         np.testing.assert_allclose(fast.means, slow.means, rtol=1e-12)
     np.testing.assert_allclose(fast_chol, slow_chol, rtol=1e-9, atol=1e-12)
+
+
+def _regime_batches(rng, n_turbines=6, steps=240, per_batch=10, d=4):
+    """Readings whose regime sensor (column 1) spreads over both bins of every turbine."""
+    mix = np.eye(d) + 0.3 * rng.normal(size=(d, d))
+    offsets = rng.normal(scale=3.0, size=(n_turbines, d))
+    offsets[:, 1] = 0.0
+    batches = []
+    for start in range(0, steps, per_batch):
+        ids = np.tile(np.arange(n_turbines), per_batch)
+        ts = np.repeat(np.arange(start, start + per_batch, dtype=float), n_turbines)
+        x = rng.normal(size=(ids.size, d)) @ mix + offsets[ids]
+        x[:, 1] = rng.uniform(-2.0, 2.0, size=ids.size)
+        x[:, 2] += 1.5 * x[:, 1]  # a response that follows the condition
+        faulty = rng.random(ids.size) < 0.04
+        x[faulty, 2:] += rng.choice([-1, 1], size=(faulty.sum(), d - 2)) * 7.0
+        batches.append((ts, ids, x))
+    return batches
+
+
+PLAIN_REGIME_CONFIGS = {
+    # The condition is not the first sensor: the kernel sees the sensors permuted.
+    "per-turbine": DetectorConfig(
+        min_samples=30,
+        key_groups=2,
+        sensors=("a", "b", "c", "d"),
+        conditions=("b",),
+        regime={"sensor": "b", "edges": (-0.5, 0.5)},
+    ),
+    "calibrated": DetectorConfig(
+        min_samples=30,
+        key_groups=2,
+        sensors=("a", "b", "c", "d"),
+        gains=(2.0, 1.0, 0.5, 1.0),
+        conditions=("b", "a"),
+        regime={"sensor": "b", "edges": (0.0,)},
+        prediction_bound="hotelling",
+    ),
+    "fleet-groups": DetectorConfig(
+        per_turbine=False,
+        key_groups=2,
+        fleet_min_samples=30,
+        sensors=("a", "b", "c", "d"),
+        conditions=("b",),
+        regime={"sensor": "b", "edges": (0.0,)},
+    ),
+}
+
+
+@pytest.mark.parametrize("batch_steps", [1, 10])
+@pytest.mark.parametrize("name", PLAIN_REGIME_CONFIGS)
+def test_conditions_and_regimes_take_the_plain_path_with_the_numpy_results(rng, name, batch_steps):
+    """Conditions and regime bins in the one-call kernel (blocks and lanes): the NumPy path's
+    scores, alarms, contributions and models, once the regimes' models are warm."""
+    config = PLAIN_REGIME_CONFIGS[name]
+    fast, slow = Detector(config, compiled=True), Detector(config, compiled=False)
+    plain = fast._process_plain
+    calls = {"plain": 0}
+
+    def counted(*args):  # noqa: ANN002, ANN202 (a spy on the plain path's hand-over)
+        out = plain(*args)
+        calls["plain"] += out is not None
+        return out
+
+    fast._process_plain = counted  # type: ignore[method-assign]
+    batches = _regime_batches(rng)
+    if batch_steps == 1:  # one reading per turbine: one per model, the lanes' shape
+        batches = [tuple(a[i : i + 6] for a in b) for b in batches for i in range(0, 60, 6)]
+    alarms = 0
+    for ts, ids, x in batches:
+        a, b = fast.process(ts, ids, x), slow.process(ts, ids, x)
+        np.testing.assert_array_equal(a.scored_by, b.scored_by)
+        np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
+        np.testing.assert_allclose(a.contributions, b.contributions, rtol=1e-8, atol=1e-10)
+        alarms += a.n_anomalies
+    assert alarms > 0
+    assert calls["plain"] > len(batches) // 3, calls
+    for key, value in slow.state().items():
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(fast.state()[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+
+
+def test_every_kernel_is_cached_under_the_digest_of_all_kernel_modules(tmp_path):
+    """A kernel compiles in its callees: a change to any kernel module must recompile it."""
+    import shutil
+
+    import pipeline.kernels as kernels
+    from pipeline.kernels.cache import PACKAGE, kernels_digest
+
+    digest = kernels_digest()
+    for name in kernels.__all__:
+        locator = getattr(kernels, name)._cache._impl.locator
+        assert locator.get_source_stamp() == digest, name
+    copy = tmp_path / "kernels"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert kernels_digest(copy) == digest
+    lanes = copy / "lanes.py"  # a callee of score_then_learn, in another module
+    lanes.write_text(lanes.read_text() + "\n# changed\n")
+    assert kernels_digest(copy) != digest
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=40))
+def test_lane_ranks_are_a_stable_sort_longest_first(per_list):
+    """The counting sort of the lanes against a stable argsort of the readings per model."""
+    from pipeline.kernels.blocks import lane_ranks
+
+    per = np.array(per_list, dtype=np.int64)
+    if per.max() == 0:
+        per[0] = 1
+    longest = int(per.max())
+    by_lane, lane_of, width, offset, n_lanes = lane_ranks(per, longest)
+    order = np.argsort(-per, kind="stable")
+    expected = order[per[order] > 0]
+    np.testing.assert_array_equal(by_lane, expected)
+    assert n_lanes == expected.size
+    lanes = np.full(per.size, -1)
+    lanes[expected] = np.arange(expected.size)
+    np.testing.assert_array_equal(lane_of, lanes)
+    np.testing.assert_array_equal(width, [(per > r).sum() for r in range(longest)])
+    np.testing.assert_array_equal(offset, np.concatenate(([0], np.cumsum(width))))

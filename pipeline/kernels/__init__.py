@@ -18,8 +18,16 @@ their order: splitting a batch by key group changes nothing.
 
 Compiled code is cached on disk (``cache=True``: ``__pycache__`` beside this
 package, or numba's user-wide cache directory when that is not writable), so
-only the very first run on a machine compiles.
+only the very first run on a machine compiles.  Every kernel is cached under
+one stamp, the digest of all this package's modules (:mod:`pipeline.kernels.cache`):
+a kernel compiles in the kernels it calls, so a change to any module
+recompiles them all.
 """
+
+# ruff: noqa: E402 (the cache's locators are installed before any kernel module loads)
+from pipeline.kernels.cache import install as _install_cache
+
+_install_cache()  # before the kernels below are decorated
 
 from pipeline.kernels.blocks import sort_by_model
 from pipeline.kernels.charting import ewma_by_time

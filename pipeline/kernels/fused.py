@@ -38,6 +38,9 @@ def score_then_learn(
     lookup: NDArray[np.intp],
     idx: NDArray[np.intp],
     model_of: NDArray[np.intp],
+    regime: F64,
+    edges: F64,
+    k: int,
     counts: F64,
     means: F64,
     m2: F64,
@@ -59,7 +62,8 @@ def score_then_learn(
     """Score readings against their warm models, then learn them, in place.
 
     What ``Detector.process`` does for readings that are all valid and all
-    of warm models, without conditions, regimes, charts or learning rules:
+    of warm models, with conditions and regime bins but without charts,
+    learning rules, time spans or fleet-relative sensors:
     :func:`whiten_sorted`, the alarms ``stat > threshold`` and their
     contributions (:func:`contributions_grouped`, scaled as the statistic)
     against the models as they were, then :func:`learn_sorted` of the readings
@@ -78,7 +82,16 @@ def score_then_learn(
     idx : ndarray of shape (n,) or (0,)
         Dense turbine index of each reading, when ``lookup`` is empty.
     model_of : ndarray of shape (T,) or (0,)
-        The model of each turbine, in ``[0, M)``; empty: the turbine's own.
+        The model of each turbine (its key group's), before the regime bins;
+        empty: the turbine's own.
+    regime : ndarray of shape (n,) or (0,)
+        The raw regime sensor of each reading; empty: one bin.
+    edges : ndarray of shape (B - 1,)
+        The regime bins' edges (``pipeline.policy.regime_bins``): the model of
+        a reading is ``B * model_of[turbine] + bin``.
+    k : int
+        Conditioning sensors, the first ``k`` rows of ``x_t``: learned, left out
+        of the statistic and of the contributions.
     counts, means, m2, chol : ndarray of shape (M,), (M, D), (M, D, D), (M, D, D)
         The models, updated in place.
     table : ndarray of shape (N + 1,) or (0,)
@@ -98,7 +111,8 @@ def score_then_learn(
     hit_out : ndarray of shape (>= n,)
         Receives the positions of the alarms in ``hit_out[:h]``.
     shares_out : ndarray of shape (>= n, D)
-        Receives their contributions in ``shares_out[:h]``.
+        Receives their contributions in ``shares_out[:h, :D - k]`` (the sensors
+        after the conditions, in the order of ``x_t``).
     failed_out : ndarray of shape (M,)
         Receives in ``failed_out[:f]`` the models whose new factor the NumPy
         path must repair.
@@ -139,6 +153,13 @@ def score_then_learn(
     else:
         for i in range(n):
             model[i] = model_of[idx[i]] if mapped else idx[i]
+    if regime.size:  # after the finite check: every value has its bin
+        bins = edges.size + 1
+        for i in range(n):
+            v, b = regime[i], 0
+            while b < edges.size and edges[b] <= v:  # np.searchsorted(side="right")
+                b += 1
+            model[i] = model[i] * bins + b
     per = np.zeros(counts.size, dtype=np.int64)
     for i in range(n):
         per[model[i]] += 1
@@ -159,6 +180,7 @@ def score_then_learn(
             means,
             m2,
             chol,
+            k,
             table,
             threshold,
             gate,
@@ -174,7 +196,7 @@ def score_then_learn(
         )
         return True, n_hit, n_failed
     starts, order, xs = sort_by_model(x_t, model, counts.size)
-    stat, scale, _, _ = whiten_sorted(xs, starts, order, means, chol, 0, counts, table, False)
+    stat, scale, _, _ = whiten_sorted(xs, starts, order, means, chol, k, counts, table, False)
     n_hit = 0
     for i in range(n):
         f = stat[i] > threshold
@@ -184,10 +206,10 @@ def score_then_learn(
             hit_out[n_hit] = i
             n_hit += 1
     hit = hit_out[:n_hit]
-    shares, _ = contributions_grouped(x_t, hit, model, means, chol, 0)
+    shares, _ = contributions_grouped(x_t, hit, model, means, chol, k)
     for h in range(n_hit):
         sc = scale[hit[h]]
-        for j in range(d):
+        for j in range(d - k):
             shares_out[h, j] = shares[h, j] * sc
     if learn_flagged:
         skip = np.empty(0, dtype=np.bool_)

@@ -25,7 +25,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from pipeline.kernels.blocks import gather_columns, lane_ranks
-from pipeline.kernels.factors import _TINY_ROOT, factor_one
+from pipeline.kernels.factors import _TINY_ROOT
 from pipeline.kernels.whitening import contributions_grouped
 
 F64 = NDArray[np.float64]
@@ -87,6 +87,7 @@ def score_then_learn_lanes(
     means: F64,
     m2: F64,
     chol: F64,
+    n_cond: int,
     table: F64,
     threshold: float,
     gate: float,
@@ -112,6 +113,8 @@ def score_then_learn_lanes(
         Readings per model; ``longest`` their maximum (> 0).
     counts, means, m2, chol : ndarray of shape (M,), (M, D), (M, D, D), (M, D, D)
         The models, updated in place.
+    n_cond : int
+        Conditioning sensors (the first rows of ``x_t``), left out of the statistic.
     table : ndarray of shape (N + 1,) or (0,)
     threshold, gate, learn_flagged, memory, floor, ridge
         As :func:`pipeline.kernels.fused.score_then_learn`.
@@ -155,7 +158,7 @@ def score_then_learn_lanes(
                 z[j, k] /= low[j, j, k]
         for k in range(w):
             s = 0.0
-            for j in range(d):
+            for j in range(n_cond, d):
                 s += z[j, k] * z[j, k]
             i = src[o + k]
             stat_out[i] = s * sc[k]
@@ -167,11 +170,11 @@ def score_then_learn_lanes(
             hit_out[n_hit] = i
             n_hit += 1
     hit = hit_out[:n_hit]
-    shares, _ = contributions_grouped(x_t, hit, model, means, chol, 0)
+    shares, _ = contributions_grouped(x_t, hit, model, means, chol, n_cond)
     for h in range(n_hit):
         g = model[hit[h]]
         sch = table[int(min(counts[g], float(top)))] if top >= 0 else 1.0
-        for j in range(d):
+        for j in range(d - n_cond):
             shares_out[h, j] = shares[h, j] * sch
     # Learn: the kept readings' sums, then their centred products, in order.
     keep = np.empty(n)
@@ -206,35 +209,102 @@ def score_then_learn_lanes(
                 for k in range(w):
                     prods[pair, k] += xr[a, o + k] * xr[b, o + k]
                 pair += 1
-    # Chan et al. per model, ascending, as learn_sorted.
-    delta = np.empty(d)
-    m2_b = np.empty((d, d))
-    work = np.empty((d, d))
+    # Chan et al. and the new factors, lane by lane (LLVM vectorises over the models):
+    # the operations of learn_sorted and factor_one, element by element.
+    weight = np.empty(n_lanes)
+    n_new = np.empty(n_lanes)
+    w_b = np.empty(n_lanes)
+    scale = np.empty(n_lanes)
+    inv = np.empty(n_lanes)
+    old_mu = np.empty((d, n_lanes))
+    m2_l = np.empty((d, d, n_lanes))
+    for k in range(n_lanes):
+        g = by_lane[k]
+        n_b = kept[k]
+        # exp one lane at a time: libm's, as learn_sorted's (a vector exp may round otherwise)
+        weight[k] = np.exp(-n_b / memory) if memory > 0.0 else 1.0
+        for j in range(d):
+            old_mu[j, k] = means[g, j]
+        for a in range(d):
+            for b in range(d):
+                m2_l[a, b, k] = m2[g, a, b]
+        n_a = counts[g] * weight[k]
+        n_new[k] = n_a + n_b
+        w_b[k] = n_b / (n_new[k] if n_new[k] > 0.0 else 1.0)
+        scale[k] = n_a * w_b[k]
+        denom = n_new[k] - 1.0
+        inv[k] = 1.0 / denom if denom > 0.0 else 0.0
+    for j in range(d):  # delta in the batch means' place
+        for k in range(n_lanes):
+            mu[j, k] = mu[j, k] - old_mu[j, k]
+            old_mu[j, k] = old_mu[j, k] + mu[j, k] * w_b[k]
+    pair = 0
+    for a in range(d):
+        for b in range(a, d):
+            for k in range(n_lanes):
+                m2_l[a, b, k] = (m2_l[a, b, k] * weight[k] + prods[pair, k]) + mu[a, k] * mu[
+                    b, k
+                ] * scale[k]
+            if b > a:
+                for k in range(n_lanes):
+                    m2_l[b, a, k] = (m2_l[b, a, k] * weight[k] + prods[pair, k]) + mu[b, k] * mu[
+                        a, k
+                    ] * scale[k]
+            pair += 1
+    # factor_one, lane by lane: covariance, floors, ridge, then the lower factor.
+    work = np.empty((d, d, n_lanes))
+    for a in range(d):
+        for b in range(d):
+            for k in range(n_lanes):
+                work[a, b, k] = m2_l[a, b, k] * inv[k]
+    if floor.size == d:
+        for a in range(d):
+            for k in range(n_lanes):
+                work[a, a, k] = work[a, a, k] + floor[a]
+    trace = np.zeros(n_lanes)
+    for a in range(d):
+        for k in range(n_lanes):
+            trace[k] += work[a, a, k]
+    for k in range(n_lanes):
+        trace[k] = ridge * abs(trace[k] / d) + _TINY_ROOT
+    for a in range(d):
+        for k in range(n_lanes):
+            work[a, a, k] = work[a, a, k] + trace[k]
+    low_new = np.zeros((d, d, n_lanes))
+    ok = np.ones(n_lanes, dtype=np.bool_)
+    pivot = np.empty(n_lanes)
+    inv_l = np.empty(n_lanes)
+    for j in range(d):
+        for k in range(n_lanes):
+            pivot[k] = work[j, j, k]
+        for q in range(j):
+            for k in range(n_lanes):
+                pivot[k] -= low_new[j, q, k] * low_new[j, q, k]
+        for k in range(n_lanes):
+            ok[k] &= pivot[k] > 0.0
+            root = np.sqrt(pivot[k]) if pivot[k] > 0.0 else 1.0  # a failed lane is repaired later
+            low_new[j, j, k] = root
+            inv_l[k] = 1.0 / root  # LAPACK's dpotf2 scales the column by the reciprocal too
+        for i in range(j + 1, d):
+            for k in range(n_lanes):
+                t = work[i, j, k]
+                for q in range(j):
+                    t -= low_new[i, q, k] * low_new[j, q, k]
+                low_new[i, j, k] = t * inv_l[k]
+    # Back to the models, ascending (the failed ones in model order).
     n_failed = 0
     for g in range(counts.size):
         k = lane_of[g]
         if k < 0 or kept[k] == 0.0:
             continue
-        n_b = kept[k]
-        pair = 0
-        for a in range(d):
-            for b in range(a, d):
-                m2_b[a, b] = prods[pair, k]
-                m2_b[b, a] = prods[pair, k]
-                pair += 1
-        weight = np.exp(-n_b / memory) if memory > 0.0 else 1.0
-        n_a = counts[g] * weight
-        n_new = n_a + n_b
-        w_b = n_b / (n_new if n_new > 0.0 else 1.0)
+        counts[g] = n_new[k]
         for j in range(d):
-            delta[j] = mu[j, k] - means[g, j]
-            means[g, j] = means[g, j] + delta[j] * w_b
-        scale = n_a * w_b
+            means[g, j] = old_mu[j, k]
         for a in range(d):
             for b in range(d):
-                m2[g, a, b] = (m2[g, a, b] * weight + m2_b[a, b]) + delta[a] * delta[b] * scale
-        counts[g] = n_new
-        if not factor_one(g, n_new, m2, floor, ridge, _TINY_ROOT, chol, work):
+                m2[g, a, b] = m2_l[a, b, k]
+                chol[g, a, b] = low_new[a, b, k]
+        if not ok[k]:
             failed_out[n_failed] = g
             n_failed += 1
     return n_hit, n_failed
