@@ -157,8 +157,8 @@ def score_then_learn(
         bins = edges.size + 1
         for i in range(n):
             v, b = regime[i], 0
-            while b < edges.size and edges[b] <= v:  # np.searchsorted(side="right")
-                b += 1
+            for e in range(edges.size):  # np.searchsorted(side="right"), without branches
+                b += edges[e] <= v
             model[i] = model[i] * bins + b
     per = np.zeros(counts.size, dtype=np.int64)
     for i in range(n):
