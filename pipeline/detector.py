@@ -56,6 +56,7 @@ from pipeline.mahalanobis import (
 )
 from pipeline.names import TurbineNames
 from pipeline.policy import (
+    RangeRules,
     fleet_deviations,
     learning_states,
     peer_counts,
@@ -208,6 +209,12 @@ class Detector:
         self._where_cols = [
             sensors.index(r.where.sensor) if r.where is not None else -1 for r in cfg.learn_when
         ]
+        # The range rules as arrays for the compiled states (None: NumPy's, or normal codes).
+        self._range_rules = (
+            RangeRules.of(cfg.learn_when, self._rule_cols, self._where_cols)
+            if self.compiled and self._rule_cols
+            else None
+        )
         # Each once: a deviation from the median is its own deviation from the median.
         self._relative_cols = list(dict.fromkeys(sensors.index(s) for s in cfg.fleet_relative))
         self._track_time = (
@@ -400,22 +407,25 @@ class Detector:
         if not self._rule_cols:
             return (np.arange(valid.size) if valid.all() else np.flatnonzero(valid)), None, None
         rules, cols, where = self.config.learn_when, self._rule_cols, self._where_cols
+        ranges = self._range_rules
         everything = bool(valid.all())
         if everything:  # the usual batch: no copies of the valid readings
             pos = np.arange(valid.size)
-            states = learning_states(raw, rules, cols, where)
+            states = learning_states(raw, rules, cols, where, ranges)
             codes, ids_v, ts_v = states, ids, ts
         else:
             states = np.zeros(valid.size, dtype=np.int8)
             pos = np.flatnonzero(valid)
-            states[pos] = learning_states(raw[pos], rules, cols, where)
+            states[pos] = learning_states(raw[pos], rules, cols, where, ranges)
             codes, ids_v, ts_v = states[pos], ids[pos], ts[pos]
         span = self.config.settle_span
         if span is None:
             return pos[codes == 0], states, None
         idx = self.turbines.lookup(ids_v)
         self._sync_turbines()
-        settle, self._last_state_time = settling(idx, ts_v, codes > 0, self._last_state_time, span)
+        settle, self._last_state_time = settling(
+            idx, ts_v, codes > 0, self._last_state_time, span, self.compiled
+        )
         if everything:
             states[settle] = len(self.state_names) - 1
             keep = states == 0
@@ -949,10 +959,13 @@ class Detector:
     def _decay(self, model: NDArray[np.intp], ts: F64, counts: F64) -> F64 | None:
         """Forgetting weights per model (M,) for this batch, and the models' learned times."""
         n_models = counts.size
-        newest = np.full(n_models, -np.inf)
-        np.maximum.at(newest, model, ts)
-        oldest = np.full(n_models, np.inf)
-        np.minimum.at(oldest, model, ts)
+        if self._kernels is not None:
+            newest, oldest = self._kernels.time_range_by_model(model, ts, n_models)
+        else:
+            newest = np.full(n_models, -np.inf)
+            np.maximum.at(newest, model, ts)
+            oldest = np.full(n_models, np.inf)
+            np.minimum.at(oldest, model, ts)
         seen = np.isfinite(newest)
         fresh = seen & np.isnan(self._first_time)
         self._first_time[fresh] = oldest[fresh]

@@ -8,6 +8,7 @@ past weighs; each works on whole batches.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,11 +42,54 @@ def regime_bins(values: F64, edges: Sequence[float] | F64) -> NDArray[np.intp]:
     )
 
 
+@dataclass(frozen=True)
+class RangeRules:
+    """``learn_when`` range rules as arrays, for the compiled :func:`learning_states`.
+
+    ``cols`` and ``where_cols`` (R,): each rule's sensor column and its
+    ``where`` sensor's (-1 for none); ``tests`` and ``limits`` (R, 2): whether
+    the rule has an ``above`` (column 0) and a ``below`` (column 1) limit, and
+    the limits; ``where_tests`` and ``where_limits`` the same for ``where``.
+    """
+
+    cols: NDArray[np.int64]
+    tests: NDArray[np.bool_]
+    limits: F64
+    where_cols: NDArray[np.int64]
+    where_tests: NDArray[np.bool_]
+    where_limits: F64
+
+    @classmethod
+    def of(
+        cls, rules: Sequence[LearnRule], columns: Sequence[int], where_columns: Sequence[int]
+    ) -> RangeRules | None:
+        """The rules' arrays; None when a rule lists ``normal`` codes (the NumPy path's)."""
+        if any(r.normal is not None for r in rules):
+            return None
+
+        def limits(lo: float | None, hi: float | None) -> tuple[list[bool], list[float]]:
+            return [lo is not None, hi is not None], [lo or 0.0, hi or 0.0]
+
+        main = [limits(r.above, r.below) for r in rules]
+        where = [
+            limits(r.where.above, r.where.below) if r.where else limits(None, None) for r in rules
+        ]
+        return cls(
+            cols=np.asarray(columns, dtype=np.int64),
+            tests=np.array([t for t, _ in main], dtype=np.bool_).reshape(-1, 2),
+            limits=np.array([v for _, v in main], dtype=np.float64).reshape(-1, 2),
+            where_cols=np.asarray(where_columns, dtype=np.int64),
+            where_tests=np.array([t for t, _ in where], dtype=np.bool_).reshape(-1, 2),
+            where_limits=np.array([v for _, v in where], dtype=np.float64).reshape(-1, 2),
+        )
+
+
 def learning_states(
     raw: F64,
     rules: Sequence[LearnRule],
     columns: Sequence[int],
     where_columns: Sequence[int] | None = None,
+    compiled: RangeRules | None = None,
 ) -> NDArray[np.int8]:
     """Which rule each reading fails first: 0 for none (learnable), k for rule k - 1.
 
@@ -63,10 +107,25 @@ def learning_states(
     -------
     ndarray of shape (n,)
 
+    compiled : RangeRules, optional
+        The rules as arrays: the compiled kernel computes the same states.
+
     >>> rules = [LearnRule(sensor="p", above=20.0, state="stopped")]
     >>> learning_states(np.array([[10.0], [30.0]]), rules, [0]).tolist()
     [1, 0]
     """
+    kernels = compiled_kernels() if compiled is not None else None
+    if kernels is not None and compiled is not None:
+        c = compiled
+        return kernels.learning_states(
+            np.ascontiguousarray(raw),
+            c.cols,
+            c.tests,
+            c.limits,
+            c.where_cols,
+            c.where_tests,
+            c.where_limits,
+        )
     out = np.zeros(raw.shape[0], dtype=np.int8)
     for k in range(len(rules) - 1, -1, -1):  # the first failed rule wins
         rule, v = rules[k], raw[:, columns[k]]
@@ -275,6 +334,7 @@ def settling(
     in_state: NDArray[np.bool_],
     last_state_time: F64,
     span: float,
+    compiled: bool = False,
 ) -> tuple[NDArray[np.bool_], F64]:
     """Readings within ``span`` after their turbine's last reading in an operating state.
 
@@ -292,6 +352,8 @@ def settling(
         Each turbine's last time in a state before this batch (NaN: none).
     span : float
         Seconds.
+    compiled : bool
+        A batch in time order in one compiled pass (the same results).
 
     Returns
     -------
@@ -306,6 +368,13 @@ def settling(
     ([False, True, False, False], [0.0])
     """
     n = turbines.size
+    kernels = compiled_kernels() if compiled and n else None
+    if kernels is not None:
+        done, settle, after = kernels.settling_in_order(
+            turbines, timestamps, in_state, last_state_time, float(span)
+        )
+        if done:
+            return settle, after
     last = last_state_time.copy()
     if n == 0:
         return np.zeros(0, dtype=bool), last

@@ -194,6 +194,20 @@ MORE_CONFIGS = {
         conditions=("a",),
         regime={"sensor": "a", "edges": (0.0,)},
     ),
+    # Operating states and settling after them (the compiled states and settling).
+    "states-settling": DetectorConfig(
+        min_samples=30,
+        fleet_min_samples=12,
+        key_groups=2,
+        sensors=("a", "b", "c"),
+        learn_when=(
+            {"sensor": "b", "above": -6.0, "state": "stopped"},
+            {"sensor": "c", "below": 6.0, "where": {"sensor": "a", "above": -3.0}},
+        ),
+        settle_span="2s",
+        warmup_span="20s",
+        memory_span="60s",
+    ),
 }
 
 
@@ -507,3 +521,59 @@ def test_lane_ranks_are_a_stable_sort_longest_first(per_list):
     np.testing.assert_array_equal(lane_of, lanes)
     np.testing.assert_array_equal(width, [(per > r).sum() for r in range(longest)])
     np.testing.assert_array_equal(offset, np.concatenate(([0], np.cumsum(width))))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.booleans(), st.booleans())
+def test_compiled_states_and_settling_match_the_numpy_path(seed, in_order, with_nan):
+    """Range rules (with and without ``where``) and settling, against pipeline.policy's NumPy."""
+    from pipeline import policy
+    from pipeline.config import LearnRule
+
+    rng = np.random.default_rng(seed)
+    n, d, t = int(rng.integers(0, 60)), 3, 4
+    raw = rng.integers(-3, 4, size=(n, d)).astype(float)  # ties with the limits
+    if with_nan:
+        raw[rng.random(raw.shape) < 0.1] = np.nan
+    rules, cols, where = [], [], []
+    for _ in range(int(rng.integers(1, 4))):
+        lo, hi = sorted(rng.integers(-3, 4, size=2).tolist())
+        kind = int(rng.integers(0, 3))
+        rule = {"sensor": "x", "above": float(lo) if kind != 1 else None}
+        rule["below"] = float(hi) + 0.5 if kind != 0 else None
+        w = None
+        if rng.random() < 0.5:
+            w = {"sensor": "y", "above": float(rng.integers(-3, 1)), "below": 3.5}
+        rules.append(LearnRule(**rule, where=w))
+        cols.append(int(rng.integers(0, d)))
+        where.append(int(rng.integers(0, d)) if w else -1)
+    arrays = policy.RangeRules.of(rules, cols, where)
+    expected = policy.learning_states(raw, rules, cols, where)
+    np.testing.assert_array_equal(policy.learning_states(raw, rules, cols, where, arrays), expected)
+    turbines = rng.integers(0, t, size=n).astype(np.intp)
+    ts = np.cumsum(rng.integers(0, 3, size=n)).astype(float)
+    if not in_order:
+        ts = rng.permutation(ts)
+    last = np.where(rng.random(t) < 0.5, np.nan, -rng.integers(0, 3, size=t).astype(float))
+    in_state = expected > 0
+    slow = policy.settling(turbines, ts, in_state, last, 2.0)
+    fast = policy.settling(turbines, ts, in_state, last, 2.0, compiled=True)
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_time_range_by_model_matches_ufunc_at(seed):
+    from pipeline.kernels import time_range_by_model
+
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(0, 40)), int(rng.integers(1, 6))
+    model = rng.integers(0, m, size=n).astype(np.intp)
+    ts = rng.integers(0, 9, size=n).astype(float)
+    newest, oldest = np.full(m, -np.inf), np.full(m, np.inf)
+    np.maximum.at(newest, model, ts)
+    np.minimum.at(oldest, model, ts)
+    got = time_range_by_model(model, ts, m)
+    np.testing.assert_array_equal(got[0], newest)
+    np.testing.assert_array_equal(got[1], oldest)

@@ -29,12 +29,13 @@ from pipeline.kernels.cache import install as _install_cache
 
 _install_cache()  # before the kernels below are decorated
 
-from pipeline.kernels.blocks import sort_by_model
+from pipeline.kernels.blocks import sort_by_model, time_range_by_model
 from pipeline.kernels.charting import ewma_by_time
 from pipeline.kernels.factors import refactor
 from pipeline.kernels.fused import score_then_learn
 from pipeline.kernels.learning import learn_sorted
 from pipeline.kernels.runs import deviations_from_medians, medians_of_the_others
+from pipeline.kernels.states import learning_states, settling_in_order
 from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
 
 __all__ = [
@@ -42,9 +43,12 @@ __all__ = [
     "deviations_from_medians",
     "ewma_by_time",
     "learn_sorted",
+    "learning_states",
     "medians_of_the_others",
     "refactor",
     "score_then_learn",
+    "settling_in_order",
     "sort_by_model",
+    "time_range_by_model",
     "whiten_sorted",
 ]

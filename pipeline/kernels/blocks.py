@@ -127,3 +127,27 @@ def lane_ranks(
             lane_of[g] = k
             first[v] = k + 1
     return by_lane, lane_of, width, offset, n_lanes
+
+
+@njit(cache=True, nogil=True)
+def time_range_by_model(model: NDArray[np.intp], timestamps: F64, n_models: int) -> tuple[F64, F64]:
+    """Newest and oldest timestamp (M,) of each model's readings (-inf and inf: none).
+
+    ``np.maximum.at`` and ``np.minimum.at`` in one pass.
+
+    Parameters
+    ----------
+    model : ndarray of shape (n,)
+        Model of each reading, in ``[0, n_models)``.
+    timestamps : ndarray of shape (n,)
+    n_models : int
+    """
+    newest = np.full(n_models, -np.inf)
+    oldest = np.full(n_models, np.inf)
+    for i in range(model.size):
+        g, t = model[i], timestamps[i]
+        if t > newest[g]:
+            newest[g] = t
+        if t < oldest[g]:
+            oldest[g] = t
+    return newest, oldest

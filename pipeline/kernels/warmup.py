@@ -2,7 +2,8 @@
 
 :func:`warm_cache` runs small detectors in the configurations the engine
 meets (per-turbine and fleet-only, calibrated or not, conditions, regimes,
-the residual chart with peers and fleet-relative sensors), so every kernel
+the residual chart with peers and fleet-relative sensors, operating states,
+settling and forgetting in time), so every kernel
 signature a service uses is compiled and cached, then loaded.  The Docker
 image runs it at build time (``python -m pipeline.kernels``), so a
 container's first batch loads cached code instead of compiling (see
@@ -38,6 +39,9 @@ def warm_cache() -> float:
             chart_peers=2,
             fleet_relative=("c",),
             sensor_floor={"b": 0.1},
+            learn_when=({"sensor": "d", "above": -2.0, "where": {"sensor": "a", "below": 1.0}},),
+            settle_span="2s",
+            memory_span="1d",
         ),
     ]
     for config in configs:
