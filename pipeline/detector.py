@@ -380,7 +380,7 @@ class Detector:
             self._sync_turbines()
         regime = self.config.regime  # the raw regime sensor, read before anything is written
         if regime is not None and self._bins > 1:
-            bins = regime_bins(x[:, self._regime_col], self._edges)
+            bins = regime_bins(x[:, self._regime_col], self._edges, self.compiled)
             model = idx * self._bins + bins
         else:
             model = idx

@@ -21,7 +21,9 @@ from pipeline.run_medians import deviations_from_run_medians, medians_of_the_oth
 F64 = NDArray[np.float64]
 
 
-def regime_bins(values: F64, edges: Sequence[float] | F64) -> NDArray[np.intp]:
+def regime_bins(
+    values: F64, edges: Sequence[float] | F64, compiled: bool = False
+) -> NDArray[np.intp]:
     """Bin of each value, in ``[0, len(edges)]``; values outside the edges fall in the end bins.
 
     Parameters
@@ -29,6 +31,8 @@ def regime_bins(values: F64, edges: Sequence[float] | F64) -> NDArray[np.intp]:
     values : ndarray of shape (n,)
         The regime sensor's raw values (finite).
     edges : sequence or ndarray of float, strictly increasing, of length B - 1
+    compiled : bool
+        Through the compiled kernel (the same bins).
 
     Returns
     -------
@@ -37,6 +41,10 @@ def regime_bins(values: F64, edges: Sequence[float] | F64) -> NDArray[np.intp]:
     >>> regime_bins(np.array([0.0, 3.0, 4.9, 5.0, 99.0]), [3.0, 5.0]).tolist()
     [0, 1, 1, 2, 2]
     """
+    kernels = compiled_kernels() if compiled else None
+    if kernels is not None:
+        e = np.asarray(edges, dtype=np.float64)
+        return kernels.regime_bins(np.ascontiguousarray(values, dtype=np.float64), e)
     return np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="right").astype(
         np.intp, copy=False
     )

@@ -577,3 +577,18 @@ def test_time_range_by_model_matches_ufunc_at(seed):
     got = time_range_by_model(model, ts, m)
     np.testing.assert_array_equal(got[0], newest)
     np.testing.assert_array_equal(got[1], oldest)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_compiled_regime_bins_are_searchsorted(seed):
+    from pipeline.policy import regime_bins
+
+    rng = np.random.default_rng(seed)
+    edges = np.unique(rng.integers(-5, 6, size=int(rng.integers(1, 8))).astype(float))
+    values = rng.integers(-7, 8, size=int(rng.integers(0, 50))).astype(float)  # on the edges too
+    values[rng.random(values.size) < 0.1] = np.nan
+    values[rng.random(values.size) < 0.1] = np.inf
+    np.testing.assert_array_equal(
+        regime_bins(values, edges, compiled=True), regime_bins(values, edges)
+    )

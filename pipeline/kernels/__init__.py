@@ -35,7 +35,7 @@ from pipeline.kernels.factors import refactor
 from pipeline.kernels.fused import score_then_learn
 from pipeline.kernels.learning import learn_sorted
 from pipeline.kernels.runs import deviations_from_medians, medians_of_the_others
-from pipeline.kernels.states import learning_states, settling_in_order
+from pipeline.kernels.states import learning_states, regime_bins, settling_in_order
 from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "learning_states",
     "medians_of_the_others",
     "refactor",
+    "regime_bins",
     "score_then_learn",
     "settling_in_order",
     "sort_by_model",

@@ -104,3 +104,24 @@ def settling_in_order(
         else:
             out[i] = timestamps[i] - last[u] <= span  # NaN (never in a state) is False
     return True, out, last
+
+
+@njit(cache=True, nogil=True)
+def regime_bins(values: F64, edges: F64) -> NDArray[np.intp]:
+    """:func:`pipeline.policy.regime_bins`: ``np.searchsorted(edges, values, "right")``.
+
+    Each bin counted without branches (the edges strictly increasing); NaN in
+    the last bin, where ``np.searchsorted`` puts it.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n,)
+    edges : ndarray of shape (B - 1,)
+    """
+    out = np.empty(values.size, dtype=np.intp)
+    for i in range(values.size):
+        v, b = values[i], 0
+        for e in range(edges.size):
+            b += edges[e] <= v
+        out[i] = b if v == v else edges.size
+    return out
