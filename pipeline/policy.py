@@ -110,13 +110,12 @@ def learning_states(
         The column of each rule's sensor.
     where_columns : sequence of int, optional
         The column of each rule's ``where`` sensor (-1 for none).
+    compiled : RangeRules, optional
+        The rules as arrays: the compiled kernel computes the same states.
 
     Returns
     -------
     ndarray of shape (n,)
-
-    compiled : RangeRules, optional
-        The rules as arrays: the compiled kernel computes the same states.
 
     >>> rules = [LearnRule(sensor="p", above=20.0, state="stopped")]
     >>> learning_states(np.array([[10.0], [30.0]]), rules, [0]).tolist()
