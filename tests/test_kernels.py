@@ -167,6 +167,26 @@ def test_any_split_of_a_batch_learns_what_the_numpy_path_learns(d, m, seed):
     )
 
 
+def _same_results(fast, slow, batches):
+    """Both detectors' results on every batch (scores, alarms, contributions); the alarms."""
+    alarms = 0
+    for ts, ids, x in batches:
+        a, b = fast.process(ts, ids, x), slow.process(ts, ids, x)
+        np.testing.assert_array_equal(a.scored_by, b.scored_by)
+        np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
+        np.testing.assert_allclose(a.contributions, b.contributions, rtol=1e-8, atol=1e-10)
+        alarms += a.n_anomalies
+    return alarms
+
+
+def _same_states(fast, slow):
+    """Their float state arrays, to rounding."""
+    for key, value in slow.state().items():
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(fast.state()[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+
+
 MORE_CONFIGS = {
     **CONFIGS,
     "forgetting": DetectorConfig(min_samples=30, key_groups=2, memory=80.0),
@@ -216,18 +236,9 @@ def test_detector_compiled_matches_the_numpy_path(rng, name):
     config = MORE_CONFIGS[name]
     batches = fleet_batches(rng, fault_rate=0.05)
     fast, slow = Detector(config, compiled=True), Detector(config, compiled=False)
-    alarms = 0
-    for ts, ids, x in batches:
-        a, b = fast.process(ts, ids, x), slow.process(ts, ids, x)
-        np.testing.assert_array_equal(a.scored_by, b.scored_by)
-        np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9, atol=1e-12)
-        np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
-        np.testing.assert_allclose(a.contributions, b.contributions, rtol=1e-8, atol=1e-10)
-        alarms += a.n_anomalies
+    alarms = _same_results(fast, slow, batches)
     assert alarms > 0, "the data must exercise the anomaly path"
-    for key, value in slow.state().items():
-        if value.dtype.kind == "f":
-            np.testing.assert_allclose(fast.state()[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+    _same_states(fast, slow)
 
 
 def test_compiled_state_round_trip_continues_identically(tmp_path, rng):
@@ -467,19 +478,10 @@ def test_conditions_and_regimes_take_the_plain_path_with_the_numpy_results(rng, 
     batches = _regime_batches(rng)
     if batch_steps == 1:  # one reading per turbine: one per model, the lanes' shape
         batches = [tuple(a[i : i + 6] for a in b) for b in batches for i in range(0, 60, 6)]
-    alarms = 0
-    for ts, ids, x in batches:
-        a, b = fast.process(ts, ids, x), slow.process(ts, ids, x)
-        np.testing.assert_array_equal(a.scored_by, b.scored_by)
-        np.testing.assert_allclose(a.distances, b.distances, rtol=1e-9, atol=1e-12)
-        np.testing.assert_array_equal(a.is_anomaly, b.is_anomaly)
-        np.testing.assert_allclose(a.contributions, b.contributions, rtol=1e-8, atol=1e-10)
-        alarms += a.n_anomalies
+    alarms = _same_results(fast, slow, batches)
     assert alarms > 0
     assert calls["plain"] > len(batches) // 3, calls
-    for key, value in slow.state().items():
-        if value.dtype.kind == "f":
-            np.testing.assert_allclose(fast.state()[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+    _same_states(fast, slow)
 
 
 def test_every_kernel_is_cached_under_the_digest_of_all_kernel_modules(tmp_path):
