@@ -149,6 +149,8 @@ class DetectorMetrics:
         self._turbine_labels: set[str] = set()
         self.max_site_labels = max(max_site_labels, len(sites))
         self._site_labels: set[str] = set()
+        # (turbine as shown, fault kind, site label) -> its child of `anomalies`
+        self._anomaly_children: dict[tuple[int | str, str, str], Counter] = {}
         self.readings = Counter(
             "readings", "Readings processed, by site", ["site"], namespace=ns, registry=registry
         )
@@ -354,22 +356,30 @@ class DetectorMetrics:
         if turbines.size == 0:
             return
         if kinds is None or not labelled:
-            kind_names, codes = np.array(["unknown"]), np.zeros(turbines.size, dtype=np.intp)
+            kind_names, codes = ["unknown"], np.zeros(turbines.size, dtype=np.intp)
         else:
-            kind_names, codes = np.unique(kinds, return_inverse=True)
-            kind_names = np.where(kind_names == "", "none", kind_names)
-        pairs, counts = np.unique(
-            np.stack([turbines.astype(np.int64), codes.astype(np.int64)]),
-            axis=1,
-            return_counts=True,
+            uniq_kinds, codes = np.unique(kinds, return_inverse=True)
+            kind_names = ["none" if k == "" else k for k in uniq_kinds.tolist()]
+        # (turbine, kind) pairs as small integers: one 1-d unique, no per-reading loop.
+        uniq_turbines, which = np.unique(turbines, return_inverse=True)
+        pair_codes, counts = np.unique(
+            which.ravel() * len(kind_names) + codes.ravel(), return_counts=True
         )
-        for (t, c), n in zip(pairs.T.tolist(), counts.tolist(), strict=True):  # per label pair
-            shown = t if names is None else names.name_of(t)
-            label = self.turbine_label(shown)
-            self.anomalies.labels(turbine=label, fault_kind=str(kind_names[c]), site=site).inc(n)
-        for c, n in enumerate(np.bincount(codes, minlength=kind_names.size).tolist()):
+        turbine_list = uniq_turbines.tolist()
+        children = self._anomaly_children
+        for code, n in zip(pair_codes.tolist(), counts.tolist(), strict=True):  # per label pair
+            t, c = divmod(code, len(kind_names))
+            shown = turbine_list[t] if names is None else names.name_of(turbine_list[t])
+            key = (shown, kind_names[c], site)
+            child = children.get(key)
+            if child is None:
+                label = self.turbine_label(shown)  # decided once: the label set only grows
+                child = self.anomalies.labels(turbine=label, fault_kind=kind_names[c], site=site)
+                children[key] = child
+            child.inc(n)
+        for c, n in enumerate(np.bincount(codes.ravel(), minlength=len(kind_names)).tolist()):
             if n:
-                self.anomalies_by_kind.labels(fault_kind=str(kind_names[c])).inc(n)
+                self.anomalies_by_kind.labels(fault_kind=kind_names[c]).inc(n)
 
 
 class ProducerMetrics:

@@ -63,3 +63,42 @@ def test_anomalies_by_kind_count_as_the_labelled_counter_does() -> None:
         for k in ("drift", "none", "spike", "unknown", "stuck")
     }
     assert got == {"drift": 2.0, "none": 1.0, "spike": 1.0, "unknown": 1.0, "stuck": 0.0}
+
+
+def test_anomaly_counts_per_turbine_and_kind_match_a_naive_count() -> None:
+    """Batch after batch, with named turbines and the turbine-label cap: one count per reading."""
+    from collections import Counter as Tally
+
+    from pipeline.names import TurbineNames
+
+    rng = np.random.default_rng(11)
+    names = TurbineNames()
+    named = names.ids_of(["R80711", "R80721"])
+    reg = CollectorRegistry()
+    m = DetectorMetrics(reg, max_turbine_labels=6)
+    expected: Tally[tuple[str, str]] = Tally()
+    shown_labels: set[str] = set()
+    for _ in range(30):
+        k = int(rng.integers(0, 12))
+        ids = rng.choice(np.concatenate([np.arange(9), named]), size=k)
+        labelled = bool(rng.integers(0, 2))
+        kinds = rng.choice(np.array(["", "drift", "spike"]), size=k) if labelled else None
+        m.count_anomalies(ids, kinds, labelled, names)
+        # the reference: labels given in the order of the turbines' ids, then reading by reading
+        for t in sorted(set(ids.tolist())):
+            shown = names.name_of(t)
+            if shown not in shown_labels and len(shown_labels) < 6:
+                shown_labels.add(shown)
+        for i, t in enumerate(ids.tolist()):
+            shown = names.name_of(t)
+            kind = "unknown" if kinds is None else (kinds[i] or "none")
+            expected[(shown if shown in shown_labels else "other", kind)] += 1
+    got = {
+        (s.labels["turbine"], s.labels["fault_kind"]): s.value
+        for metric in reg.collect()
+        if metric.name == "turbine_anomalies"
+        for s in metric.samples
+        if s.name == "turbine_anomalies_total"
+    }
+    assert got == {key: float(n) for key, n in expected.items()}
+    assert "other" in {t for t, _ in got}  # the cap was reached
