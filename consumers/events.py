@@ -52,11 +52,17 @@ from pipeline.names import TurbineNames
 TOP_SENSORS = 3
 EVENT_TYPE = "application/json"
 EVENTS_TYPE = "application/x-ndjson"  # one record of many events, one per line
-_TEMPLATE = (
+_HEAD = (
     '{"event_id":%s%s","turbine_id":%s,"turbine":%s,"timestamp":%s,"time":"%sZ","distance2":%s,'
-    '"threshold":%s,"model":"%s","top_sensors":[%s],"fault_kind":%s,"producer_id":%s,'
-    '"site":%s,"produced_at":%s,"detected_at":%s}'
+    '"threshold":%s,"model":"%s","top_sensors":['
 )
+_TAIL = '],"fault_kind":%s,"producer_id":%s,"site":%s,"produced_at":%s,"detected_at":%s}'
+_TOP = "%s%s}"  # '{"sensor":NAME,"contribution":' and the share
+
+
+def _template(m: int) -> str:
+    """The %-template of one event with ``m`` top sensors (two fields each)."""
+    return _HEAD + ",".join([_TOP] * m) + _TAIL
 
 
 def json_numbers(values: NDArray[np.float64]) -> list[str]:
@@ -121,18 +127,30 @@ def render_events(
         return [], [], []
     contrib = result.contributions  # (k, D)
     m = min(TOP_SENSORS, contrib.shape[1])
-    top = np.argsort(-contrib, axis=1, kind="stable")[:, :m]
-    top_values = np.take_along_axis(contrib, top, axis=1)
-    sensor_texts = [json.dumps(s) for s in sensors]
-    columns = [
-        [
-            f'{{"sensor":{sensor_texts[t]},"contribution":{v}}}'
-            for t, v in zip(top[:, c].tolist(), json_numbers(top_values[:, c]), strict=True)
-        ]
-        for c in range(m)
-    ]
-    tops = [",".join(parts) for parts in zip(*columns, strict=True)]
+    top = np.argsort(-contrib, axis=1, kind="stable")[:, :m]  # (k, m)
     stamps = result.timestamps[hit]
+    # Every float of the batch's events in one pass: m top shares per event (column by
+    # column), then the timestamps, distances and record times, then the two scalars.
+    numbers = json_numbers(
+        np.concatenate(
+            [
+                contrib[np.arange(k)[:, None], top].T.ravel(),
+                stamps,
+                result.distances[hit],
+                produced[hit],
+                [result.threshold, detected_at],
+            ]
+        )
+    )
+    threshold, detected = numbers[-2:]
+    stamp_texts = numbers[m * k : (m + 1) * k]
+    distances = numbers[(m + 1) * k : (m + 2) * k]
+    sent = numbers[(m + 2) * k : (m + 3) * k]
+    opening = [f'{{"sensor":{json.dumps(name)},"contribution":' for name in sensors]
+    tops: list[list[str]] = []
+    for c in range(m):  # per top slot: the sensor's opening, then its share
+        tops.append([opening[t] for t in top[:, c].tolist()])
+        tops.append(numbers[c * k : (c + 1) * k])
     times = np.datetime_as_string(np.round(stamps * 1000).astype("datetime64[ms]"), unit="ms")
     turbines = result.turbine_ids[hit].tolist()
     shown = turbine_fields(result.turbine_ids[hit], names)
@@ -140,50 +158,34 @@ def render_events(
     if kinds is None:
         faults = ["null"] * k
     else:
-        quoted = {kind: json.dumps(kind) for kind in np.unique(kinds[hit]).tolist()}
-        quoted[""] = "null"
-        faults = [quoted[kind] for kind in kinds[hit].tolist()]
+        kind_list = kinds[hit].tolist()
+        quoted = {kind: json.dumps(kind) if kind else "null" for kind in set(kind_list)}
+        faults = [quoted[kind] for kind in kind_list]
     prefix = json.dumps(f"{topic}:{partition}:")[:-1]  # the opening quote, no closing one
     id_tails = [f"{o}:{r}" for o, r in zip(offsets[hit].tolist(), rows[hit].tolist(), strict=True)]
-    threshold, detected = json_numbers(np.array([result.threshold, detected_at]))
     producer, site_json = json.dumps(producer_id), json.dumps(site)
+    template = _template(m)
     values = [
         (
-            _TEMPLATE
-            % (
-                prefix,
-                id_tail,
-                turbine,
-                shown_,
-                stamp,
-                time_,
-                distance,
-                threshold,
-                model,
-                top_,
-                fault,
-                producer,
-                site_json,
-                sent,
-                detected,
-            )
+            template
+            % (prefix, *first, threshold, *shares, fault, producer, site_json, sent_, detected)
         ).encode()
-        for id_tail, turbine, shown_, stamp, time_, distance, model, top_, fault, sent in zip(
+        for *first, shares, fault, sent_ in zip(
             id_tails,
             turbines,
             shown,
-            json_numbers(stamps),
+            stamp_texts,
             times.tolist(),
-            json_numbers(result.distances[hit]),
-            models,
-            tops,
+            distances,
+            zip(models, *tops, strict=True),  # the model, then the top sensors' fields
             faults,
-            json_numbers(produced[hit]),
+            sent,
             strict=True,
         )
     ]
     keys = [str(t).encode() for t in turbines]
-    ids = [f"{topic}:{partition}:{tail}".encode() for tail in id_tails]
+    id_head = f"{topic}:{partition}:"
+    ids = [(id_head + tail).encode() for tail in id_tails]
     return keys, values, ids
 
 

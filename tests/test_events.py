@@ -106,6 +106,18 @@ def test_events_equal_the_reference(rng):
     assert {w["fault_kind"] for w in want} >= {None, "spike"}
 
 
+@pytest.mark.parametrize("d", [1, 2, 3, 6])
+def test_events_of_any_number_of_sensors_equal_the_reference(rng, d):
+    """Fewer sensors than the three top ones, exactly three, and more."""
+    result = scored_batch(rng, d=d)
+    assert result.n_anomalies > 5
+    sensors = tuple(f"s{c}" for c in range(d))
+    keys, values, ids, want = render_both(result, sensors, None, rng)
+    got = [json.loads(v) for v in values]
+    assert got == want
+    assert {len(e["top_sensors"]) for e in got} == {min(d, 3)}
+
+
 def test_named_turbines_show_their_names(rng):
     names = TurbineNames()
     fleet = names.ids_of([f"R{80700 + t}" for t in range(10)] + [str(t) for t in range(20)])
