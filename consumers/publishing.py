@@ -107,13 +107,14 @@ class EventPublisher:
         """
         send = self.producer.send
         try:
-            future = send(topic, **record)
-        except Exception:  # the buffer is full or metadata is gone: wait for the broker
-            future = self._retry(what, lambda: send(topic, **record))
-            if future is None:
+            send(topic, on_error=self.failed, **record)
+        except Exception:  # the queue stays full or metadata is gone: wait for the broker
+            # (send returns None: `or True` tells the retry loop it went through)
+            if (
+                self._retry(what, lambda: send(topic, on_error=self.failed, **record) or True)
+                is None
+            ):
                 self.failed(KafkaIOError(lost, topic=topic))
-                return
-        future.add_errback(self.failed)
 
     def _send_batched(self, records: list[tuple[int, bytes, list[tuple[str, bytes]]]]) -> None:
         """Send one record of many events per partition (``event_records = "batch"``)."""
@@ -173,12 +174,11 @@ class EventPublisher:
                 "event_id": f"{self.settings.topic}:{partition}:{offset}:rebaseline:{t}",
             }
             key = f"turbine-{names.name_of(t)}".encode()
-            self.producer.send(
-                self.settings.episodes_topic,
-                key=key,
-                value=json.dumps(event).encode(),
+            self._send(
+                self.settings.episodes_topic, "rebaseline_event_send", "rebaseline event not sent",
+                key=key, value=json.dumps(event).encode(),
                 headers=[("content-type", JSON_TYPE.encode())],
-            ).add_errback(self.failed)
+            )  # fmt: skip
 
     def _event_partitions(self, keys: list[bytes]) -> list[int]:
         """The anomalies topic's partition of each key, as kafka-python's default partitioner.

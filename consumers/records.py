@@ -22,6 +22,7 @@ from pipeline.control import CONTROL_TYPE
 from pipeline.metrics import DetectorMetrics
 from pipeline.sites import SiteConfigs, valid_site
 from pipeline.wire import VERSIONS, SensorBatch, WireError, decode_batch
+from producers.kafka_client import KafkaIOError
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +205,21 @@ class DeadLetters:
             message=message,
             max_bytes=self.settings.dlq_max_bytes,
         )
-        future = self._retry(
+        sent = self._retry(
             "dead_letter",
-            lambda: self._producer().send(
-                self.settings.dlq_topic, key=letter.key, value=letter.value, headers=letter.headers
-            ),
+            lambda: (
+                self._producer().send(
+                    self.settings.dlq_topic,
+                    key=letter.key,
+                    value=letter.value,
+                    headers=letter.headers,
+                    on_error=self._failed,
+                )
+                or True
+            ),  # send returns None: True tells the retry loop it went through
         )
-        if future is not None:
-            future.add_errback(self._failed)
+        if sent is None:
+            self._failed(KafkaIOError("dead letter not sent", topic=self.settings.dlq_topic))
 
     def _failed(self, exc: BaseException) -> None:
         self.metrics.publish_errors.inc()

@@ -54,9 +54,9 @@ from producers.kafka_client import (
     KafkaIOError,
     ensure_topics,
     make_consumer,
-    make_producer,
     retry_broker_call,
 )
+from producers.rdkafka_producer import RdKafkaProducer
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class DetectorService:
         self.events = EventPublisher(settings, self.metrics, lambda: self.producer, self._retry)
         self.scorer = Scorer(settings, self.metrics, self.events, self.dead_letters.record)
         self._consumer: Any = None
-        self._producer: Any = None
+        self._producer: RdKafkaProducer | None = None
         self._stop = False
         self.checkpointer = Checkpointer(
             settings,
@@ -135,11 +135,11 @@ class DetectorService:
 
     # ------------------------------------------------------------------ clients
     @property
-    def producer(self) -> Any:
+    def producer(self) -> RdKafkaProducer:
         if self._producer is None:
             # Events and dead letters wait out a broker outage of any length (the
             # checkpoint's flush fails meanwhile and is retried): never dropped.
-            self._producer = make_producer(
+            self._producer = RdKafkaProducer(
                 self.settings,
                 linger_ms=self.settings.events_linger_ms,
                 delivery_timeout_ms=24 * 3600 * 1000,

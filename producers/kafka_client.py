@@ -1,5 +1,8 @@
 """A thin layer over kafka-python: settings, client construction, topics, errors.
 
+(The detector's event producer is librdkafka's: ``producers/rdkafka_producer.py``,
+with the same settings.)
+
 Clients are created lazily by the services, closed in context managers, and
 every Kafka error that reaches our code is turned into :class:`KafkaIOError`
 with the topic, partition and offset it concerns.  Security settings (TLS,
@@ -42,6 +45,10 @@ class KafkaIOError(TurbineError):
             if v is not None
         )
         super().__init__(f"{message} ({where})" if where else message)
+
+
+class BrokerWaitError(KafkaIOError):
+    """A call that waits on the broker (queue full, no metadata): retried like a timeout."""
 
 
 class CommitError(KafkaIOError):
@@ -128,7 +135,7 @@ def retry_broker_call(what: str, call: Any, stopped: Any = None) -> Any:
     """``call()``, retried with backoff while the broker does not answer.
 
     Only retriable errors (kafka-python's ``RetriableError``: timeouts, lost
-    connections, stale metadata; and ``OSError``) are retried, until
+    connections, stale metadata; :class:`BrokerWaitError`; and ``OSError``) are retried, until
     ``stopped()`` says so; any other error is logged and gives up at once.
     Returns ``call()``'s result, or None when it gave up.
     """
@@ -139,7 +146,7 @@ def retry_broker_call(what: str, call: Any, stopped: Any = None) -> Any:
         try:
             return call()
         except Exception as exc:  # kafka-python's errors
-            retriable = isinstance(exc, RetriableError | OSError)
+            retriable = isinstance(exc, RetriableError | BrokerWaitError | OSError)
             if not retriable or (stopped is not None and stopped()):
                 log.error("broker_call_failed what=%s error=%r giving_up", what, exc)
                 return None
