@@ -145,7 +145,8 @@ SETTINGS_NOTE = (
     "max_partition_fetch_bytes=16 MiB, fetch_max_bytes=64 MiB, checkpoint every 10 s "
     "(or 100,000 engine batches), lag from the fetches' high-water marks (every 2 s; every poll "
     "with --stop-after-idle), event "
-    "producer linger_ms=10 (events_linger_ms), one JSON event record per anomaly (rendered "
+    "producer on librdkafka (confluent-kafka; the consumer is kafka-python's), acks=all, "
+    "idempotent, linger_ms=10 (events_linger_ms), one JSON event record per anomaly (rendered "
     "per batch from columns, consumers/events.py; partitions memoised per turbine key)"
 )
 
@@ -1377,7 +1378,7 @@ def report(res: Results) -> str:
         f"(B x {TURBINES} / {KEY_GROUPS} readings)",
         f"- as shipped: {SETTINGS_NOTE}",
         "- *publishing no events*: as shipped plus `TURBINE_PUBLISH_EVENTS=false`, to show "
-        "what the anomaly events cost (one JSON record and one kafka-python `send` per "
+        "what the anomaly events cost (one JSON record and one librdkafka `produce` per "
         "anomaly)",
         "- *one record per batch*: as shipped plus `TURBINE_EVENT_RECORDS=batch`: the same "
         "JSON events, one anomalies-topic record per engine batch and partition",
