@@ -154,6 +154,8 @@ class Scorer:
         """Group the batch's alarms into episodes: store the closed ones, publish both kinds."""
         if site.episodes is None:
             site.episodes = EpisodeTracker(site.sensors, site.config.episode_gap)
+        # compiled as its detector (a tracker restored from a checkpoint included)
+        site.episodes.compiled = site.detector is not None and site.detector.compiled
         update = site.episodes.update_result(result)
         site.store.append_episodes(update.closed)
         if self.settings.publish_events:

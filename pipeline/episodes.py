@@ -424,6 +424,59 @@ def advance_episodes(
     )
 
 
+def _advance_compiled(
+    open_episodes: Episodes,
+    timestamps: F64,
+    turbine_ids: I64,
+    is_anomaly: NDArray[np.bool_],
+    distances: F64,
+    contributions: F64,
+    states: NDArray[np.str_] | None,
+    gap: float,
+) -> tuple[Episodes, Episodes, Episodes]:
+    """:func:`advance_episodes` by the compiled kernel (a batch with at least one alarm)."""
+    from pipeline.batch_math import compiled_kernels
+
+    kernels = compiled_kernels()
+    if kernels is None:  # pragma: no cover - numba is a dependency
+        raise RuntimeError("a compiled episode tracker, and numba is not importable")
+    carried, sensors, m = open_episodes, open_episodes.sensors, len(open_episodes)
+    if states is None and not (carried.states != NORMAL).any():
+        table = np.array([NORMAL])
+        carried_codes = np.zeros(m, np.int64)
+        codes = np.zeros(timestamps.size, np.int64)
+    else:
+        named = np.full(timestamps.size, NORMAL) if states is None else states
+        table, inverse = np.unique(np.concatenate([carried.states, named]), return_inverse=True)
+        carried_codes, codes = inverse[:m].astype(np.int64), inverse[m:].astype(np.int64)
+    every_columns, opened, closed, still_open = kernels.advance_episodes_compiled(
+        carried.turbine_ids,
+        carried.starts,
+        carried.ends,
+        carried.peak_distances,
+        carried.peak_times,
+        carried.alarms,
+        np.ascontiguousarray(carried.contributions, dtype=np.float64),
+        carried_codes,
+        timestamps,
+        turbine_ids,
+        is_anomaly,
+        distances,
+        np.ascontiguousarray(contributions, dtype=np.float64),
+        codes,
+        float(gap),
+    )
+    turbines, starts, ends, peaks, peak_times, alarms, sums, state_codes = every_columns
+    every = Episodes(
+        turbines, starts, ends, peaks, peak_times, alarms, sums, table[state_codes], sensors
+    )
+
+    def pick(rows: NDArray[np.intp]) -> Episodes:
+        return every.select(rows) if rows.size else _empty(sensors)
+
+    return pick(opened), pick(closed), pick(still_open)
+
+
 def _state_names(
     states: ArrayLike, names: Sequence[str] | None, *, names_wanted: bool = True
 ) -> NDArray[np.str_]:
@@ -457,6 +510,10 @@ class EpisodeTracker:
         The D sensor names (columns of the contributions).
     gap : float
         Seconds; alarms of one turbine less than ``gap`` apart form one episode.
+    compiled : bool, optional
+        Group a batch's alarms with the compiled kernel
+        (:mod:`pipeline.kernels.episodes`), the same episodes as the NumPy function
+        :func:`advance_episodes`, its oracle.
 
     Examples
     --------
@@ -469,11 +526,13 @@ class EpisodeTracker:
     (2, 1.0, [['a']])
     """
 
-    def __init__(self, sensors: Sequence[str], gap: float) -> None:
+    def __init__(self, sensors: Sequence[str], gap: float, compiled: bool = False) -> None:
         if not gap > 0:
             raise ValueError(f"episode gap must be positive seconds, got {gap!r}")
         self.sensors = tuple(sensors)
         self.gap = float(gap)
+        # The compiled kernel for batches with alarms (its detector's choice); NumPy's otherwise.
+        self.compiled = compiled
         self._open = Episodes.empty(self.sensors)
 
     @property
@@ -525,7 +584,10 @@ class EpisodeTracker:
                 raise ValueError(f"{name} has shape ({arr.size},), timestamps ({n},)")
         if contrib.shape[0] != k:
             raise ValueError(f"contributions has shape {contrib.shape}, expected ({k}, {dims})")
-        opened, closed, self._open = advance_episodes(
+        advance = advance_episodes
+        if self.compiled and k:
+            advance = _advance_compiled
+        opened, closed, self._open = advance(
             self._open, t, ids, alarm, dist, contrib, codes, self.gap
         )
         return EpisodeUpdate(opened, closed)

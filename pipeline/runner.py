@@ -184,7 +184,9 @@ def run_recording(
     start = time.perf_counter()
     per_turbine: dict[int, int] = {}
     delays = DelayTracker()
-    tracker = EpisodeTracker(recording.sensors, detector.config.episode_gap)
+    tracker = EpisodeTracker(
+        recording.sensors, detector.config.episode_gap, compiled=detector.compiled
+    )
     closed: list[Episodes] = []
     runs = LabelRuns()
     try:

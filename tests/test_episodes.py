@@ -373,3 +373,69 @@ def test_integer_state_codes_are_named_and_the_engine_gives_names_not_codes():
     tracker = EpisodeTracker(("p", "q"), gap=10.0)
     opened = tracker.update_result(result).opened
     assert opened.alarms.tolist() == [2] and opened.states.tolist() == [NORMAL]
+
+
+def _same_episodes(a: Episodes, b: Episodes) -> None:
+    for name in ("turbine_ids", "starts", "ends", "peak_distances", "peak_times", "alarms"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(a.contributions, b.contributions)  # bit for bit
+    assert a.states.tolist() == b.states.tolist()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_steps=st.integers(1, 60),
+    n_turbines=st.integers(1, 5),
+    rate=st.sampled_from([0.05, 0.3, 0.8]),
+    gap=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
+    cuts=st.lists(st.integers(0, 300), max_size=8),
+    with_states=st.booleans(),
+    shuffled=st.booleans(),
+)
+def test_the_compiled_tracker_gives_the_numpy_trackers_episodes_bit_for_bit(
+    seed, n_steps, n_turbines, rate, gap, cuts, with_states, shuffled
+):
+    """Batch after batch: the same opened, closed and open episodes, in the same order."""
+    from pipeline.batch_math import kernels_available
+
+    if not kernels_available():  # pragma: no cover - numba is a dependency
+        pytest.skip("numba is not importable")
+    t, ids, alarm, dist, contrib, states = stream(seed, n_steps, n_turbines, rate)
+    if shuffled:  # readings out of time order inside a batch (a late producer)
+        order = np.random.default_rng(seed).permutation(t.size)
+        alarm_row = (np.cumsum(alarm) - 1)[order][alarm[order]]  # each alarm's contributions
+        t, ids, alarm, dist, states = t[order], ids[order], alarm[order], dist[order], states[order]
+        contrib = contrib[alarm_row]
+    row_of = np.r_[0, np.cumsum(alarm)]
+    numpy_tr, compiled_tr = EpisodeTracker(SENSORS, gap), EpisodeTracker(SENSORS, gap, True)
+    bounds = [0, *sorted(c for c in cuts if c <= t.size), t.size]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        batch = (t[lo:hi], ids[lo:hi], alarm[lo:hi], dist[lo:hi], contrib[row_of[lo] : row_of[hi]])
+        s = states[lo:hi] if with_states else None
+        want, got = numpy_tr.update(*batch, s), compiled_tr.update(*batch, s)
+        _same_episodes(got.opened, want.opened)
+        _same_episodes(got.closed, want.closed)
+        _same_episodes(compiled_tr.in_progress, numpy_tr.in_progress)
+
+
+@pytest.mark.parametrize("n_alarms", [7, 9, 130, 300, 1000])
+def test_long_episodes_sum_their_contributions_as_numpy_does(rng, n_alarms):
+    """Segments past NumPy's pairwise block sizes (8, 128), in one batch and carried on."""
+    from pipeline.batch_math import kernels_available
+
+    if not kernels_available():  # pragma: no cover - numba is a dependency
+        pytest.skip("numba is not importable")
+    t = np.arange(2.0 * n_alarms)
+    ids = np.tile([4, 9], n_alarms)
+    alarm = np.ones(t.size, bool)
+    dist = rng.normal(20, 3, t.size)
+    contrib = rng.exponential(1, (t.size, len(SENSORS)))
+    numpy_tr, compiled_tr = EpisodeTracker(SENSORS, 5.0), EpisodeTracker(SENSORS, 5.0, True)
+    half = t.size // 2
+    for sl in (slice(0, half), slice(half, None)):
+        want = numpy_tr.update(t[sl], ids[sl], alarm[sl], dist[sl], contrib[sl])
+        got = compiled_tr.update(t[sl], ids[sl], alarm[sl], dist[sl], contrib[sl])
+        _same_episodes(got.opened, want.opened)
+        _same_episodes(compiled_tr.in_progress, numpy_tr.in_progress)
+    _same_episodes(compiled_tr.close_all(), numpy_tr.close_all())

@@ -31,6 +31,7 @@ _install_cache()  # before the kernels below are decorated
 
 from pipeline.kernels.blocks import sort_by_model, time_range_by_model
 from pipeline.kernels.charting import ewma_by_time
+from pipeline.kernels.episodes import advance_episodes_compiled
 from pipeline.kernels.factors import refactor
 from pipeline.kernels.fused import score_then_learn
 from pipeline.kernels.learning import learn_sorted
@@ -39,6 +40,7 @@ from pipeline.kernels.states import learning_states, regime_bins, settling_in_or
 from pipeline.kernels.whitening import contributions_grouped, whiten_sorted
 
 __all__ = [
+    "advance_episodes_compiled",
     "contributions_grouped",
     "deviations_from_medians",
     "ewma_by_time",

@@ -3,7 +3,7 @@
 :func:`warm_cache` runs small detectors in the configurations the engine
 meets (per-turbine and fleet-only, calibrated or not, conditions, regimes,
 the residual chart with peers and fleet-relative sensors, operating states,
-settling and forgetting in time), so every kernel
+settling and forgetting in time; their alarms grouped into episodes), so every kernel
 signature a service uses is compiled and cached, then loaded.  The Docker
 image runs it at build time (``python -m pipeline.kernels``), so a
 container's first batch loads cached code instead of compiling (see
@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.config import DetectorConfig
 from pipeline.detector import Detector
+from pipeline.episodes import EpisodeTracker
 
 
 def warm_cache() -> float:
@@ -46,9 +47,10 @@ def warm_cache() -> float:
     ]
     for config in configs:
         det = Detector(config)
+        episodes = EpisodeTracker(sensors, config.episode_gap, compiled=det.compiled)
         for step in range(12):
             ids = np.tile(np.arange(20), 20)
             x = rng.normal(size=(ids.size, len(sensors)))
             x[::97] += 8.0
-            det.process(np.full(ids.size, float(step)), ids, x)
+            episodes.update_result(det.process(np.full(ids.size, float(step)), ids, x))
     return time.perf_counter() - start
