@@ -62,7 +62,7 @@ class Checkpointer:
         if producer is not None:
             try:
                 producer.flush(timeout=30)
-            except Exception as exc:  # kafka-python's KafkaTimeoutError and friends
+            except Exception as exc:  # records not delivered in time (KafkaIOError) and friends
                 raise KafkaIOError(f"flushing events before a checkpoint failed: {exc}") from None
         states = self._states()
         owned = sorted(states if partitions is None else partitions)
