@@ -12,7 +12,7 @@ threads; a ``produce`` call is a copy into its queue.
 records placed by key with the Java client's murmur2 partitioner (as
 kafka-python's), so a turbine's events and episodes land on the partition
 kafka-python put them on.  Delivery failures reach the ``on_error`` given to
-``send``, as :class:`KafkaIOError`, from ``send``, ``poll`` or ``flush`` (on
+``send``, as :class:`KafkaIOError`, from ``send`` or ``flush`` (on
 the calling thread: librdkafka serves its callbacks only there).
 """
 
@@ -139,10 +139,6 @@ class RdKafkaProducer:
                 if time.monotonic() > deadline:
                     raise BrokerWaitError("producer queue full", topic=topic) from None
                 self._producer.poll(0.1)
-        self._producer.poll(0)
-
-    def poll(self) -> None:
-        """Serve the delivery callbacks that are due (no wait)."""
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:

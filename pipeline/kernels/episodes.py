@@ -103,16 +103,8 @@ def advance_episodes_compiled(
     n = timestamps.size
     m = c_turbines.size
     dims = c_contributions.shape[1]
-    k = 0
-    for i in range(n):
-        if is_anomaly[i]:
-            k += 1
-    hit = np.empty(k, np.int64)
-    k = 0
-    for i in range(n):
-        if is_anomaly[i]:
-            hit[k] = i
-            k += 1
+    hit = np.flatnonzero(is_anomaly)
+    k = hit.size
     perm = _stable_by_two(turbine_ids[hit], timestamps[hit])
 
     # Segments: per sorted alarm, a new one where a turbine starts or a gap breaks.
