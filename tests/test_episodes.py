@@ -103,8 +103,8 @@ def assert_same(got: Episodes, expected: list[dict]) -> None:
     np.testing.assert_allclose(got.contributions, [e["sum"] for e in expected], rtol=1e-12)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+# A stream (see `stream`), its gap and where it is cut into batches.
+STREAMS = dict(
     seed=st.integers(0, 2**32 - 1),
     n_steps=st.integers(1, 60),
     n_turbines=st.integers(1, 5),
@@ -112,6 +112,10 @@ def assert_same(got: Episodes, expected: list[dict]) -> None:
     gap=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
     cuts=st.lists(st.integers(0, 300), max_size=8),
 )
+
+
+@settings(max_examples=60, deadline=None)
+@given(**STREAMS)
 def test_tracker_matches_the_per_reading_reference_for_any_split(
     seed, n_steps, n_turbines, rate, gap, cuts
 ):
@@ -383,16 +387,7 @@ def _same_episodes(a: Episodes, b: Episodes) -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    n_steps=st.integers(1, 60),
-    n_turbines=st.integers(1, 5),
-    rate=st.sampled_from([0.05, 0.3, 0.8]),
-    gap=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
-    cuts=st.lists(st.integers(0, 300), max_size=8),
-    with_states=st.booleans(),
-    shuffled=st.booleans(),
-)
+@given(**STREAMS, with_states=st.booleans(), shuffled=st.booleans())
 def test_the_compiled_tracker_gives_the_numpy_trackers_episodes_bit_for_bit(
     seed, n_steps, n_turbines, rate, gap, cuts, with_states, shuffled
 ):
